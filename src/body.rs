@@ -1,0 +1,238 @@
+//! [`DeadlineBody`]: the response body that enforces the total and idle deadlines.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use crate::BoxError;
+use crate::deadline::{Deadlines, Phase};
+use crate::timer::Timer;
+
+pin_project! {
+    /// The body of a response from [`StreamDeadline`](crate::StreamDeadline).
+    ///
+    /// It yields the upstream's frames unchanged and in order until a deadline passes; then
+    /// it drops the upstream body (closing the HTTP/1 connection or resetting the HTTP/2
+    /// stream, so the server stops producing), yields one error,
+    /// [`DeadlineExceeded`], boxed, and ends.
+    ///
+    /// - **Any task, any thread.** Every frame taken from upstream is checked against the
+    ///   clock, and while the body waits it holds a timer that wakes whichever task polled it
+    ///   last. Moving it between tasks or threads, or polling it with no runtime in context,
+    ///   does not lose the deadline.
+    /// - **What is delivered.** A frame (or the end of the stream) taken from upstream at or
+    ///   after the deadline is not delivered: the error is. Every frame delivered before it
+    ///   is whole and in order.
+    /// - **After the error** the body is ended: `poll_frame` returns `None` and
+    ///   `is_end_stream` is `true`. Polling after the end never panics.
+    /// - **Release is driven by polls.** The upstream is dropped the moment the deadline is
+    ///   observed: by the timer waking a task that waits on the body, or at the next poll. A
+    ///   body that nobody polls or drops keeps its upstream until someone does.
+    /// - `size_hint`, `is_end_stream` and trailers pass through. An upstream error passes
+    ///   through as it is (boxed, not relabelled) and ends the body.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http_body_util::BodyExt;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, StreamDeadlineLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // An upstream whose body never sends a frame.
+    /// let upstream = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let body = http_body_util::StreamBody::new(futures::stream::pending::<
+    ///         Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    ///     >());
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    /// });
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(StreamDeadlineLayer::new(Duration::from_secs(45)).idle(Duration::from_secs(5)))
+    ///     .service(upstream);
+    ///
+    /// let response = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+    /// let mut body = response.into_body();
+    /// let err = body.frame().await.unwrap().unwrap_err();
+    /// let deadline = err.downcast_ref::<DeadlineExceeded>().unwrap();
+    /// assert_eq!(deadline.kind(), DeadlineKind::Idle);
+    /// assert_eq!(deadline.budget(), Duration::from_secs(5));
+    /// assert!(body.frame().await.is_none(), "the body ends after the error");
+    /// # }
+    /// ```
+    pub struct DeadlineBody<B: Body> {
+        #[pin]
+        upstream: Upstream<B>,
+        // The first frame, taken by the `ResponseFuture` under a first-frame budget.
+        first: Option<Frame<B::Data>>,
+        deadlines: Deadlines,
+        // Set by the first poll that finds no frame ready: the idle budget counts from here.
+        waiting_since: Option<Instant>,
+        timer: Timer,
+        delivered: Delivered,
+    }
+}
+
+pin_project! {
+    #[project = UpstreamProj]
+    pub(crate) enum Upstream<B> {
+        Inline { #[pin] body: B },
+        // Boxed by the `ResponseFuture` to poll it for the first frame and still hand it over.
+        Boxed { body: Pin<Box<B>> },
+        Released,
+    }
+}
+
+/// What the caller has received so far, for the `tracing` event.
+#[derive(Clone, Copy, Debug, Default)]
+struct Delivered {
+    frames: u64,
+    bytes: u64,
+}
+
+impl Delivered {
+    #[inline]
+    fn count<D: Buf>(&mut self, frame: &Frame<D>) {
+        self.frames += 1;
+        if let Some(data) = frame.data_ref() {
+            self.bytes += data.remaining() as u64;
+        }
+    }
+}
+
+impl<B: Body> DeadlineBody<B> {
+    pub(crate) fn new(
+        upstream: Upstream<B>,
+        first: Option<Frame<B::Data>>,
+        deadlines: Deadlines,
+        timer: Timer,
+    ) -> Self {
+        DeadlineBody {
+            upstream,
+            first,
+            deadlines,
+            waiting_since: None,
+            timer,
+            delivered: Delivered::default(),
+        }
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if let Some(frame) = this.first.take() {
+            this.delivered.count(&frame);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let polled = match this.upstream.as_mut().project() {
+            UpstreamProj::Inline { body } => body.poll_frame(cx),
+            UpstreamProj::Boxed { body } => body.as_mut().poll_frame(cx),
+            UpstreamProj::Released => return Poll::Ready(None),
+        };
+        let expired = match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let waiting_since = this.waiting_since.take();
+                if !this.deadlines.has_total() && waiting_since.is_none() {
+                    this.delivered.count(&frame);
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                match this
+                    .deadlines
+                    .expired(Instant::now(), Phase::Streaming { waiting_since })
+                {
+                    None => {
+                        this.delivered.count(&frame);
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Some(expired) => expired,
+                }
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.upstream.set(Upstream::Released);
+                return Poll::Ready(Some(Err(err.into())));
+            }
+            Poll::Ready(None) => {
+                let phase = Phase::Streaming {
+                    waiting_since: this.waiting_since.take(),
+                };
+                match this.deadlines.expired(Instant::now(), phase) {
+                    None => {
+                        this.upstream.set(Upstream::Released);
+                        return Poll::Ready(None);
+                    }
+                    Some(expired) => expired,
+                }
+            }
+            Poll::Pending => {
+                if this.waiting_since.is_none() && this.deadlines.idle().is_some() {
+                    *this.waiting_since = Some(Instant::now());
+                }
+                let phase = Phase::Streaming {
+                    waiting_since: *this.waiting_since,
+                };
+                ready!(this.timer.poll_expired(this.deadlines, phase, cx))
+            }
+        };
+        this.upstream.set(Upstream::Released);
+        expired.trace(this.delivered.frames, this.delivered.bytes);
+        Poll::Ready(Some(Err(expired.into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.first.is_some() {
+            return false;
+        }
+        match &self.upstream {
+            Upstream::Inline { body } => body.is_end_stream(),
+            Upstream::Boxed { body } => body.is_end_stream(),
+            Upstream::Released => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let upstream = match &self.upstream {
+            Upstream::Inline { body } => body.size_hint(),
+            Upstream::Boxed { body } => body.size_hint(),
+            Upstream::Released => SizeHint::with_exact(0),
+        };
+        let Some(first) = self.first.as_ref().and_then(Frame::data_ref) else {
+            return upstream;
+        };
+        let first = first.remaining() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(upstream.lower().saturating_add(first));
+        if let Some(upper) = upstream.upper() {
+            hint.set_upper(upper.saturating_add(first));
+        }
+        hint
+    }
+}
+
+impl<B: Body> fmt::Debug for DeadlineBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadlineBody")
+            .field("released", &matches!(self.upstream, Upstream::Released))
+            .field("deadlines", &self.deadlines)
+            .field("waiting_since", &self.waiting_since)
+            .field("frames", &self.delivered.frames)
+            .field("bytes", &self.delivered.bytes)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,239 @@
+//! Absolute deadlines of one response, and the rule that says which one ran out.
+//!
+//! Everything here is plain arithmetic on `tokio::time::Instant`s: reading the clock and
+//! holding a timer are the callers' business, so the rule is testable without either.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::budget::Budgets;
+use crate::error::{DeadlineExceeded, DeadlineKind};
+
+/// The deadlines of one response, fixed when `call` was made.
+///
+/// An instant that would overflow (a budget of `Duration::MAX`) is `None`: no deadline.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadlines {
+    start: Instant,
+    total: Option<Instant>,
+    total_budget: Duration,
+    /// Kept only when strictly earlier than the total deadline: otherwise the total budget wins.
+    first_frame: Option<(Instant, Duration)>,
+    idle: Option<Duration>,
+}
+
+/// Where the response is: the first-frame deadline binds only until the first frame arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    BeforeFirstFrame,
+    /// Streaming; `Some(t)` while the body has been waiting for its next frame since `t`.
+    Streaming {
+        waiting_since: Option<Instant>,
+    },
+}
+
+impl Deadlines {
+    pub(crate) fn new(start: Instant, budgets: &Budgets) -> Self {
+        let total = start.checked_add(budgets.total);
+        let first_frame = budgets.first_frame.and_then(|budget| {
+            let at = start.checked_add(budget)?;
+            match total {
+                Some(total) if at >= total => None,
+                _ => Some((at, budget)),
+            }
+        });
+        Deadlines {
+            start,
+            total,
+            total_budget: budgets.total,
+            first_frame,
+            idle: budgets.idle,
+        }
+    }
+
+    /// Whether a first-frame budget applies (it is set and earlier than the total deadline).
+    pub(crate) fn waits_for_first_frame(&self) -> bool {
+        self.first_frame.is_some()
+    }
+
+    /// Whether a frame arriving while not waiting needs the clock read at all.
+    #[inline]
+    pub(crate) fn has_total(&self) -> bool {
+        self.total.is_some()
+    }
+
+    pub(crate) fn idle(&self) -> Option<Duration> {
+        self.idle
+    }
+
+    /// The earliest deadline that binds in `phase`, if any.
+    #[inline]
+    pub(crate) fn next(&self, phase: Phase) -> Option<Instant> {
+        let other = match phase {
+            Phase::BeforeFirstFrame => self.first_frame.map(|(at, _)| at),
+            Phase::Streaming { waiting_since } => self.idle_deadline(waiting_since),
+        };
+        match (self.total, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The deadline that has run out at `now` in `phase`, if any. When several have, the
+    /// earliest is named; on a tie the total budget is.
+    #[inline]
+    pub(crate) fn expired(&self, now: Instant, phase: Phase) -> Option<DeadlineExceeded> {
+        match self.next(phase) {
+            Some(next) if now >= next => Some(self.name_expired(now, phase)),
+            _ => None,
+        }
+    }
+
+    #[cold]
+    fn name_expired(&self, now: Instant, phase: Phase) -> DeadlineExceeded {
+        let since_start = now.saturating_duration_since(self.start);
+        let total = DeadlineExceeded::new(DeadlineKind::Total, self.total_budget, since_start);
+        let other = match phase {
+            Phase::BeforeFirstFrame => self.first_frame.map(|(at, budget)| {
+                (
+                    at,
+                    DeadlineExceeded::new(DeadlineKind::FirstFrame, budget, since_start),
+                )
+            }),
+            Phase::Streaming { waiting_since } => {
+                waiting_since.zip(self.idle).and_then(|(since, idle)| {
+                    let at = since.checked_add(idle)?;
+                    let waited = now.saturating_duration_since(since);
+                    Some((at, DeadlineExceeded::new(DeadlineKind::Idle, idle, waited)))
+                })
+            }
+        };
+        match (self.total, other) {
+            (Some(total_at), Some((other_at, other))) if other_at < total_at => other,
+            (None, Some((_, other))) => other,
+            _ => total,
+        }
+    }
+
+    fn idle_deadline(&self, waiting_since: Option<Instant>) -> Option<Instant> {
+        waiting_since?.checked_add(self.idle?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn budgets(total: Duration, first_frame: Option<Duration>, idle: Option<Duration>) -> Budgets {
+        Budgets {
+            total,
+            first_frame,
+            idle,
+        }
+    }
+
+    fn kind_at(d: &Deadlines, after: Duration, phase: Phase) -> Option<DeadlineKind> {
+        d.expired(d.start + after, phase).map(|e| e.kind())
+    }
+
+    #[test]
+    fn total_expires_at_its_deadline_not_before() {
+        let d = Deadlines::new(Instant::now(), &budgets(100 * MS, None, None));
+        let phase = Phase::BeforeFirstFrame;
+        assert_eq!(kind_at(&d, 99 * MS, phase), None);
+        assert_eq!(kind_at(&d, 100 * MS, phase), Some(DeadlineKind::Total));
+        let err = d.expired(d.start + 150 * MS, phase).unwrap();
+        assert_eq!((err.budget(), err.elapsed()), (100 * MS, 150 * MS));
+    }
+
+    #[test]
+    fn zero_budget_has_expired_at_the_start() {
+        let d = Deadlines::new(Instant::now(), &budgets(Duration::ZERO, None, None));
+        assert_eq!(
+            kind_at(&d, Duration::ZERO, Phase::BeforeFirstFrame),
+            Some(DeadlineKind::Total)
+        );
+    }
+
+    #[test]
+    fn max_budget_is_no_deadline_and_does_not_overflow() {
+        let max = Duration::MAX;
+        let d = Deadlines::new(Instant::now(), &budgets(max, Some(max), Some(max)));
+        let phase = Phase::Streaming {
+            waiting_since: Some(d.start),
+        };
+        assert_eq!(d.next(phase), None);
+        assert_eq!(d.next(Phase::BeforeFirstFrame), None);
+        assert_eq!(kind_at(&d, Duration::from_secs(1 << 40), phase), None);
+    }
+
+    #[test]
+    fn first_frame_applies_only_before_the_first_frame_and_only_when_earlier_than_total() {
+        let d = Deadlines::new(Instant::now(), &budgets(100 * MS, Some(10 * MS), None));
+        assert_eq!(
+            kind_at(&d, 10 * MS, Phase::BeforeFirstFrame),
+            Some(DeadlineKind::FirstFrame)
+        );
+        let streaming = Phase::Streaming {
+            waiting_since: None,
+        };
+        assert_eq!(kind_at(&d, 10 * MS, streaming), None);
+
+        for first_frame in [100 * MS, 200 * MS] {
+            let d = Deadlines::new(Instant::now(), &budgets(100 * MS, Some(first_frame), None));
+            assert!(!d.waits_for_first_frame());
+            assert_eq!(
+                kind_at(&d, 100 * MS, Phase::BeforeFirstFrame),
+                Some(DeadlineKind::Total)
+            );
+        }
+    }
+
+    #[test]
+    fn idle_counts_from_when_the_body_started_waiting() {
+        let d = Deadlines::new(Instant::now(), &budgets(100 * MS, None, Some(10 * MS)));
+        let waiting = |at| Phase::Streaming {
+            waiting_since: Some(d.start + at),
+        };
+        assert_eq!(kind_at(&d, 59 * MS, waiting(50 * MS)), None);
+        let err = d.expired(d.start + 61 * MS, waiting(50 * MS)).unwrap();
+        assert_eq!(
+            (err.kind(), err.budget(), err.elapsed()),
+            (DeadlineKind::Idle, 10 * MS, 11 * MS)
+        );
+        // Not waiting: only the total budget binds.
+        assert_eq!(
+            kind_at(
+                &d,
+                99 * MS,
+                Phase::Streaming {
+                    waiting_since: None
+                }
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_earliest_deadline_is_named_and_total_wins_a_tie() {
+        let d = Deadlines::new(Instant::now(), &budgets(100 * MS, None, Some(10 * MS)));
+        let phase = |at| Phase::Streaming {
+            waiting_since: Some(d.start + at),
+        };
+        assert_eq!(
+            kind_at(&d, 200 * MS, phase(95 * MS)),
+            Some(DeadlineKind::Total)
+        );
+        assert_eq!(
+            kind_at(&d, 200 * MS, phase(90 * MS)),
+            Some(DeadlineKind::Total)
+        );
+        assert_eq!(
+            kind_at(&d, 200 * MS, phase(80 * MS)),
+            Some(DeadlineKind::Idle)
+        );
+    }
+}

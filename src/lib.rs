@@ -1,0 +1,114 @@
+//! A hard time budget on streamed HTTP responses, enforced wherever the body is polled.
+//!
+//! # The problem
+//!
+//! A model server streaming tokens over SSE can babble for ten minutes. Per-read timeouts
+//! never fire (each chunk arrives quickly), and a timer tied to one task watches the wrong
+//! task as soon as frames are polled from another (a proxy, hyper, or an executor that
+//! moves the body). Meanwhile the caller has given up and the GPU generates for nobody.
+//!
+//! # The model
+//!
+//! [`StreamDeadlineLayer`] wraps any service returning `http::Response<B>` (a hyper client,
+//! an axum router, a tonic channel, a proxy) with up to three budgets:
+//!
+//! | budget | counts from | covers | on expiry |
+//! |---|---|---|---|
+//! | total ([`new`](StreamDeadlineLayer::new)) | `call` | head and whole body | `DeadlineKind::Total` |
+//! | [`first_frame`](StreamDeadlineLayer::first_frame) | `call` | head and first body frame | `DeadlineKind::FirstFrame`, an error of the *call* |
+//! | [`idle`](StreamDeadlineLayer::idle) | each time the body starts to wait | the wait for the next frame | `DeadlineKind::Idle` |
+//!
+//! - **Before the head** (and, under a first-frame budget, before the first frame), the
+//!   [`ResponseFuture`] fails with a boxed [`DeadlineExceeded`] and drops the inner future,
+//!   cancelling the request. A first-frame failure is an error of the call, so
+//!   `tower::retry` can restart a stuck request ([`RetryFirstFrame`], feature `retry`).
+//! - **After the head**, the [`DeadlineBody`] checks the clock on every frame it takes from
+//!   upstream and, while it waits, holds one tokio timer that wakes whichever task polled it
+//!   last. A frame taken at or after the deadline is not delivered: the upstream body is
+//!   dropped at once (closing the HTTP/1 connection or resetting the HTTP/2 stream, so the
+//!   server stops generating) and the body yields the error, then ends.
+//! - **Anywhere.** The deadline is a property of the body, not of a task: it holds when each
+//!   frame is polled by a new task, on another thread, or on a thread with no runtime (the
+//!   timer belongs to the runtime where `call` was made). Where no timer can be had at all
+//!   (no runtime, a runtime without timers, or one that has shut down), the clock is still
+//!   checked on every frame, and nothing panics.
+//! - **Errors** are `Box<dyn Error + Send + Sync>`. Deadlines are [`DeadlineExceeded`], with
+//!   [`kind`](DeadlineExceeded::kind), [`budget`](DeadlineExceeded::budget) and
+//!   [`elapsed`](DeadlineExceeded::elapsed); [`DeadlineExceeded::find`] finds one behind
+//!   wrappers (hyper, axum). Upstream errors pass through untouched.
+//! - **The clock** is tokio's (`tokio::time::Instant`, `sleep_until`), so tests on a paused
+//!   clock are exact. Deadlines fire on tokio's 1 ms timer tick, at the deadline or up to one
+//!   tick (plus scheduling) after it, never before.
+//! - **Observability.** A deadline emits one `tracing` event (target `tower_stream_deadline`,
+//!   level WARN) with kind, budget, elapsed, and frames and bytes delivered before it.
+//!   Nothing is emitted per frame.
+//!
+//! # Example: a hyper client with a babbling model server
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use http_body_util::{BodyExt, Empty};
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_stream_deadline::{DeadlineExceeded, StreamDeadlineLayer};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(
+//!         StreamDeadlineLayer::new(Duration::from_secs(45))
+//!             .first_frame(Duration::from_secs(10))
+//!             .idle(Duration::from_secs(5)),
+//!     )
+//!     .service(client);
+//!
+//! let request = http::Request::get("http://127.0.0.1:8000/v1/chat/completions").body(Empty::new())?;
+//! let mut body = svc.ready().await?.call(request).await?.into_body();
+//! while let Some(frame) = body.frame().await {
+//!     match frame {
+//!         Ok(frame) => { /* a token, delivered as it arrives */ let _ = frame; }
+//!         Err(err) => match DeadlineExceeded::find(&*err) {
+//!             Some(deadline) => eprintln!("cut: {deadline}"),
+//!             None => eprintln!("upstream failed: {err}"),
+//!         },
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Compared with other timeouts
+//!
+//! - `tower::timeout` bounds only the wait for the response head: a streaming body runs
+//!   forever.
+//! - tower-http's `TimeoutBody` is an idle timeout per frame (a babbling stream never trips
+//!   it), and it re-arms a timer on every frame; its `DeadlineBody` bounds the body but not
+//!   the head, and polls its timer on every frame. Here one clock runs from `call` to the
+//!   last frame, the error says which budget ran out, and the timer is touched only when the
+//!   body has to wait.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+mod body;
+mod budget;
+mod deadline;
+mod error;
+mod future;
+mod layer;
+#[cfg(feature = "retry")]
+mod retry;
+mod service;
+mod timer;
+
+pub use body::DeadlineBody;
+pub use error::{DeadlineExceeded, DeadlineKind};
+pub use future::ResponseFuture;
+pub use layer::StreamDeadlineLayer;
+#[cfg(feature = "retry")]
+pub use retry::RetryFirstFrame;
+pub use service::StreamDeadline;
+
+/// The error type of [`StreamDeadline`] and [`DeadlineBody`]: upstream errors as they are,
+/// or a [`DeadlineExceeded`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,155 @@
+//! One tokio timer per response that never panics, wherever and whenever it is polled.
+//!
+//! `tokio::time::Sleep` panics when it is created outside a runtime or in one without timers,
+//! and when it is polled for the first time, or at all, after its runtime shut down. A body
+//! handed to another thread, or kept past its runtime, must not, so this wrapper:
+//! - takes the runtime from `call` (falling back to the polling thread's), creates the `Sleep`
+//!   only when a poll first has to wait, and gives up (clock checks only) where it cannot;
+//! - registers the `Sleep` with `reset`, which fires it instead of panicking on a runtime that
+//!   has shut down, and reads `is_elapsed` before every poll, so a shut-down timer is never
+//!   polled;
+//! - is re-armed lazily: armed earlier than needed, it fires early and is re-armed then,
+//!   so an idle deadline that moves on every frame costs one re-arm per idle period, not one
+//!   per frame.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::runtime::Handle;
+use tokio::time::{Instant, Sleep};
+
+use crate::deadline::{Deadlines, Phase};
+use crate::error::DeadlineExceeded;
+
+#[derive(Debug)]
+pub(crate) struct Timer {
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// No wait yet; the runtime seen at `call`, if any.
+    Unarmed(Option<Handle>),
+    Armed {
+        sleep: Pin<Box<Sleep>>,
+        at: Instant,
+    },
+    /// No timer can be had: the deadline is still checked on every frame.
+    Unavailable,
+}
+
+impl Timer {
+    /// A timer from the current runtime, if there is one; nothing is allocated or registered
+    /// until [`poll_at`](Self::poll_at) first has to wait.
+    pub(crate) fn new() -> Self {
+        Timer {
+            state: State::Unarmed(Handle::try_current().ok()),
+        }
+    }
+
+    /// Leaves this timer spent and returns what it held, to hand it from future to body.
+    pub(crate) fn take(&mut self) -> Timer {
+        std::mem::replace(
+            self,
+            Timer {
+                state: State::Unavailable,
+            },
+        )
+    }
+
+    /// `Ready` with the deadline that ran out once the next deadline of `phase` has passed;
+    /// otherwise `Pending`, with the task in `cx` to be woken at that deadline.
+    pub(crate) fn poll_expired(
+        &mut self,
+        deadlines: &Deadlines,
+        phase: Phase,
+        cx: &mut Context<'_>,
+    ) -> Poll<DeadlineExceeded> {
+        let Some(at) = deadlines.next(phase) else {
+            return Poll::Pending;
+        };
+        ready!(self.poll_at(at, cx));
+        // `poll_at` is ready only once the clock has reached `at`, so this is `Some`.
+        deadlines
+            .expired(Instant::now(), phase)
+            .map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// `Ready` once the clock has reached `at`; otherwise `Pending`, with the task in `cx` to be
+    /// woken no later than `at` (unless no timer can be had).
+    fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if let State::Unarmed(handle) = &mut self.state {
+            self.state = arm(handle.take(), at);
+        }
+        let State::Armed {
+            sleep,
+            at: armed_at,
+        } = &mut self.state
+        else {
+            return Poll::Pending;
+        };
+        if *armed_at > at {
+            sleep.as_mut().reset(at);
+            *armed_at = at;
+        }
+        // Two rounds: a timer armed for an earlier deadline fires, is re-armed, then waits.
+        for _ in 0..2 {
+            if !sleep.is_elapsed() && sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= at {
+                return Poll::Ready(());
+            }
+            // Fired before `at`: it was armed for an earlier deadline, or its runtime shut down
+            // (which fires every timer). Re-arming tells them apart: a shut-down runtime fires
+            // the timer again at once instead of registering it.
+            sleep.as_mut().reset(at);
+            *armed_at = at;
+            if sleep.is_elapsed() && Instant::now() < at {
+                tracing::debug!(
+                    target: "tower_stream_deadline",
+                    "the runtime that held the deadline timer shut down; \
+                     the deadline is now checked only when a frame arrives"
+                );
+                self.state = State::Unavailable;
+                return Poll::Pending;
+            }
+        }
+        // A timer that keeps firing early: ask to be polled again rather than sleep unwoken.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Creates and registers a `Sleep` at `at` in `handle`'s runtime, or the polling thread's.
+#[cold]
+fn arm(handle: Option<Handle>, at: Instant) -> State {
+    let Some(handle) = handle.or_else(|| Handle::try_current().ok()) else {
+        tracing::debug!(
+            target: "tower_stream_deadline",
+            "no tokio runtime to hold a deadline timer; \
+             the deadline is checked only when a frame arrives"
+        );
+        return State::Unavailable;
+    };
+    let _entered = handle.enter();
+    // tokio panics here when the runtime was built without `enable_time`.
+    match catch_unwind(AssertUnwindSafe(|| Box::pin(tokio::time::sleep_until(at)))) {
+        Ok(mut sleep) => {
+            // Registers without polling: on a runtime that has shut down this fires the timer
+            // rather than panicking, and `poll_at` sees it elapsed.
+            sleep.as_mut().reset(at);
+            State::Armed { sleep, at }
+        }
+        Err(_) => {
+            tracing::warn!(
+                target: "tower_stream_deadline",
+                "the tokio runtime has no timers (built without `enable_time`); \
+                 the deadline is checked only when a frame arrives"
+            );
+            State::Unavailable
+        }
+    }
+}
