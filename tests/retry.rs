@@ -1,0 +1,125 @@
+//! A request stuck before its first frame is abandoned at the first-frame budget and
+//! retried by `tower::retry`; nothing else is retried.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::retry::RetryLayer;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_stream_deadline::{BoxError, DeadlineKind, RetryFirstFrame, StreamDeadlineLayer};
+
+use support::{MS, Scripted, Step, UpstreamError, assert_fired, deadline_of, drain};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// An upstream that plays `scripts[n]` for its n-th call (the last one again after that).
+fn scripted_upstream(
+    scripts: Vec<Vec<Step>>,
+) -> (
+    impl Service<Request<String>, Response = Response<Scripted>, Error = UpstreamError, Future: Send>
+    + Clone,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = tower::service_fn(move |req: Request<String>| {
+        assert_eq!(
+            req.body(),
+            "prompt",
+            "every attempt carries the request body"
+        );
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let script = scripts[n.min(scripts.len() - 1)].clone();
+        async move { Ok(Response::new(Scripted::new(script))) }
+    });
+    (svc, calls)
+}
+
+async fn send<S>(svc: &mut S) -> Result<S::Response, BoxError>
+where
+    S: Service<Request<String>, Error = BoxError>,
+{
+    svc.ready()
+        .await?
+        .call(Request::new("prompt".to_owned()))
+        .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_attempt_is_abandoned_at_the_first_frame_budget_and_the_retry_is_served() {
+    let stuck = vec![Step::Stall];
+    let answers = vec![
+        Step::After(50 * MS),
+        Step::Data("the "),
+        Step::Data("answer"),
+    ];
+    let (upstream, calls) = scripted_upstream(vec![stuck, answers]);
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryFirstFrame::new(2)))
+        .layer(StreamDeadlineLayer::new(60 * SEC).first_frame(SEC))
+        .service(upstream);
+
+    let start = Instant::now();
+    let mut body = send(&mut svc).await.unwrap().into_body();
+    assert_eq!(
+        start.elapsed(),
+        SEC + 50 * MS,
+        "one first-frame budget lost, then served"
+    );
+    let drained = drain(&mut body).await;
+
+    assert!(drained.error.is_none());
+    assert_eq!(drained.text(), "the answer");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_are_bounded_and_the_last_first_frame_error_is_returned() {
+    let (upstream, calls) = scripted_upstream(vec![vec![Step::Stall]]);
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryFirstFrame::new(2)))
+        .layer(StreamDeadlineLayer::new(60 * SEC).first_frame(SEC))
+        .service(upstream);
+
+    let result = send(&mut svc).await;
+
+    assert_fired(deadline_of(&result), DeadlineKind::FirstFrame, SEC);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "one attempt and two retries"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_deadlines_and_upstream_errors_are_not_retried() {
+    // Headers never come within the total budget, which is shorter than the first-frame one.
+    let (upstream, calls) = scripted_upstream(vec![vec![Step::Stall]]);
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryFirstFrame::new(2)))
+        .layer(StreamDeadlineLayer::new(SEC).first_frame(5 * SEC))
+        .service(upstream);
+    let mut body = send(&mut svc).await.unwrap().into_body();
+    assert_eq!(
+        drain(&mut body).await.deadline().kind(),
+        DeadlineKind::Total
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let (upstream, calls) = scripted_upstream(vec![vec![Step::Fail("reset")]]);
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryFirstFrame::new(2)))
+        .layer(StreamDeadlineLayer::new(60 * SEC).first_frame(SEC))
+        .service(upstream);
+    let err = send(&mut svc).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<UpstreamError>(),
+        Some(&UpstreamError("reset"))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
