@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::BoxError;
 use crate::deadline::{Deadlines, Phase};
+use crate::outcome::Recorder;
 use crate::timer::Timer;
 
 pin_project! {
@@ -75,34 +76,34 @@ pin_project! {
         // Set by the first poll that finds no frame ready: the idle budget counts from here.
         waiting_since: Option<Instant>,
         timer: Timer,
-        delivered: Delivered,
+        recorder: Recorder,
+    }
+
+    impl<B: Body> PinnedDrop for DeadlineBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // A caller that trusts `is_end_stream` (hyper does) never polls for the end.
+            let this = this.project();
+            let ended = this.first.is_none()
+                && match this.upstream.as_ref().project_ref() {
+                    UpstreamProjRef::Inline { body } => body.is_end_stream(),
+                    UpstreamProjRef::Boxed { body } => body.is_end_stream(),
+                    UpstreamProjRef::Released => false,
+                };
+            if ended {
+                this.recorder.completed(Instant::now());
+            }
+        }
     }
 }
 
 pin_project! {
     #[project = UpstreamProj]
+    #[project_ref = UpstreamProjRef]
     pub(crate) enum Upstream<B> {
         Inline { #[pin] body: B },
         // Boxed by the `ResponseFuture` to poll it for the first frame and still hand it over.
         Boxed { body: Pin<Box<B>> },
         Released,
-    }
-}
-
-/// What the caller has received so far, for the `tracing` event.
-#[derive(Clone, Copy, Debug, Default)]
-struct Delivered {
-    frames: u64,
-    bytes: u64,
-}
-
-impl Delivered {
-    #[inline]
-    fn count<D: Buf>(&mut self, frame: &Frame<D>) {
-        self.frames += 1;
-        if let Some(data) = frame.data_ref() {
-            self.bytes += data.remaining() as u64;
-        }
     }
 }
 
@@ -112,6 +113,7 @@ impl<B: Body> DeadlineBody<B> {
         first: Option<Frame<B::Data>>,
         deadlines: Deadlines,
         timer: Timer,
+        recorder: Recorder,
     ) -> Self {
         DeadlineBody {
             upstream,
@@ -119,7 +121,7 @@ impl<B: Body> DeadlineBody<B> {
             deadlines,
             waiting_since: None,
             timer,
-            delivered: Delivered::default(),
+            recorder,
         }
     }
 }
@@ -138,7 +140,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         if let Some(frame) = this.first.take() {
-            this.delivered.count(&frame);
+            this.recorder.frame(&frame, None);
             return Poll::Ready(Some(Ok(frame)));
         }
         let polled = match this.upstream.as_mut().project() {
@@ -150,15 +152,19 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 let waiting_since = this.waiting_since.take();
                 if !this.deadlines.has_total() && waiting_since.is_none() {
-                    this.delivered.count(&frame);
+                    this.recorder.frame(&frame, None);
                     return Poll::Ready(Some(Ok(frame)));
                 }
+                let now = Instant::now();
                 match this
                     .deadlines
-                    .expired(Instant::now(), Phase::Streaming { waiting_since })
+                    .expired(now, Phase::Streaming { waiting_since })
                 {
                     None => {
-                        this.delivered.count(&frame);
+                        if let Some(since) = waiting_since {
+                            this.recorder.waited(since, now);
+                        }
+                        this.recorder.frame(&frame, Some(now));
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     Some(expired) => expired,
@@ -166,15 +172,22 @@ where
             }
             Poll::Ready(Some(Err(err))) => {
                 this.upstream.set(Upstream::Released);
+                this.recorder.upstream_error();
                 return Poll::Ready(Some(Err(err.into())));
             }
             Poll::Ready(None) => {
-                let phase = Phase::Streaming {
-                    waiting_since: this.waiting_since.take(),
-                };
-                match this.deadlines.expired(Instant::now(), phase) {
+                let waiting_since = this.waiting_since.take();
+                let now = Instant::now();
+                match this
+                    .deadlines
+                    .expired(now, Phase::Streaming { waiting_since })
+                {
                     None => {
                         this.upstream.set(Upstream::Released);
+                        if let Some(since) = waiting_since {
+                            this.recorder.waited(since, now);
+                        }
+                        this.recorder.completed(now);
                         return Poll::Ready(None);
                     }
                     Some(expired) => expired,
@@ -191,7 +204,10 @@ where
             }
         };
         this.upstream.set(Upstream::Released);
-        expired.trace(this.delivered.frames, this.delivered.bytes);
+        if let Some(since) = this.waiting_since.take() {
+            this.recorder.waited(since, Instant::now());
+        }
+        this.recorder.deadline(&expired);
         Poll::Ready(Some(Err(expired.into())))
     }
 
@@ -231,8 +247,7 @@ impl<B: Body> fmt::Debug for DeadlineBody<B> {
             .field("released", &matches!(self.upstream, Upstream::Released))
             .field("deadlines", &self.deadlines)
             .field("waiting_since", &self.waiting_since)
-            .field("frames", &self.delivered.frames)
-            .field("bytes", &self.delivered.bytes)
+            .field("recorder", &self.recorder)
             .finish_non_exhaustive()
     }
 }

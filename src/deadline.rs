@@ -52,6 +52,36 @@ impl Deadlines {
         }
     }
 
+    /// Moves the total deadline earlier to `at`; a later `at` changes nothing.
+    pub(crate) fn cap_total(&mut self, at: Instant) {
+        if self.total.is_some_and(|total| total <= at) {
+            return;
+        }
+        self.total = Some(at);
+        self.total_budget = at.saturating_duration_since(self.start);
+        if self
+            .first_frame
+            .is_some_and(|(first_frame, _)| first_frame >= at)
+        {
+            self.first_frame = None;
+        }
+    }
+
+    /// The total deadline, if finite.
+    pub(crate) fn total(&self) -> Option<Instant> {
+        self.total
+    }
+
+    pub(crate) fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The budgets that apply: total (if finite), first frame, idle.
+    pub(crate) fn budgets(&self) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
+        let total = self.total.map(|_| self.total_budget);
+        (total, self.first_frame.map(|(_, budget)| budget), self.idle)
+    }
+
     /// Whether a first-frame budget applies (it is set and earlier than the total deadline).
     pub(crate) fn waits_for_first_frame(&self) -> bool {
         self.first_frame.is_some()
@@ -216,6 +246,27 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn capping_the_total_only_ever_shortens_it_and_drops_a_first_frame_budget_it_overtakes() {
+        let mut d = Deadlines::new(Instant::now(), &budgets(100 * MS, Some(50 * MS), None));
+        d.cap_total(d.start + 200 * MS);
+        assert_eq!(d.budgets(), (Some(100 * MS), Some(50 * MS), None));
+        d.cap_total(d.start + 80 * MS);
+        assert_eq!(d.budgets(), (Some(80 * MS), Some(50 * MS), None));
+        d.cap_total(d.start + 30 * MS);
+        assert_eq!(d.budgets(), (Some(30 * MS), None, None));
+        assert_eq!(
+            kind_at(&d, 30 * MS, Phase::BeforeFirstFrame),
+            Some(DeadlineKind::Total)
+        );
+
+        let mut unbounded = Deadlines::new(Instant::now(), &budgets(Duration::MAX, None, None));
+        unbounded.cap_total(unbounded.start + SEC_FOR_TEST);
+        assert_eq!(unbounded.budgets().0, Some(SEC_FOR_TEST));
+    }
+
+    const SEC_FOR_TEST: Duration = Duration::from_secs(1);
 
     #[test]
     fn the_earliest_deadline_is_named_and_total_wins_a_tie() {

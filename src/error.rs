@@ -95,20 +95,6 @@ impl DeadlineExceeded {
         self.elapsed
     }
 
-    /// The one `tracing` event a deadline emits, with what had been delivered before it.
-    #[cold]
-    pub(crate) fn trace(&self, frames: u64, bytes: u64) {
-        tracing::warn!(
-            target: "tower_stream_deadline",
-            kind = self.kind.as_str(),
-            budget = ?self.budget,
-            elapsed = ?self.elapsed,
-            frames,
-            bytes,
-            "stream deadline exceeded; upstream released"
-        );
-    }
-
     /// Finds a `DeadlineExceeded` in `err` or anywhere in its [`source`](Error::source) chain.
     ///
     /// Errors get wrapped on their way up (hyper wraps a body error it could not send,

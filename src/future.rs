@@ -7,13 +7,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::Response;
-use http_body::Body;
+use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::BoxError;
 use crate::body::{DeadlineBody, Upstream};
 use crate::deadline::{Deadlines, Phase};
+use crate::error::DeadlineExceeded;
+use crate::outcome::Recorder;
 use crate::timer::Timer;
 
 pin_project! {
@@ -33,6 +35,8 @@ pin_project! {
         state: State<F, B>,
         deadlines: Deadlines,
         timer: Timer,
+        // `None` once handed to the body; dropped with the future, it reports the drop.
+        recorder: Option<Recorder>,
     }
 }
 
@@ -47,11 +51,12 @@ pin_project! {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn new(future: F, deadlines: Deadlines) -> Self {
+    pub(crate) fn new(future: F, deadlines: Deadlines, recorder: Recorder) -> Self {
         ResponseFuture {
             state: State::Head { future },
             deadlines,
             timer: Timer::new(),
+            recorder: Some(recorder),
         }
     }
 }
@@ -71,27 +76,32 @@ where
             match this.state.as_mut().project() {
                 StateProj::Head { future } => match future.poll(cx) {
                     Poll::Pending => {}
-                    Poll::Ready(Err(err)) => return Poll::Ready(this.fail(err.into())),
+                    Poll::Ready(Err(err)) => return Poll::Ready(this.upstream_failed(err.into())),
                     Poll::Ready(Ok(response)) => {
                         let (head, body) = response.into_parts();
-                        if this.deadlines.waits_for_first_frame() {
-                            let waiting = Some((head, Box::pin(body)));
-                            this.state.set(State::FirstFrame { waiting });
-                            continue;
+                        if !this.deadlines.waits_for_first_frame() {
+                            return Poll::Ready(this.finish(head, Upstream::Inline { body }, None));
                         }
-                        return Poll::Ready(this.finish(head, Upstream::Inline { body }, None));
+                        if let Some(recorder) = this.recorder {
+                            recorder.head(Instant::now());
+                        }
+                        let waiting = Some((head, Box::pin(body)));
+                        this.state.set(State::FirstFrame { waiting });
+                        continue;
                     }
                 },
                 StateProj::FirstFrame { waiting } => {
                     let Some((_, body)) = waiting.as_mut() else {
-                        return Poll::Ready(this.fail(POLLED_AFTER_COMPLETION.into()));
+                        return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                     };
                     match body.as_mut().poll_frame(cx) {
                         Poll::Pending => {}
-                        Poll::Ready(Some(Err(err))) => return Poll::Ready(this.fail(err.into())),
+                        Poll::Ready(Some(Err(err))) => {
+                            return Poll::Ready(this.upstream_failed(err.into()));
+                        }
                         Poll::Ready(first) => {
                             let Some((head, body)) = waiting.take() else {
-                                return Poll::Ready(this.fail(POLLED_AFTER_COMPLETION.into()));
+                                return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                             };
                             let first = first.and_then(Result::ok);
                             let upstream = match first {
@@ -111,8 +121,7 @@ where
                 Phase::BeforeFirstFrame,
                 cx
             ));
-            expired.trace(0, 0);
-            return Poll::Ready(this.fail(expired.into()));
+            return Poll::Ready(this.expired(expired));
         }
     }
 }
@@ -120,11 +129,24 @@ where
 const POLLED_AFTER_COMPLETION: &str =
     "tower-stream-deadline: ResponseFuture polled after it completed";
 
+type Output<B> = Result<Response<DeadlineBody<B>>, BoxError>;
+
 impl<F, B: Body> Projected<'_, F, B> {
-    /// Ends the future with `err`, dropping the inner future or body: that cancels the request.
-    fn fail(&mut self, err: BoxError) -> Result<Response<DeadlineBody<B>>, BoxError> {
+    /// Ends the future, dropping the inner future or body: that cancels the request.
+    fn upstream_failed(&mut self, err: BoxError) -> Output<B> {
         self.state.set(State::Done);
+        if let Some(mut recorder) = self.recorder.take() {
+            recorder.upstream_error();
+        }
         Err(err)
+    }
+
+    fn expired(&mut self, expired: DeadlineExceeded) -> Output<B> {
+        self.state.set(State::Done);
+        if let Some(mut recorder) = self.recorder.take() {
+            recorder.deadline(&expired);
+        }
+        Err(expired.into())
     }
 
     /// Hands the response over, unless a deadline passed while it was being taken.
@@ -132,17 +154,32 @@ impl<F, B: Body> Projected<'_, F, B> {
         &mut self,
         head: http::response::Parts,
         upstream: Upstream<B>,
-        first: Option<http_body::Frame<B::Data>>,
-    ) -> Result<Response<DeadlineBody<B>>, BoxError> {
-        self.state.set(State::Done);
-        if let Some(expired) = self
-            .deadlines
-            .expired(Instant::now(), Phase::BeforeFirstFrame)
-        {
-            expired.trace(0, 0);
-            return Err(expired.into());
+        first: Option<Frame<B::Data>>,
+    ) -> Output<B> {
+        let now = Instant::now();
+        if let Some(expired) = self.deadlines.expired(now, Phase::BeforeFirstFrame) {
+            drop(upstream);
+            return self.expired(expired);
         }
-        let body = DeadlineBody::new(upstream, first, *self.deadlines, self.timer.take());
+        self.state.set(State::Done);
+        let Some(mut recorder) = self.recorder.take() else {
+            return Err(POLLED_AFTER_COMPLETION.into());
+        };
+        if self.deadlines.waits_for_first_frame() {
+            match first {
+                Some(_) => recorder.first_frame(now),
+                None => recorder.completed(now),
+            }
+        } else {
+            recorder.head(now);
+        }
+        let body = DeadlineBody::new(
+            upstream,
+            first,
+            *self.deadlines,
+            self.timer.take(),
+            recorder,
+        );
         Ok(Response::from_parts(head, body))
     }
 }

@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
+use http::HeaderName;
 use tower_layer::Layer;
 
 use crate::budget::Budgets;
+use crate::outcome::{OnOutcome, Outcome};
 use crate::service::StreamDeadline;
+use crate::timeout_header::HeaderRules;
 
 /// Applies [`StreamDeadline`] to a service: a total budget on each whole response, and
 /// optionally a first-frame and an idle budget.
@@ -39,7 +42,9 @@ use crate::service::StreamDeadline;
 /// ```
 #[derive(Clone, Debug)]
 pub struct StreamDeadlineLayer {
-    budgets: Budgets,
+    pub(crate) budgets: Budgets,
+    pub(crate) headers: HeaderRules,
+    pub(crate) on_outcome: Option<OnOutcome>,
 }
 
 impl StreamDeadlineLayer {
@@ -48,6 +53,8 @@ impl StreamDeadlineLayer {
     pub fn new(total: Duration) -> Self {
         StreamDeadlineLayer {
             budgets: Budgets::new(total),
+            headers: HeaderRules::default(),
+            on_outcome: None,
         }
     }
 
@@ -72,8 +79,69 @@ impl StreamDeadlineLayer {
         self
     }
 
-    pub(crate) fn budgets(&self) -> Budgets {
-        self.budgets
+    /// Honour a `grpc-timeout` request header (gRPC wire format: 1 to 8 digits and a unit of
+    /// `H M S m u n`): it may shorten the total budget of that request, never lengthen it.
+    ///
+    /// Malformed, overlong, signed, non-ASCII or repeated values are ignored (with a
+    /// `tracing` debug event); they never fail the request.
+    pub fn read_grpc_timeout(mut self) -> Self {
+        self.headers.read_grpc = true;
+        self
+    }
+
+    /// Honour a plain timeout request header, such as `x-request-timeout: 45s`: digits and a
+    /// unit of `ms`, `s`, `m` or `h`, or bare digits for milliseconds. Like `grpc-timeout`, it
+    /// may only shorten the total budget, and bad values are ignored.
+    pub fn read_timeout_header(mut self, name: HeaderName) -> Self {
+        self.headers.read_plain = Some(name);
+        self
+    }
+
+    /// Write the remaining total budget as `grpc-timeout` on the request passed inward (to
+    /// the next hop), in the finest unit that fits 8 digits, rounded down; replaces any
+    /// value the request had.
+    pub fn forward_grpc_timeout(mut self) -> Self {
+        self.headers.forward_grpc = true;
+        self
+    }
+
+    /// Write the remaining total budget, in whole milliseconds rounded down (`1500ms`), in
+    /// the header `name` on the request passed inward; replaces any value it had.
+    pub fn forward_timeout_header(mut self, name: HeaderName) -> Self {
+        self.headers.forward_plain = Some(name);
+        self
+    }
+
+    /// Subtract `margin` from the budget written by the `forward_*` settings, leaving time
+    /// for the answer to travel back.
+    pub fn forward_margin(mut self, margin: Duration) -> Self {
+        self.headers.forward_margin = margin;
+        self
+    }
+
+    /// Call `f` once for every response with its [`Outcome`]: how it ended, time to head and
+    /// first frame, longest idle wait, total time, frames and bytes, and the budgets that
+    /// applied. Feed your metrics from here.
+    ///
+    /// It runs on whichever task ends the response (or drops it), so keep it quick and
+    /// non-blocking. A panic inside it is caught and logged (`tracing` error) and the
+    /// response carries on; while the thread is already unwinding from another panic, the
+    /// callback is skipped. Unset, it costs nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stream_deadline::{Ending, StreamDeadlineLayer};
+    ///
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45)).on_outcome(|outcome| {
+    ///     if let Ending::Deadline(kind) = outcome.ending {
+    ///         eprintln!("{kind} deadline after {} frames", outcome.frames);
+    ///     }
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn on_outcome(mut self, f: impl Fn(&Outcome) + Send + Sync + 'static) -> Self {
+        self.on_outcome = Some(OnOutcome::new(f));
+        self
     }
 }
 
@@ -81,6 +149,6 @@ impl<S> Layer<S> for StreamDeadlineLayer {
     type Service = StreamDeadline<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        StreamDeadline::from_layer(inner, self)
+        StreamDeadline::from_layer(inner, self.clone())
     }
 }

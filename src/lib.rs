@@ -96,15 +96,20 @@ mod deadline;
 mod error;
 mod future;
 mod layer;
+mod outcome;
+mod request;
 #[cfg(feature = "retry")]
 mod retry;
 mod service;
+mod timeout_header;
 mod timer;
 
 pub use body::DeadlineBody;
 pub use error::{DeadlineExceeded, DeadlineKind};
 pub use future::ResponseFuture;
 pub use layer::StreamDeadlineLayer;
+pub use outcome::{Ending, Outcome};
+pub use request::{Deadline, RequestBudgets};
 #[cfg(feature = "retry")]
 pub use retry::RetryFirstFrame;
 pub use service::StreamDeadline;

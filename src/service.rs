@@ -3,16 +3,18 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Response;
+use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::DeadlineBody;
-use crate::budget::Budgets;
+use crate::deadline::Deadlines;
 use crate::future::ResponseFuture;
 use crate::layer::StreamDeadlineLayer;
+use crate::outcome::Recorder;
+use crate::request::{Deadline, RequestBudgets};
 
 /// Puts a total budget (and optionally first-frame and idle budgets) on every response of
 /// the inner service, head and body alike.
@@ -44,21 +46,18 @@ use crate::layer::StreamDeadlineLayer;
 #[derive(Clone, Debug)]
 pub struct StreamDeadline<S> {
     inner: S,
-    budgets: Budgets,
+    layer: StreamDeadlineLayer,
 }
 
 impl<S> StreamDeadline<S> {
     /// Wraps `inner` with a total budget only. Use [`StreamDeadlineLayer`] to set the
     /// first-frame and idle budgets too.
     pub fn new(inner: S, total: Duration) -> Self {
-        StreamDeadline::from_layer(inner, &StreamDeadlineLayer::new(total))
+        StreamDeadline::from_layer(inner, StreamDeadlineLayer::new(total))
     }
 
-    pub(crate) fn from_layer(inner: S, layer: &StreamDeadlineLayer) -> Self {
-        StreamDeadline {
-            inner,
-            budgets: layer.budgets(),
-        }
+    pub(crate) fn from_layer(inner: S, layer: StreamDeadlineLayer) -> Self {
+        StreamDeadline { inner, layer }
     }
 
     /// The inner service.
@@ -77,9 +76,9 @@ impl<S> StreamDeadline<S> {
     }
 }
 
-impl<S, Req, B> Service<Req> for StreamDeadline<S>
+impl<S, ReqBody, B> Service<Request<ReqBody>> for StreamDeadline<S>
 where
-    S: Service<Req, Response = Response<B>>,
+    S: Service<Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: Body,
     B::Error: Into<BoxError>,
@@ -92,9 +91,42 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // Read before the inner `call`, which may already do work (start a connection).
-        let deadlines = self.budgets.start(Instant::now());
-        ResponseFuture::new(self.inner.call(req), deadlines)
+        let now = Instant::now();
+        let deadlines = self.deadlines(&req, now);
+        if let Some(at) = deadlines.total() {
+            req.extensions_mut().insert(Deadline::new(at));
+            let headers = &self.layer.headers;
+            if headers.forwards() {
+                headers.forward(req.headers_mut(), at.saturating_duration_since(now));
+            }
+        }
+        let recorder = Recorder::new(&deadlines, self.layer.on_outcome.clone());
+        ResponseFuture::new(self.inner.call(req), deadlines, recorder)
+    }
+}
+
+impl<S> StreamDeadline<S> {
+    /// The deadlines for `req`: the layer's budgets, overridden by the request's
+    /// `RequestBudgets`, then shortened (never lengthened) by a `Deadline` the request
+    /// carries and by its timeout headers.
+    fn deadlines<ReqBody>(&self, req: &Request<ReqBody>, now: Instant) -> Deadlines {
+        let extensions = req.extensions();
+        let budgets = match extensions.get::<RequestBudgets>() {
+            Some(overrides) => overrides.apply(self.layer.budgets),
+            None => self.layer.budgets,
+        };
+        let mut deadlines = budgets.start(now);
+        if let Some(outer) = extensions.get::<Deadline>() {
+            deadlines.cap_total(outer.at());
+        }
+        let headers = &self.layer.headers;
+        if headers.reads() {
+            if let Some(at) = headers.read(req.headers()).and_then(|d| now.checked_add(d)) {
+                deadlines.cap_total(at);
+            }
+        }
+        deadlines
     }
 }

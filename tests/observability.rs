@@ -93,7 +93,7 @@ async fn a_call_that_fails_before_the_body_reports_nothing_delivered() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stream_that_completes_emits_nothing() {
+async fn a_stream_that_completes_emits_one_debug_event_with_its_outcome() {
     let (captured, _guard) = capture_everything();
     let upstream = Upstream::new(
         Duration::ZERO,
@@ -105,5 +105,19 @@ async fn a_stream_that_completes_emits_nothing() {
     let mut body = call(&mut svc).await.unwrap().into_body();
     assert!(drain(&mut body).await.error.is_none());
 
-    assert_eq!(captured.lines(), Vec::<String>::new());
+    let lines = captured.lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    for field in [
+        "DEBUG",
+        "ending=\"completed\"",
+        "frames=2",
+        "bytes=2",
+        "longest_idle=Some(1ms)",
+    ] {
+        assert!(
+            lines[0].contains(field),
+            "{field} missing from {}",
+            lines[0]
+        );
+    }
 }

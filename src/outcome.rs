@@ -1,0 +1,260 @@
+//! [`Outcome`]: one record per response of what happened, for metrics.
+//!
+//! The [`Recorder`] travels with the response, from the future to the body, and reports
+//! exactly once: when the body ends, fails, or is dropped before its end (a dropped future
+//! reports too). It reads the clock only where the body already does, plus once for the
+//! head, once for the first frame and once at the end.
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Buf;
+use http_body::Frame;
+use tokio::time::Instant;
+
+use crate::deadline::Deadlines;
+use crate::error::{DeadlineExceeded, DeadlineKind};
+
+/// How a response ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ending {
+    /// The body reached its end within every budget.
+    Completed,
+    /// A budget ran out: the call or the body failed with [`DeadlineExceeded`] of this kind.
+    Deadline(DeadlineKind),
+    /// The inner service or the upstream body failed; its error was passed on.
+    UpstreamError,
+    /// The caller dropped the response future or the body before the end.
+    Dropped,
+}
+
+impl Ending {
+    /// A short lowercase name, as used in `tracing` events.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Ending::Completed => "completed",
+            Ending::Deadline(DeadlineKind::Total) => "deadline-total",
+            Ending::Deadline(DeadlineKind::FirstFrame) => "deadline-first-frame",
+            Ending::Deadline(DeadlineKind::Idle) => "deadline-idle",
+            Ending::UpstreamError => "upstream-error",
+            Ending::Dropped => "dropped",
+        }
+    }
+}
+
+/// What happened to one response, reported once when it ends (see
+/// [`StreamDeadlineLayer::on_outcome`](crate::StreamDeadlineLayer::on_outcome)).
+///
+/// All times are measured from `call` on tokio's clock, except `longest_idle`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// How it ended.
+    pub ending: Ending,
+    /// From `call` to the response head, if it came.
+    pub time_to_head: Option<Duration>,
+    /// From `call` to the first body frame, if one came.
+    pub time_to_first_frame: Option<Duration>,
+    /// The longest the body waited on upstream for a frame (or its end), if it ever waited.
+    pub longest_idle: Option<Duration>,
+    /// From `call` to the end (or the error, or the drop).
+    pub total_time: Duration,
+    /// Frames delivered to the caller.
+    pub frames: u64,
+    /// Data bytes delivered to the caller.
+    pub bytes: u64,
+    /// The total budget that applied (after per-request budgets and headers), if finite.
+    pub total_budget: Option<Duration>,
+    /// The first-frame budget that applied, if any.
+    pub first_frame_budget: Option<Duration>,
+    /// The idle budget that applied, if any.
+    pub idle_budget: Option<Duration>,
+}
+
+impl Outcome {
+    /// The share of the total budget used (`1.0` or more when it ran out).
+    pub fn total_used(&self) -> Option<f64> {
+        share(Some(self.total_time), self.total_budget)
+    }
+
+    /// The share of the first-frame budget used by the first frame (`None` if it never came).
+    pub fn first_frame_used(&self) -> Option<f64> {
+        share(self.time_to_first_frame, self.first_frame_budget)
+    }
+
+    /// The share of the idle budget used by the longest wait.
+    pub fn idle_used(&self) -> Option<f64> {
+        share(self.longest_idle, self.idle_budget)
+    }
+}
+
+fn share(used: Option<Duration>, budget: Option<Duration>) -> Option<f64> {
+    let (used, budget) = (used?, budget?);
+    if budget.is_zero() {
+        return Some(if used.is_zero() { 0.0 } else { f64::INFINITY });
+    }
+    Some(used.as_secs_f64() / budget.as_secs_f64())
+}
+
+/// The callback set with `on_outcome`.
+#[derive(Clone)]
+pub(crate) struct OnOutcome(Arc<dyn Fn(&Outcome) + Send + Sync>);
+
+impl OnOutcome {
+    pub(crate) fn new(f: impl Fn(&Outcome) + Send + Sync + 'static) -> Self {
+        OnOutcome(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for OnOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnOutcome(..)")
+    }
+}
+
+/// Gathers one response's [`Outcome`] and reports it once.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    start: Instant,
+    on_outcome: Option<OnOutcome>,
+    outcome: Outcome,
+    reported: bool,
+}
+
+impl Recorder {
+    pub(crate) fn new(deadlines: &Deadlines, on_outcome: Option<OnOutcome>) -> Self {
+        let (total_budget, first_frame_budget, idle_budget) = deadlines.budgets();
+        Recorder {
+            start: deadlines.start(),
+            on_outcome,
+            outcome: Outcome {
+                ending: Ending::Dropped,
+                time_to_head: None,
+                time_to_first_frame: None,
+                longest_idle: None,
+                total_time: Duration::ZERO,
+                frames: 0,
+                bytes: 0,
+                total_budget,
+                first_frame_budget,
+                idle_budget,
+            },
+            reported: false,
+        }
+    }
+
+    pub(crate) fn head(&mut self, now: Instant) {
+        self.outcome.time_to_head = Some(now.saturating_duration_since(self.start));
+    }
+
+    /// Counts a frame handed to the caller; `now` is the time it was taken, if known.
+    #[inline]
+    pub(crate) fn frame<D: Buf>(&mut self, frame: &Frame<D>, now: Option<Instant>) {
+        if self.outcome.time_to_first_frame.is_none() {
+            self.first_frame(now.unwrap_or_else(Instant::now));
+        }
+        self.outcome.frames += 1;
+        if let Some(data) = frame.data_ref() {
+            self.outcome.bytes += data.remaining() as u64;
+        }
+    }
+
+    #[cold]
+    pub(crate) fn first_frame(&mut self, now: Instant) {
+        self.outcome.time_to_first_frame = Some(now.saturating_duration_since(self.start));
+    }
+
+    /// Records a wait on upstream that ended at `now`.
+    #[inline]
+    pub(crate) fn waited(&mut self, since: Instant, now: Instant) {
+        let waited = now.saturating_duration_since(since);
+        if self
+            .outcome
+            .longest_idle
+            .is_none_or(|longest| waited > longest)
+        {
+            self.outcome.longest_idle = Some(waited);
+        }
+    }
+
+    pub(crate) fn completed(&mut self, now: Instant) {
+        self.report(Ending::Completed, now, None);
+    }
+
+    pub(crate) fn upstream_error(&mut self) {
+        self.report(Ending::UpstreamError, Instant::now(), None);
+    }
+
+    pub(crate) fn deadline(&mut self, expired: &DeadlineExceeded) {
+        self.report(
+            Ending::Deadline(expired.kind()),
+            Instant::now(),
+            Some(expired),
+        );
+    }
+
+    #[cold]
+    fn report(&mut self, ending: Ending, now: Instant, expired: Option<&DeadlineExceeded>) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        let outcome = &mut self.outcome;
+        outcome.ending = ending;
+        outcome.total_time = now.saturating_duration_since(self.start);
+        trace(outcome, expired);
+        let Some(on_outcome) = &self.on_outcome else {
+            return;
+        };
+        // A panic while already unwinding would abort the process: skip the callback then.
+        if std::thread::panicking() {
+            return;
+        }
+        if catch_unwind(AssertUnwindSafe(|| (on_outcome.0)(outcome))).is_err() {
+            tracing::error!(
+                target: "tower_stream_deadline",
+                "the on_outcome callback panicked; the response is unaffected"
+            );
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.report(Ending::Dropped, Instant::now(), None);
+        }
+    }
+}
+
+/// The one `tracing` event per response: WARN for a deadline, DEBUG otherwise.
+fn trace(outcome: &Outcome, expired: Option<&DeadlineExceeded>) {
+    let Some(expired) = expired else {
+        tracing::debug!(
+            target: "tower_stream_deadline",
+            ending = outcome.ending.as_str(),
+            total_time = ?outcome.total_time,
+            time_to_head = ?outcome.time_to_head,
+            time_to_first_frame = ?outcome.time_to_first_frame,
+            longest_idle = ?outcome.longest_idle,
+            frames = outcome.frames,
+            bytes = outcome.bytes,
+            "stream ended"
+        );
+        return;
+    };
+    tracing::warn!(
+        target: "tower_stream_deadline",
+        kind = expired.kind().as_str(),
+        budget = ?expired.budget(),
+        elapsed = ?expired.elapsed(),
+        time_to_head = ?outcome.time_to_head,
+        time_to_first_frame = ?outcome.time_to_first_frame,
+        longest_idle = ?outcome.longest_idle,
+        frames = outcome.frames,
+        bytes = outcome.bytes,
+        "stream deadline exceeded; upstream released"
+    );
+}
