@@ -4,6 +4,8 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::collections::VecDeque;
+
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -12,6 +14,7 @@ use tokio::time::Instant;
 use crate::BoxError;
 use crate::deadline::{Deadlines, Phase};
 use crate::outcome::Recorder;
+use crate::protocol::Protocol;
 use crate::timer::Timer;
 
 pin_project! {
@@ -36,6 +39,9 @@ pin_project! {
     ///   body that nobody polls or drops keeps its upstream until someone does.
     /// - `size_hint`, `is_end_stream` and trailers pass through. An upstream error passes
     ///   through as it is (boxed, not relabelled) and ends the body.
+    /// - **Protocol endings** (opt-in on the layer): a late gRPC stream ends with
+    ///   `grpc-status: 4` trailers, a late SSE stream with a final error event, instead of
+    ///   the error.
     ///
     /// # Example
     ///
@@ -70,27 +76,30 @@ pin_project! {
     pub struct DeadlineBody<B: Body> {
         #[pin]
         upstream: Upstream<B>,
-        // The first frame, taken by the `ResponseFuture` under a first-frame budget.
-        first: Option<Frame<B::Data>>,
+        // Frames the `ResponseFuture` took while waiting for the first one, replayed first.
+        held: VecDeque<Frame<B::Data>>,
         deadlines: Deadlines,
         // Set by the first poll that finds no frame ready: the idle budget counts from here.
         waiting_since: Option<Instant>,
         timer: Timer,
         recorder: Recorder,
+        // Protocol endings and progress rules; `None` unless the layer opted in and the
+        // content type matches.
+        protocol: Option<Box<Protocol>>,
     }
 
     impl<B: Body> PinnedDrop for DeadlineBody<B> {
         fn drop(this: Pin<&mut Self>) {
             // A caller that trusts `is_end_stream` (hyper does) never polls for the end.
             let this = this.project();
-            let ended = this.first.is_none()
+            let ended = this.held.is_empty()
                 && match this.upstream.as_ref().project_ref() {
                     UpstreamProjRef::Inline { body } => body.is_end_stream(),
                     UpstreamProjRef::Boxed { body } => body.is_end_stream(),
-                    UpstreamProjRef::Released => false,
+                    UpstreamProjRef::Released => true,
                 };
             if ended {
-                this.recorder.completed(Instant::now());
+                this.recorder.completed_if_unreported();
             }
         }
     }
@@ -110,18 +119,20 @@ pin_project! {
 impl<B: Body> DeadlineBody<B> {
     pub(crate) fn new(
         upstream: Upstream<B>,
-        first: Option<Frame<B::Data>>,
+        held: VecDeque<Frame<B::Data>>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
+        protocol: Option<Box<Protocol>>,
     ) -> Self {
         DeadlineBody {
             upstream,
-            first,
+            held,
             deadlines,
             waiting_since: None,
             timer,
             recorder,
+            protocol,
         }
     }
 }
@@ -129,6 +140,7 @@ impl<B: Body> DeadlineBody<B> {
 impl<B> Body for DeadlineBody<B>
 where
     B: Body,
+    B::Data: 'static,
     B::Error: Into<BoxError>,
 {
     type Data = B::Data;
@@ -139,68 +151,86 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        if let Some(frame) = this.first.take() {
-            this.recorder.frame(&frame, None);
+        if let Some(frame) = this.held.pop_front() {
+            this.recorder.frame(&frame, None, true);
             return Poll::Ready(Some(Ok(frame)));
         }
-        let polled = match this.upstream.as_mut().project() {
-            UpstreamProj::Inline { body } => body.poll_frame(cx),
-            UpstreamProj::Boxed { body } => body.as_mut().poll_frame(cx),
-            UpstreamProj::Released => return Poll::Ready(None),
-        };
-        let expired = match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                let waiting_since = this.waiting_since.take();
-                if !this.deadlines.has_total() && waiting_since.is_none() {
-                    this.recorder.frame(&frame, None);
+        let expired = loop {
+            let polled = match this.upstream.as_mut().project() {
+                UpstreamProj::Inline { body } => body.poll_frame(cx),
+                UpstreamProj::Boxed { body } => body.as_mut().poll_frame(cx),
+                UpstreamProj::Released => {
+                    this.recorder.completed_if_unreported();
+                    return Poll::Ready(None);
+                }
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let (frame, progress) = match this.protocol.as_deref_mut() {
+                        None => (Some(frame), true),
+                        Some(protocol) => protocol.inspect(frame),
+                    };
+                    // Frames that are not progress leave the idle clock running.
+                    let waiting_since = match progress {
+                        true => this.waiting_since.take(),
+                        false => *this.waiting_since,
+                    };
+                    let mut now = None;
+                    if this.deadlines.has_total() || waiting_since.is_some() || !progress {
+                        let at = Instant::now();
+                        let phase = Phase::Streaming { waiting_since };
+                        if let Some(expired) = this.deadlines.expired(at, phase) {
+                            break expired;
+                        }
+                        match waiting_since {
+                            Some(since) if progress => this.recorder.waited(since, at),
+                            None if !progress && this.deadlines.idle().is_some() => {
+                                *this.waiting_since = Some(at);
+                            }
+                            _ => {}
+                        }
+                        now = Some(at);
+                    }
+                    // All of it held back (an SSE event not finished yet): read on.
+                    let Some(frame) = frame else { continue };
+                    this.recorder.frame(&frame, now, progress);
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                let now = Instant::now();
-                match this
-                    .deadlines
-                    .expired(now, Phase::Streaming { waiting_since })
-                {
-                    None => {
-                        if let Some(since) = waiting_since {
-                            this.recorder.waited(since, now);
-                        }
-                        this.recorder.frame(&frame, Some(now));
-                        return Poll::Ready(Some(Ok(frame)));
+                Poll::Ready(Some(Err(err))) => {
+                    this.upstream.set(Upstream::Released);
+                    this.recorder.upstream_error();
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(None) => {
+                    let waiting_since = this.waiting_since.take();
+                    let now = Instant::now();
+                    if let Some(expired) = this
+                        .deadlines
+                        .expired(now, Phase::Streaming { waiting_since })
+                    {
+                        break expired;
                     }
-                    Some(expired) => expired,
-                }
-            }
-            Poll::Ready(Some(Err(err))) => {
-                this.upstream.set(Upstream::Released);
-                this.recorder.upstream_error();
-                return Poll::Ready(Some(Err(err.into())));
-            }
-            Poll::Ready(None) => {
-                let waiting_since = this.waiting_since.take();
-                let now = Instant::now();
-                match this
-                    .deadlines
-                    .expired(now, Phase::Streaming { waiting_since })
-                {
-                    None => {
-                        this.upstream.set(Upstream::Released);
-                        if let Some(since) = waiting_since {
-                            this.recorder.waited(since, now);
-                        }
-                        this.recorder.completed(now);
-                        return Poll::Ready(None);
+                    this.upstream.set(Upstream::Released);
+                    if let Some(since) = waiting_since {
+                        this.recorder.waited(since, now);
                     }
-                    Some(expired) => expired,
+                    // An event the upstream never finished goes out as it is, then the end.
+                    if let Some(tail) = this.protocol.as_deref_mut().and_then(Protocol::take_tail) {
+                        this.recorder.frame(&tail, Some(now), false);
+                        return Poll::Ready(Some(Ok(tail)));
+                    }
+                    this.recorder.completed(now);
+                    return Poll::Ready(None);
                 }
-            }
-            Poll::Pending => {
-                if this.waiting_since.is_none() && this.deadlines.idle().is_some() {
-                    *this.waiting_since = Some(Instant::now());
+                Poll::Pending => {
+                    if this.waiting_since.is_none() && this.deadlines.idle().is_some() {
+                        *this.waiting_since = Some(Instant::now());
+                    }
+                    let phase = Phase::Streaming {
+                        waiting_since: *this.waiting_since,
+                    };
+                    break ready!(this.timer.poll_expired(this.deadlines, phase, cx));
                 }
-                let phase = Phase::Streaming {
-                    waiting_since: *this.waiting_since,
-                };
-                ready!(this.timer.poll_expired(this.deadlines, phase, cx))
             }
         };
         this.upstream.set(Upstream::Released);
@@ -208,11 +238,18 @@ where
             this.recorder.waited(since, Instant::now());
         }
         this.recorder.deadline(&expired);
-        Poll::Ready(Some(Err(expired.into())))
+        match this
+            .protocol
+            .as_deref_mut()
+            .and_then(|p| p.ending(&expired))
+        {
+            Some(last) => Poll::Ready(Some(Ok(last))),
+            None => Poll::Ready(Some(Err(expired.into()))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.first.is_some() {
+        if !self.held.is_empty() || self.protocol.as_ref().is_some_and(|p| p.held() > 0) {
             return false;
         }
         match &self.upstream {
@@ -228,14 +265,20 @@ where
             Upstream::Boxed { body } => body.size_hint(),
             Upstream::Released => SizeHint::with_exact(0),
         };
-        let Some(first) = self.first.as_ref().and_then(Frame::data_ref) else {
+        let held = self
+            .held
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|d| d.remaining() as u64)
+            .sum::<u64>()
+            + self.protocol.as_ref().map_or(0, |p| p.held());
+        if held == 0 {
             return upstream;
-        };
-        let first = first.remaining() as u64;
+        }
         let mut hint = SizeHint::new();
-        hint.set_lower(upstream.lower().saturating_add(first));
+        hint.set_lower(upstream.lower().saturating_add(held));
         if let Some(upper) = upstream.upper() {
-            hint.set_upper(upper.saturating_add(first));
+            hint.set_upper(upper.saturating_add(held));
         }
         hint
     }
@@ -245,6 +288,7 @@ impl<B: Body> fmt::Debug for DeadlineBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadlineBody")
             .field("released", &matches!(self.upstream, Upstream::Released))
+            .field("held", &self.held.len())
             .field("deadlines", &self.deadlines)
             .field("waiting_since", &self.waiting_since)
             .field("recorder", &self.recorder)

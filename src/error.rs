@@ -130,7 +130,21 @@ impl fmt::Display for DeadlineExceeded {
     }
 }
 
-impl Error for DeadlineExceeded {}
+impl Error for DeadlineExceeded {
+    /// With the `h2` feature: an HTTP/2 `CANCEL` error, which hyper reads to choose the
+    /// reason of the `RST_STREAM` it sends when a body fails. Without it, `None`, and hyper
+    /// resets with `INTERNAL_ERROR`.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        #[cfg(feature = "h2")]
+        {
+            static CANCEL: std::sync::LazyLock<h2::Error> =
+                std::sync::LazyLock::new(|| h2::Error::from(h2::Reason::CANCEL));
+            Some(&*CANCEL)
+        }
+        #[cfg(not(feature = "h2"))]
+        None
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,14 @@
 //! [`ResponseFuture`]: waits for the response head (and, under a first-frame budget, its
 //! first frame) within the budgets.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Buf;
 use http::Response;
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
@@ -15,7 +18,9 @@ use crate::BoxError;
 use crate::body::{DeadlineBody, Upstream};
 use crate::deadline::{Deadlines, Phase};
 use crate::error::DeadlineExceeded;
+use crate::grpc;
 use crate::outcome::Recorder;
+use crate::protocol::{Protocol, ProtocolConfig};
 use crate::timer::Timer;
 
 pin_project! {
@@ -28,35 +33,63 @@ pin_project! {
     ///
     /// Under a first-frame budget it also waits for the first body frame (or the end of an
     /// empty body), and hands it to the body to be replayed first. That is what makes a stuck
-    /// request an error of the *call*, which `tower::retry` can retry.
+    /// request an error of the *call*, which `tower::retry` can retry. Frames that do not
+    /// count as progress (under the layer's progress rules) are held with it and replayed
+    /// in order.
+    ///
+    /// With gRPC endings on and a gRPC request, a deadline before the head resolves to a
+    /// trailers-only response with `grpc-status: 4` instead of an error.
     #[project = Projected]
-    pub struct ResponseFuture<F, B> {
+    pub struct ResponseFuture<F, B: Body> {
         #[pin]
         state: State<F, B>,
         deadlines: Deadlines,
         timer: Timer,
         // `None` once handed to the body; dropped with the future, it reports the drop.
         recorder: Option<Recorder>,
+        protocol: Option<Arc<ProtocolConfig>>,
+        grpc_request: bool,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
+    enum State<F, B: Body> {
         Head { #[pin] future: F },
-        // `None` only for the instant the head and body are handed to the `DeadlineBody`.
-        FirstFrame { waiting: Option<(http::response::Parts, Pin<Box<B>>)> },
+        // `None` only for the instant its contents are handed to the `DeadlineBody`.
+        FirstFrame { waiting: Option<Box<Waiting<B>>> },
         Done,
     }
 }
 
-impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn new(future: F, deadlines: Deadlines, recorder: Recorder) -> Self {
+/// A response whose head has come, waiting for its first frame that counts as progress.
+struct Waiting<B: Body> {
+    head: http::response::Parts,
+    body: Pin<Box<B>>,
+    held: VecDeque<Frame<B::Data>>,
+    held_bytes: usize,
+    protocol: Option<Box<Protocol>>,
+}
+
+/// Past this many bytes of frames that are not progress, the call resolves anyway: the
+/// upstream is clearly sending, and the future will not buffer without bound.
+const MAX_HELD_BYTES: usize = 64 * 1024;
+
+impl<F, B: Body> ResponseFuture<F, B> {
+    pub(crate) fn new(
+        future: F,
+        deadlines: Deadlines,
+        recorder: Recorder,
+        protocol: Option<Arc<ProtocolConfig>>,
+        grpc_request: bool,
+    ) -> Self {
         ResponseFuture {
             state: State::Head { future },
             deadlines,
             timer: Timer::new(),
             recorder: Some(recorder),
+            protocol,
+            grpc_request,
         }
     }
 }
@@ -66,6 +99,7 @@ where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: Body,
+    B::Data: 'static,
     B::Error: Into<BoxError>,
 {
     type Output = Result<Response<DeadlineBody<B>>, BoxError>;
@@ -79,38 +113,84 @@ where
                     Poll::Ready(Err(err)) => return Poll::Ready(this.upstream_failed(err.into())),
                     Poll::Ready(Ok(response)) => {
                         let (head, body) = response.into_parts();
+                        let protocol = this.protocol.as_ref().and_then(|p| p.for_response(&head));
                         if !this.deadlines.waits_for_first_frame() {
-                            return Poll::Ready(this.finish(head, Upstream::Inline { body }, None));
+                            let upstream = Upstream::Inline { body };
+                            return Poll::Ready(this.finish(
+                                head,
+                                upstream,
+                                VecDeque::new(),
+                                protocol,
+                            ));
                         }
                         if let Some(recorder) = this.recorder {
                             recorder.head(Instant::now());
                         }
-                        let waiting = Some((head, Box::pin(body)));
-                        this.state.set(State::FirstFrame { waiting });
+                        let waiting = Box::new(Waiting {
+                            head,
+                            body: Box::pin(body),
+                            held: VecDeque::new(),
+                            held_bytes: 0,
+                            protocol,
+                        });
+                        this.state.set(State::FirstFrame {
+                            waiting: Some(waiting),
+                        });
                         continue;
                     }
                 },
                 StateProj::FirstFrame { waiting } => {
-                    let Some((_, body)) = waiting.as_mut() else {
+                    let Some(w) = waiting.as_mut() else {
                         return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                     };
-                    match body.as_mut().poll_frame(cx) {
-                        Poll::Pending => {}
+                    let progress = match w.body.as_mut().poll_frame(cx) {
+                        Poll::Pending => false,
                         Poll::Ready(Some(Err(err))) => {
                             return Poll::Ready(this.upstream_failed(err.into()));
                         }
-                        Poll::Ready(first) => {
-                            let Some((head, body)) = waiting.take() else {
-                                return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
+                        Poll::Ready(Some(Ok(frame))) => {
+                            let (frame, progress) = match w.protocol.as_deref_mut() {
+                                None => (Some(frame), true),
+                                Some(protocol) => protocol.inspect(frame),
                             };
-                            let first = first.and_then(Result::ok);
-                            let upstream = match first {
-                                Some(_) => Upstream::Boxed { body },
-                                // An empty body: nothing left to hold on to.
-                                None => Upstream::Released,
-                            };
-                            return Poll::Ready(this.finish(head, upstream, first));
+                            if let Some(frame) = frame {
+                                w.held_bytes += frame.data_ref().map_or(0, |d| d.remaining());
+                                w.held.push_back(frame);
+                            }
+                            if !progress && w.held_bytes <= MAX_HELD_BYTES {
+                                continue;
+                            }
+                            true
                         }
+                        Poll::Ready(None) => {
+                            let tail = w.protocol.as_deref_mut().and_then(Protocol::take_tail);
+                            w.held.extend(tail);
+                            let Some(w) = waiting.take() else { continue };
+                            let Waiting {
+                                head,
+                                held,
+                                protocol,
+                                ..
+                            } = *w;
+                            return Poll::Ready(this.finish(
+                                head,
+                                Upstream::Released,
+                                held,
+                                protocol,
+                            ));
+                        }
+                    };
+                    if progress {
+                        let Some(w) = waiting.take() else { continue };
+                        let Waiting {
+                            head,
+                            body,
+                            held,
+                            protocol,
+                            ..
+                        } = *w;
+                        let upstream = Upstream::Boxed { body };
+                        return Poll::Ready(this.finish(head, upstream, held, protocol));
                     }
                 }
                 StateProj::Done => return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into())),
@@ -143,10 +223,25 @@ impl<F, B: Body> Projected<'_, F, B> {
 
     fn expired(&mut self, expired: DeadlineExceeded) -> Output<B> {
         self.state.set(State::Done);
-        if let Some(mut recorder) = self.recorder.take() {
+        let mut recorder = self.recorder.take();
+        if let Some(recorder) = &mut recorder {
             recorder.deadline(&expired);
         }
-        Err(expired.into())
+        let grpc_endings = self.protocol.as_ref().is_some_and(|p| p.grpc_endings);
+        match recorder {
+            Some(recorder) if grpc_endings && *self.grpc_request => {
+                let body = DeadlineBody::new(
+                    Upstream::Released,
+                    VecDeque::new(),
+                    *self.deadlines,
+                    self.timer.take(),
+                    recorder,
+                    None,
+                );
+                Ok(Response::from_parts(grpc::trailers_only(&expired), body))
+            }
+            _ => Err(expired.into()),
+        }
     }
 
     /// Hands the response over, unless a deadline passed while it was being taken.
@@ -154,37 +249,36 @@ impl<F, B: Body> Projected<'_, F, B> {
         &mut self,
         head: http::response::Parts,
         upstream: Upstream<B>,
-        first: Option<Frame<B::Data>>,
+        held: VecDeque<Frame<B::Data>>,
+        protocol: Option<Box<Protocol>>,
     ) -> Output<B> {
         let now = Instant::now();
         if let Some(expired) = self.deadlines.expired(now, Phase::BeforeFirstFrame) {
-            drop(upstream);
+            drop((upstream, held));
             return self.expired(expired);
         }
         self.state.set(State::Done);
         let Some(mut recorder) = self.recorder.take() else {
             return Err(POLLED_AFTER_COMPLETION.into());
         };
-        if self.deadlines.waits_for_first_frame() {
-            match first {
-                Some(_) => recorder.first_frame(now),
-                None => recorder.completed(now),
-            }
-        } else {
+        if !self.deadlines.waits_for_first_frame() {
             recorder.head(now);
+        } else if matches!(upstream, Upstream::Boxed { .. }) {
+            recorder.first_frame(now);
         }
         let body = DeadlineBody::new(
             upstream,
-            first,
+            held,
             *self.deadlines,
             self.timer.take(),
             recorder,
+            protocol,
         );
         Ok(Response::from_parts(head, body))
     }
 }
 
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+impl<F, B: Body> fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Head { .. } => "waiting for the response head",

@@ -2,11 +2,16 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::HeaderName;
 use tower_layer::Layer;
 
 use crate::budget::Budgets;
+use crate::error::DeadlineExceeded;
 use crate::outcome::{OnOutcome, Outcome};
+use crate::protocol::ProtocolConfig;
 use crate::service::StreamDeadline;
 use crate::timeout_header::HeaderRules;
 
@@ -45,6 +50,7 @@ pub struct StreamDeadlineLayer {
     pub(crate) budgets: Budgets,
     pub(crate) headers: HeaderRules,
     pub(crate) on_outcome: Option<OnOutcome>,
+    pub(crate) protocol: Option<Arc<ProtocolConfig>>,
 }
 
 impl StreamDeadlineLayer {
@@ -55,6 +61,7 @@ impl StreamDeadlineLayer {
             budgets: Budgets::new(total),
             headers: HeaderRules::default(),
             on_outcome: None,
+            protocol: None,
         }
     }
 
@@ -117,6 +124,85 @@ impl StreamDeadlineLayer {
     pub fn forward_margin(mut self, margin: Duration) -> Self {
         self.headers.forward_margin = margin;
         self
+    }
+
+    /// End a late gRPC call the way gRPC clients understand: for a response with
+    /// `content-type: application/grpc*`, a deadline after the head ends the body with
+    /// trailers `grpc-status: 4` (`DEADLINE_EXCEEDED`) and a `grpc-message` naming the
+    /// budget, instead of an error (which hyper turns into a reset stream, and clients into
+    /// `INTERNAL` or `UNAVAILABLE`). For a gRPC request, a deadline before the head resolves
+    /// to a trailers-only response with status 4. Every message sent before the deadline is
+    /// delivered; the upstream is released at once as always.
+    ///
+    /// Since such a call resolves instead of failing, `RetryFirstFrame` does not see it.
+    pub fn grpc_endings(mut self) -> Self {
+        self.protocol_mut().grpc_endings = true;
+        self
+    }
+
+    /// End a late `text/event-stream` response with one last event carrying the error, then
+    /// a clean end, instead of a broken stream. The default event is the JSON error that
+    /// OpenAI clients raise as an API error:
+    /// `data: {"error":{"message":"stream deadline exceeded: ...","type":"timeout","param":null,"code":"deadline_exceeded"}}`.
+    ///
+    /// Frames do not align with SSE events, so the body holds back the bytes after the last
+    /// complete event until the event is complete (most servers send whole events per
+    /// frame, and then nothing is held). At the deadline a half-sent event is dropped: a
+    /// client sees every complete event, then the error event, and nothing of the half.
+    /// Needs the body's data to be `bytes::Bytes` (hyper's and axum's are); other SSE bodies
+    /// pass through unread and end with the error.
+    pub fn sse_endings(mut self) -> Self {
+        let protocol = self.protocol_mut();
+        if protocol.sse_endings.is_none() {
+            protocol.sse_endings = Some(None);
+        }
+        self
+    }
+
+    /// Like [`sse_endings`](Self::sse_endings), with your own last event: `event` returns
+    /// its bytes, which should be whole SSE event(s) ending with a blank line.
+    pub fn sse_ending_event(
+        mut self,
+        event: impl Fn(&DeadlineExceeded) -> Bytes + Send + Sync + 'static,
+    ) -> Self {
+        self.protocol_mut().sse_endings = Some(Some(Arc::new(event)));
+        self
+    }
+
+    /// For `text/event-stream` responses, count only events that carry data as progress
+    /// for the first-frame and idle budgets: comments (`: ping`), empty keep-alive frames
+    /// and events without data leave the clocks running. Those frames are still delivered,
+    /// in order and at once (before the first progress, the response future holds them and
+    /// they are replayed with it, up to 64 KiB).
+    pub fn sse_progress(mut self) -> Self {
+        let protocol = self.protocol_mut();
+        if protocol.sse_progress.is_none() {
+            protocol.sse_progress = Some(None);
+        }
+        self
+    }
+
+    /// Like [`sse_progress`](Self::sse_progress), and an event counts only if `filter`
+    /// accepts its data (the `data` lines joined with `\n`): for example, reject an OpenAI
+    /// chunk whose delta has a role but no content.
+    pub fn sse_progress_filter(
+        mut self,
+        filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.protocol_mut().sse_progress = Some(Some(Arc::new(filter)));
+        self
+    }
+
+    /// For any other body: a data frame counts as progress (for the first-frame and idle
+    /// budgets) only if `filter` accepts its bytes (the first chunk of its buffer). Trailers
+    /// always count. Unset, every frame counts and nothing is called.
+    pub fn progress(mut self, filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> Self {
+        self.protocol_mut().progress = Some(Arc::new(filter));
+        self
+    }
+
+    fn protocol_mut(&mut self) -> &mut ProtocolConfig {
+        Arc::make_mut(self.protocol.get_or_insert_with(Default::default))
     }
 
     /// Call `f` once for every response with its [`Outcome`]: how it ended, time to head and

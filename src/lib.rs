@@ -95,12 +95,15 @@ mod budget;
 mod deadline;
 mod error;
 mod future;
+mod grpc;
 mod layer;
 mod outcome;
+mod protocol;
 mod request;
 #[cfg(feature = "retry")]
 mod retry;
 mod service;
+mod sse;
 mod timeout_header;
 mod timer;
 

@@ -150,10 +150,11 @@ impl Recorder {
         self.outcome.time_to_head = Some(now.saturating_duration_since(self.start));
     }
 
-    /// Counts a frame handed to the caller; `now` is the time it was taken, if known.
+    /// Counts a frame handed to the caller; `now` is the time it was taken, if known. The
+    /// first frame that counts as progress sets the time to first frame.
     #[inline]
-    pub(crate) fn frame<D: Buf>(&mut self, frame: &Frame<D>, now: Option<Instant>) {
-        if self.outcome.time_to_first_frame.is_none() {
+    pub(crate) fn frame<D: Buf>(&mut self, frame: &Frame<D>, now: Option<Instant>, progress: bool) {
+        if progress && self.outcome.time_to_first_frame.is_none() {
             self.first_frame(now.unwrap_or_else(Instant::now));
         }
         self.outcome.frames += 1;
@@ -182,6 +183,13 @@ impl Recorder {
 
     pub(crate) fn completed(&mut self, now: Instant) {
         self.report(Ending::Completed, now, None);
+    }
+
+    /// Reports completion unless something was reported already; reads the clock only then.
+    pub(crate) fn completed_if_unreported(&mut self) {
+        if !self.reported {
+            self.completed(Instant::now());
+        }
     }
 
     pub(crate) fn upstream_error(&mut self) {

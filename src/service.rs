@@ -12,6 +12,7 @@ use crate::BoxError;
 use crate::body::DeadlineBody;
 use crate::deadline::Deadlines;
 use crate::future::ResponseFuture;
+use crate::grpc;
 use crate::layer::StreamDeadlineLayer;
 use crate::outcome::Recorder;
 use crate::request::{Deadline, RequestBudgets};
@@ -81,6 +82,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: Body,
+    B::Data: 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<DeadlineBody<B>>;
@@ -103,7 +105,16 @@ where
             }
         }
         let recorder = Recorder::new(&deadlines, self.layer.on_outcome.clone());
-        ResponseFuture::new(self.inner.call(req), deadlines, recorder)
+        let protocol = self.layer.protocol.clone();
+        let grpc_request =
+            protocol.as_ref().is_some_and(|p| p.grpc_endings) && grpc::is_grpc(req.headers());
+        ResponseFuture::new(
+            self.inner.call(req),
+            deadlines,
+            recorder,
+            protocol,
+            grpc_request,
+        )
     }
 }
 

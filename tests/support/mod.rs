@@ -141,6 +141,8 @@ pub struct Upstream {
     pub future_dropped: DropFlag,
     pub body_dropped: DropFlag,
     pub calls: Arc<AtomicUsize>,
+    /// The response's `content-type`, if any.
+    pub content_type: Option<&'static str>,
 }
 
 impl Upstream {
@@ -150,6 +152,12 @@ impl Upstream {
             steps: steps.into_iter().collect(),
             ..Upstream::default()
         }
+    }
+
+    /// The same upstream, answering with this `content-type`.
+    pub fn with_content_type(mut self, content_type: &'static str) -> Self {
+        self.content_type = Some(content_type);
+        self
     }
 
     pub fn calls(&self) -> usize {
@@ -169,10 +177,18 @@ impl Upstream {
             let body = Scripted::new(this.steps.clone()).flagged(&this.body_dropped);
             let guard = this.future_dropped.guard();
             let head_after = this.head_after;
+            let content_type = this.content_type;
             async move {
                 let _guard = guard;
                 tokio::time::sleep(head_after).await;
-                Ok(Response::new(body))
+                let mut response = Response::new(body);
+                if let Some(content_type) = content_type {
+                    let value = http::HeaderValue::from_static(content_type);
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_TYPE, value);
+                }
+                Ok(response)
             }
         })
     }

@@ -1,0 +1,273 @@
+//! Reading a `text/event-stream` as it passes, without changing it: where events end, and
+//! which events carry data.
+//!
+//! Frames do not align with events (an event may span frames, a frame may hold several), so
+//! the scanner keeps its state across frames. It follows the SSE line rules: lines end with
+//! CRLF, LF or CR; a line starting with `:` is a comment; an empty line ends an event; a
+//! `data` field (with or without a value) gives the event data.
+
+/// What one call to [`Scanner::feed`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    /// The offset just past the last event boundary (an empty line) in the fed bytes.
+    pub(crate) last_boundary: Option<usize>,
+    /// Whether an event that carries data (and passes the filter) ended in the fed bytes.
+    pub(crate) data_event: bool,
+}
+
+/// Incremental SSE scanner.
+#[derive(Debug)]
+pub(crate) struct Scanner {
+    at_line_start: bool,
+    after_cr: bool,
+    line: Line,
+    event_has_data: bool,
+    /// The current event's data, kept only when a filter needs to read it.
+    data: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Line {
+    /// In the field name; how many bytes of `data` it has matched so far.
+    Name(u8),
+    /// In a `data` field's value; `true` until its first byte (a leading space is dropped).
+    Data(bool),
+    /// In a comment or another field.
+    Other,
+}
+
+const DATA: &[u8; 4] = b"data";
+
+impl Scanner {
+    /// A scanner at the start of a stream; `keep_data` when a filter must read each event's
+    /// data.
+    pub(crate) fn new(keep_data: bool) -> Self {
+        Scanner {
+            at_line_start: true,
+            after_cr: false,
+            line: Line::Name(0),
+            event_has_data: false,
+            data: keep_data.then(Vec::new),
+        }
+    }
+
+    /// Feeds the next bytes of the stream; `filter` judges each completed event's data.
+    pub(crate) fn feed(&mut self, bytes: &[u8], filter: Option<&dyn Fn(&[u8]) -> bool>) -> Scanned {
+        let mut scanned = Scanned::default();
+        for (i, &b) in bytes.iter().enumerate() {
+            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+                // The LF of a CRLF: an event that ended at the CR ends after it.
+                if scanned.last_boundary == Some(i) {
+                    scanned.last_boundary = Some(i + 1);
+                }
+                continue;
+            }
+            if b == b'\n' || b == b'\r' {
+                self.after_cr = b == b'\r';
+                if self.at_line_start {
+                    scanned.last_boundary = Some(i + 1);
+                    scanned.data_event |= self.end_event(filter);
+                } else {
+                    self.end_line();
+                }
+                self.at_line_start = true;
+                self.line = Line::Name(0);
+                continue;
+            }
+            self.at_line_start = false;
+            self.line = match self.line {
+                Line::Name(4) if b == b':' => {
+                    self.event_has_data = true;
+                    Line::Data(true)
+                }
+                Line::Name(n) if n < 4 && b == DATA[n as usize] => Line::Name(n + 1),
+                Line::Name(_) | Line::Other => Line::Other,
+                Line::Data(first) => {
+                    if !(first && b == b' ') {
+                        if let Some(data) = &mut self.data {
+                            data.push(b);
+                        }
+                    }
+                    Line::Data(false)
+                }
+            };
+        }
+        scanned
+    }
+
+    fn end_line(&mut self) {
+        let data_line = match self.line {
+            // A bare `data` line is a data field with an empty value.
+            Line::Name(4) => {
+                self.event_has_data = true;
+                true
+            }
+            Line::Data(_) => true,
+            _ => false,
+        };
+        if let (true, Some(data)) = (data_line, &mut self.data) {
+            data.push(b'\n');
+        }
+    }
+
+    /// Ends the current event; whether it counted as data.
+    fn end_event(&mut self, filter: Option<&dyn Fn(&[u8]) -> bool>) -> bool {
+        let has_data = std::mem::take(&mut self.event_has_data);
+        let Some(data) = &mut self.data else {
+            return has_data;
+        };
+        // Data lines are joined with LF; the last LF is not part of the data.
+        let value = data.strip_suffix(b"\n").unwrap_or(data);
+        let counts = has_data && filter.is_none_or(|filter| filter(value));
+        data.clear();
+        counts
+    }
+}
+
+/// The default last event of a stream cut at its deadline: the JSON error shape that OpenAI
+/// clients raise as an API error.
+pub(crate) fn openai_error_event(message: &str) -> String {
+    let mut escaped = String::with_capacity(message.len());
+    for c in message.chars() {
+        match c {
+            '"' => escaped.push_str("\\\""),
+            '\\' => escaped.push_str("\\\\"),
+            c if c.is_control() => escaped.push_str(&format!("\\u{:04x}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    format!(
+        "data: {{\"error\":{{\"message\":\"{escaped}\",\"type\":\"timeout\",\"param\":null,\"code\":\"deadline_exceeded\"}}}}\n\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scan_all(chunks: &[&[u8]], filter: Option<&dyn Fn(&[u8]) -> bool>) -> Vec<Scanned> {
+        let mut scanner = Scanner::new(filter.is_some());
+        chunks.iter().map(|c| scanner.feed(c, filter)).collect()
+    }
+
+    #[test]
+    fn comments_and_blank_keep_alives_are_not_data_events() {
+        let scanned = scan_all(
+            &[b": ping\n\n", b"\n", b"event: ping\n\n", b"data: tok\n\n"],
+            None,
+        );
+        let data: Vec<_> = scanned.iter().map(|s| s.data_event).collect();
+        assert_eq!(data, [false, false, false, true]);
+        assert_eq!(scanned[0].last_boundary, Some(8));
+    }
+
+    #[test]
+    fn events_split_across_frames_end_where_the_blank_line_is() {
+        let scanned = scan_all(&[b"da", b"ta: {\"a\"", b":1}\r\n", b"\r\ndata: b"], None);
+        assert_eq!(scanned[2], Scanned::default(), "no blank line yet");
+        assert_eq!(
+            scanned[3],
+            Scanned {
+                last_boundary: Some(2),
+                data_event: true
+            }
+        );
+    }
+
+    #[test]
+    fn line_ends_of_every_kind_end_events() {
+        for stream in [
+            &b"data: x\n\ndata: y\n\n"[..],
+            b"data: x\r\rdata: y\r\r",
+            b"data: x\r\n\r\ndata: y\r\n\r\n",
+        ] {
+            let mut scanner = Scanner::new(false);
+            let scanned = scanner.feed(stream, None);
+            assert_eq!(
+                scanned,
+                Scanned {
+                    last_boundary: Some(stream.len()),
+                    data_event: true
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn the_filter_reads_each_events_data_lines_joined() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let filter = |data: &[u8]| {
+            seen.borrow_mut()
+                .push(String::from_utf8_lossy(data).into_owned());
+            !data.starts_with(b"{\"role\"")
+        };
+        let scanned = scan_all(
+            &[
+                b"data: {\"role\":\"assistant\"}\n\n",
+                b"data:a\ndata: b\ndata\n\n",
+                b": c\n\n",
+            ],
+            Some(&filter),
+        );
+        let data: Vec<_> = scanned.iter().map(|s| s.data_event).collect();
+        assert_eq!(data, [false, true, false]);
+        assert_eq!(*seen.borrow(), ["{\"role\":\"assistant\"}", "a\nb\n"]);
+    }
+
+    #[test]
+    fn fields_that_only_start_like_data_are_not_data() {
+        let scanned = scan_all(&[b"dat: x\ndatas: y\n:data: z\n\n"], None);
+        assert!(!scanned[0].data_event);
+    }
+
+    #[test]
+    fn the_error_event_is_one_openai_style_json_event() {
+        let event = openai_error_event("budget \"45s\" ran out\\");
+        assert_eq!(
+            event,
+            "data: {\"error\":{\"message\":\"budget \\\"45s\\\" ran out\\\\\",\"type\":\"timeout\",\"param\":null,\"code\":\"deadline_exceeded\"}}\n\n"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// However a stream is cut into frames, the scanner finds the same boundaries and
+        /// data events as when it reads it whole.
+        #[test]
+        fn framing_does_not_change_what_is_found(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                &b"data: tok"[..], b"data", b":", b": ping", b"\n", b"\r", b"\r\n", b"event: x", b" ",
+            ]), 0..40),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let stream: Vec<u8> = parts.concat();
+            let mut whole = Scanner::new(false);
+            let mut expected = Vec::new();
+            for (i, _) in stream.iter().enumerate() {
+                let s = whole.feed(&stream[i..=i], None);
+                if s.last_boundary.is_some() { expected.push((i + 1, s.data_event)); }
+            }
+            let mut offsets: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+            offsets.extend([0, stream.len()]);
+            offsets.sort_unstable();
+            offsets.dedup();
+            let mut framed = Scanner::new(false);
+            let mut last = None;
+            let mut any_data = false;
+            for w in offsets.windows(2) {
+                let s = framed.feed(&stream[w[0]..w[1]], None);
+                if let Some(b) = s.last_boundary { last = Some(w[0] + b); }
+                any_data |= s.data_event;
+            }
+            // An event ending in CRLF may be cut after its CR or its LF, depending on framing.
+            let norm = |b: usize| match stream.get(b) {
+                Some(b'\n') if stream[b - 1] == b'\r' => b + 1,
+                _ => b,
+            };
+            prop_assert_eq!(last.map(norm), expected.last().map(|e| norm(e.0)));
+            prop_assert_eq!(any_data, expected.iter().any(|e| e.1));
+        }
+    }
+}
