@@ -39,9 +39,19 @@
 //! - **The clock** is tokio's (`tokio::time::Instant`, `sleep_until`), so tests on a paused
 //!   clock are exact. Deadlines fire on tokio's 1 ms timer tick, at the deadline or up to one
 //!   tick (plus scheduling) after it, never before.
-//! - **Observability.** A deadline emits one `tracing` event (target `tower_stream_deadline`,
-//!   level WARN) with kind, budget, elapsed, and frames and bytes delivered before it.
-//!   Nothing is emitted per frame.
+//! - **One deadline across layers.** The layer inserts the absolute [`Deadline`] into the
+//!   request it passes on; inner layers take the earlier deadline, handlers read what is
+//!   left, [`RequestBudgets`] override budgets per request, and (opt-in) `grpc-timeout` or a
+//!   plain header may shorten the budget and is forwarded to the next hop.
+//! - **Protocol endings and progress** (opt-in): gRPC streams end with `grpc-status: 4`,
+//!   SSE streams with a final error event; keep-alives need not count as progress.
+//! - **Observability.** Every response ends with one [`Outcome`] (to a callback set with
+//!   [`on_outcome`](StreamDeadlineLayer::on_outcome)) and one `tracing` event (target
+//!   `tower_stream_deadline`): WARN with kind, budget, elapsed, frames and bytes when a
+//!   deadline fires, DEBUG otherwise. Nothing is emitted per frame.
+//!
+//! The [`guide`] tells where to place the layer (client, server, proxy, with retries) and
+//! what each kind of client sees when a deadline fires.
 //!
 //! # Example: a hyper client with a babbling model server
 //!
@@ -96,6 +106,7 @@ mod deadline;
 mod error;
 mod future;
 mod grpc;
+pub mod guide;
 mod layer;
 mod outcome;
 mod protocol;

@@ -1,0 +1,87 @@
+//! How to place the layer, and what each kind of client sees when a deadline fires.
+//!
+//! This module holds no code: it is the crate's guide.
+//!
+//! # Placing the layer
+//!
+//! The clock starts at `call`, so the layer bounds whatever is inside it. One absolute
+//! [`Deadline`](crate::Deadline) travels inward in the request's extensions: every
+//! `StreamDeadline` further in takes the earlier of its own total deadline and the one it
+//! finds, so stacked layers agree.
+//!
+//! ## On a client (the model server is upstream)
+//!
+//! ```text
+//! ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryFirstFrame::new(2)))   // retries stuck attempts
+//!     .layer(StreamDeadlineLayer::new(45s).first_frame(10s).idle(5s))
+//!     .service(hyper_util_client)
+//! ```
+//!
+//! At a deadline the hyper client's response body is dropped: on HTTP/1 the connection is
+//! closed (it cannot be reused mid-body), on HTTP/2 the stream is reset with `CANCEL`.
+//! Either way the server sees its client go away and can stop generating.
+//!
+//! ## With retries: per attempt, overall, or both
+//!
+//! - **Inside** `tower::retry` (as above), each attempt gets the full budgets.
+//! - **Outside** it, one budget bounds all attempts together; each attempt's request
+//!   carries the [`Deadline`](crate::Deadline) of what is left.
+//! - **Both**: an outer layer for the overall budget (60 s) and an inner one per attempt
+//!   (20 s, first frame 10 s). The inner layer takes whichever deadline comes first, so the
+//!   last attempt never outlives the overall budget. When what is left of the overall
+//!   budget is shorter than an attempt's first-frame budget, the first-frame budget no
+//!   longer applies to it (the total wins, as always) and that attempt ends as `Total`.
+//!
+//! ## On a server (axum, hyper)
+//!
+//! Wrap the router or one route. The body of each response becomes a `DeadlineBody`, and
+//! the layer's errors must become responses: map them with `HandleErrorLayer`
+//! (`DeadlineExceeded` before the head → `504 Gateway Timeout`). After the head there is no
+//! status to change: the stream is cut (HTTP/1: the connection closes before the final
+//! chunk; HTTP/2: the stream is reset), unless a protocol ending applies (below). Handlers
+//! read their remaining time from the [`Deadline`](crate::Deadline) extension, and with
+//! [`read_grpc_timeout`](crate::StreamDeadlineLayer::read_grpc_timeout) or
+//! [`read_timeout_header`](crate::StreamDeadlineLayer::read_timeout_header) a client's
+//! header may shorten (never lengthen) the budget.
+//!
+//! ## In a proxy or gateway
+//!
+//! Put the layer on the upstream client, so the upstream is released the moment a deadline
+//! fires, and the response streams back to the downstream client frame by frame. Turn on
+//! [`forward_grpc_timeout`](crate::StreamDeadlineLayer::forward_grpc_timeout) (or
+//! [`forward_timeout_header`](crate::StreamDeadlineLayer::forward_timeout_header)) with a
+//! [`forward_margin`](crate::StreamDeadlineLayer::forward_margin) so the next hop knows how
+//! long it has: each hop then sees less time than the one before, and the last hop's
+//! stream is cut at the first hop's deadline.
+//!
+//! # What a client sees
+//!
+//! | where | ending | what the client sees |
+//! |---|---|---|
+//! | before the head, any | — | the call fails with `DeadlineExceeded` (a server maps it, e.g. to `504`) |
+//! | before the head, gRPC request | [`grpc_endings`](crate::StreamDeadlineLayer::grpc_endings) | a trailers-only response, `grpc-status: 4`: `DEADLINE_EXCEEDED` |
+//! | after the head, any | default | the body fails with `DeadlineExceeded`; served by hyper: HTTP/1 connection closed before the last chunk (clients report an incomplete body), HTTP/2 `RST_STREAM` with `INTERNAL_ERROR`, or `CANCEL` with the `h2` feature |
+//! | after the head, `application/grpc*` | [`grpc_endings`](crate::StreamDeadlineLayer::grpc_endings) | every message sent before the deadline, then trailers `grpc-status: 4` and a `grpc-message` naming the budget: tonic reports `Code::DeadlineExceeded` |
+//! | after the head, `text/event-stream` | [`sse_endings`](crate::StreamDeadlineLayer::sse_endings) | every complete event, then `data: {"error":{...,"type":"timeout","code":"deadline_exceeded"}}` and a clean end: the `openai` SDK raises an `APIError`, a browser `EventSource` gets a readable event. A half-sent event is dropped whole. |
+//!
+//! # Progress that counts
+//!
+//! Keep-alives make a stuck stream look alive. With
+//! [`sse_progress`](crate::StreamDeadlineLayer::sse_progress) (and optionally a filter over
+//! each event's data, such as "an OpenAI delta with content"), or
+//! [`progress`](crate::StreamDeadlineLayer::progress) for other bodies, only frames that
+//! count reset the idle clock and end the first-frame wait. The others are still delivered
+//! in order and at once; only the clocks ignore them.
+//!
+//! # What it costs
+//!
+//! Per frame, the body reads tokio's clock once (when a total deadline is set or it has
+//! been waiting) and compares two instants; it counts frames and bytes for the
+//! [`Outcome`](crate::Outcome). It touches its timer only when upstream has nothing ready:
+//! the timer is armed once for the total deadline, and an idle deadline that moves with
+//! every frame is re-armed lazily, once per idle period, when it fires early. A response
+//! allocates its timer (one `Box`) the first time it has to wait, and the `Deadline`
+//! extension is inserted into each request. Deadlines fire on tokio's 1 ms timer tick:
+//! never before the deadline, and after it by at most a tick plus scheduling delay.
+//! `BENCHMARKS.md` has the measured figures.
