@@ -119,7 +119,7 @@ impl Protocol {
             return (Some(frame), true);
         };
         let filter = sse.progress.as_ref().and_then(|f| f.as_deref());
-        let filter = filter.map(|f| f as &sse::DataFilter);
+        let filter = filter.map(|f| f as &sse::DataFilter<'_>);
         let scanned = sse.scanner.feed(&bytes[..], filter);
         let progress = sse.progress.is_none() || scanned.data_event;
         if !sse.hold_back {

@@ -7,7 +7,7 @@
 //! `data` field (with or without a value) gives the event data.
 
 /// Judges an event's data: does it count?
-pub(crate) type DataFilter = dyn Fn(&[u8]) -> bool;
+pub(crate) type DataFilter<'a> = dyn Fn(&[u8]) -> bool + 'a;
 
 /// What one call to [`Scanner::feed`] found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -55,7 +55,7 @@ impl Scanner {
     }
 
     /// Feeds the next bytes of the stream; `filter` judges each completed event's data.
-    pub(crate) fn feed(&mut self, bytes: &[u8], filter: Option<&DataFilter>) -> Scanned {
+    pub(crate) fn feed(&mut self, bytes: &[u8], filter: Option<&DataFilter<'_>>) -> Scanned {
         let mut scanned = Scanned::default();
         for (i, &b) in bytes.iter().enumerate() {
             if std::mem::take(&mut self.after_cr) && b == b'\n' {
@@ -114,7 +114,7 @@ impl Scanner {
     }
 
     /// Ends the current event; whether it counted as data.
-    fn end_event(&mut self, filter: Option<&DataFilter>) -> bool {
+    fn end_event(&mut self, filter: Option<&DataFilter<'_>>) -> bool {
         let has_data = std::mem::take(&mut self.event_has_data);
         let Some(data) = &mut self.data else {
             return has_data;
@@ -149,7 +149,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn scan_all(chunks: &[&[u8]], filter: Option<&DataFilter>) -> Vec<Scanned> {
+    fn scan_all(chunks: &[&[u8]], filter: Option<&DataFilter<'_>>) -> Vec<Scanned> {
         let mut scanner = Scanner::new(filter.is_some());
         chunks.iter().map(|c| scanner.feed(c, filter)).collect()
     }
