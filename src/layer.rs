@@ -129,8 +129,9 @@ impl StreamDeadlineLayer {
     /// End a late gRPC call the way gRPC clients understand: for a response with
     /// `content-type: application/grpc*`, a deadline after the head ends the body with
     /// trailers `grpc-status: 4` (`DEADLINE_EXCEEDED`) and a `grpc-message` naming the
-    /// budget, instead of an error (which hyper turns into a reset stream, and clients into
-    /// `INTERNAL` or `UNAVAILABLE`). For a gRPC request, a deadline before the head resolves
+    /// budget, instead of an error (which hyper turns into a reset stream, and tonic into
+    /// `INTERNAL`, or `CANCELLED` with the `h2` feature). For a gRPC request, a deadline
+    /// before the head resolves
     /// to a trailers-only response with status 4. Every message sent before the deadline is
     /// delivered; the upstream is released at once as always.
     ///

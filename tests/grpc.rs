@@ -1,0 +1,548 @@
+//! `StreamDeadlineLayer::grpc_endings()` against a real tonic client and a real tonic server
+//! over HTTP/2 on 127.0.0.1 (port 0).
+//!
+//! The server speaks one hand-written server-streaming RPC, `/test.Babble/Stream`, whose
+//! message stream yields `Word { seq: 0 }`, `Word { seq: 1 }`, ... every [`TICK`], forever,
+//! and reports the instant it is dropped. (No protoc: the messages are `prost::Message`
+//! derived by hand and the RPC is wired with `tonic::server::Grpc` / `tonic::client::Grpc`.)
+//!
+//! The promises checked, with the layer on the server (`Server::builder().layer(..)`) and on
+//! the client (around the `Channel`):
+//! - a deadline after the head ends the call with every message sent before it, in order,
+//!   then `Code::DeadlineExceeded` with a message naming the budget, and the server's
+//!   message stream is dropped promptly;
+//! - a deadline before the head is a trailers-only response: the call itself fails with
+//!   `Code::DeadlineExceeded`;
+//! - without `grpc_endings()` the same late stream reaches the client as another code,
+//!   which is why the feature exists.
+//!
+//! Every wait is bounded ([`within`]); nothing sleeps to let things settle.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use http::uri::PathAndQuery;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tonic::Code;
+use tonic::server::{NamedService, ServerStreamingService};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic_prost::ProstCodec;
+use tower::{Service, ServiceBuilder};
+use tower_stream_deadline::StreamDeadlineLayer;
+
+/// The total budget under test.
+const BUDGET: Duration = Duration::from_millis(300);
+/// The interval between two messages of the babbling server.
+const TICK: Duration = Duration::from_millis(10);
+/// The promise: the server's message stream is dropped this soon after the deadline.
+const RELEASE_BOUND: Duration = Duration::from_millis(150);
+/// How much earlier than our estimate the real deadline may be (the estimate is taken a
+/// little after the layer's `call`, on the server side).
+const ESTIMATE_SLACK: Duration = Duration::from_millis(50);
+/// The upper bound on any single wait on the network (not a sleep).
+const SIGNAL_WAIT: Duration = Duration::from_secs(2);
+/// The messages a 300 ms budget must at least let through at one per 10 ms.
+const MIN_MESSAGES: u64 = 10;
+
+const PATH: &str = "/test.Babble/Stream";
+
+// ---------------------------------------------------------------------------------------
+// The messages, by hand (no protoc).
+// ---------------------------------------------------------------------------------------
+
+/// The request: which client is asking (echoed in each word).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Ask {
+    #[prost(string, tag = "1")]
+    who: String,
+}
+
+/// One message of the stream.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Word {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(string, tag = "2")]
+    text: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// What the server reports.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// The RPC handler was called (after the request message was decoded).
+    HandlerCalled,
+    /// The handler future was dropped before it answered.
+    HandlerDropped,
+    /// The message stream was dropped (the server stopped producing).
+    StreamDropped,
+}
+
+type Events = mpsc::UnboundedReceiver<(Event, Instant)>;
+
+/// Sends `event` with the instant it is dropped.
+struct OnDrop {
+    event: Event,
+    tx: Option<mpsc::UnboundedSender<(Event, Instant)>>,
+}
+
+impl OnDrop {
+    fn new(event: Event, tx: &mpsc::UnboundedSender<(Event, Instant)>) -> Self {
+        OnDrop {
+            event,
+            tx: Some(tx.clone()),
+        }
+    }
+
+    /// Disarms the guard: the watched thing completed instead of being dropped.
+    fn disarm(&mut self) {
+        self.tx = None;
+    }
+}
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.event, Instant::now()));
+        }
+    }
+}
+
+/// Waits (bounded) for `event`, skipping others; fails the test with `what` if it does not
+/// come within [`SIGNAL_WAIT`].
+async fn wait_for(events: &mut Events, event: Event, what: &str) -> Instant {
+    within(
+        &format!("{what}: the server to report {event:?}"),
+        SIGNAL_WAIT,
+        async {
+            loop {
+                match events.recv().await {
+                    Some((got, at)) if got == event => return at,
+                    Some(_) => continue,
+                    None => panic!("{what}: the server went away before reporting {event:?}"),
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// `future`, or a failed test naming `what` did not happen within `limit`.
+async fn within<T>(what: &str, limit: Duration, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The server: a hand-written `test.Babble` service with one server-streaming RPC.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Answer at once with a stream of a message every [`TICK`], forever.
+    Babble,
+    /// Never answer: the handler future stays pending (until it is dropped).
+    Stall,
+}
+
+#[derive(Clone)]
+struct BabbleServer {
+    mode: Mode,
+    events: mpsc::UnboundedSender<(Event, Instant)>,
+}
+
+impl NamedService for BabbleServer {
+    const NAME: &'static str = "test.Babble";
+}
+
+impl Service<http::Request<tonic::body::Body>> for BabbleServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let handler = StreamHandler {
+            mode: self.mode,
+            events: self.events.clone(),
+        };
+        Box::pin(async move {
+            if req.uri().path() != PATH {
+                let status =
+                    tonic::Status::unimplemented(format!("no method {}", req.uri().path()));
+                return Ok(status.into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(ProstCodec::<Word, Ask>::default());
+            Ok(grpc.server_streaming(handler, req).await)
+        })
+    }
+}
+
+/// The RPC handler, as tonic's codegen would have written it.
+struct StreamHandler {
+    mode: Mode,
+    events: mpsc::UnboundedSender<(Event, Instant)>,
+}
+
+impl ServerStreamingService<Ask> for StreamHandler {
+    type Response = Word;
+    type ResponseStream = Words;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<tonic::Response<Words>, tonic::Status>> + Send>>;
+
+    fn call(&mut self, request: tonic::Request<Ask>) -> Self::Future {
+        let _ = self.events.send((Event::HandlerCalled, Instant::now()));
+        let mode = self.mode;
+        let events = self.events.clone();
+        Box::pin(async move {
+            let mut dropped = OnDrop::new(Event::HandlerDropped, &events);
+            if let Mode::Stall = mode {
+                std::future::pending::<()>().await;
+            }
+            dropped.disarm();
+            let mut ticks = tokio::time::interval(TICK);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            Ok(tonic::Response::new(Words {
+                who: request.into_inner().who,
+                next: 0,
+                ticks,
+                _dropped: OnDrop::new(Event::StreamDropped, &events),
+            }))
+        })
+    }
+}
+
+/// `Word { seq: 0 }` at once, then one more every [`TICK`], forever; reports its drop.
+struct Words {
+    who: String,
+    next: u64,
+    ticks: Interval,
+    _dropped: OnDrop,
+}
+
+impl Stream for Words {
+    type Item = Result<Word, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        std::task::ready!(self.ticks.poll_tick(cx));
+        let seq = self.next;
+        self.next += 1;
+        let text = format!("word {seq} for {}", self.who);
+        Poll::Ready(Some(Ok(Word { seq, text })))
+    }
+}
+
+/// Which layer (if any) the server runs behind.
+enum ServerLayer {
+    None,
+    Deadline(StreamDeadlineLayer),
+}
+
+/// Starts a tonic server on 127.0.0.1 (port 0) behind `layer`; returns its address and the
+/// events it reports. The server lives as long as the test's runtime.
+async fn serve(layer: ServerLayer, mode: Mode) -> (SocketAddr, Events) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    let incoming = TcpIncoming::from(listener);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let service = BabbleServer { mode, events: tx };
+    match layer {
+        ServerLayer::None => {
+            let router = Server::builder().add_service(service);
+            tokio::spawn(async move { router.serve_with_incoming(incoming).await.expect("serve") });
+        }
+        ServerLayer::Deadline(layer) => {
+            let router = Server::builder().layer(layer).add_service(service);
+            tokio::spawn(async move { router.serve_with_incoming(incoming).await.expect("serve") });
+        }
+    }
+    (addr, rx)
+}
+
+// ---------------------------------------------------------------------------------------
+// The client: tonic's generic client, over a `Channel` (wrapped or not).
+// ---------------------------------------------------------------------------------------
+
+async fn channel(addr: SocketAddr) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
+    within("the channel to connect", SIGNAL_WAIT, endpoint.connect())
+        .await
+        .expect("connect to the test server")
+}
+
+/// What the client got from one call.
+#[derive(Debug)]
+struct Outcome {
+    /// When the call started (just before the request was handed to the service).
+    started: Instant,
+    /// The `seq` of every message received, in the order received.
+    seqs: Vec<u64>,
+    /// The status that ended the call: from the call itself or from the stream.
+    status: tonic::Status,
+    /// Whether the status came from the call itself (before any message).
+    from_call: bool,
+    /// When the status arrived.
+    ended: Instant,
+}
+
+/// Calls `/test.Babble/Stream` through `service` and reads the stream to its end (bounded).
+async fn call_stream<T>(service: T) -> Outcome
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let mut grpc = tonic::client::Grpc::new(service);
+    within("the client to be ready", SIGNAL_WAIT, grpc.ready())
+        .await
+        .unwrap_or_else(|err| panic!("client not ready: {}", err.into()));
+    let request = tonic::Request::new(Ask { who: "test".into() });
+    let codec = ProstCodec::<Ask, Word>::default();
+    let started = Instant::now();
+    let call = grpc.server_streaming(request, PathAndQuery::from_static(PATH), codec);
+    let response = within("the response head", SIGNAL_WAIT, call).await;
+    let mut stream = match response {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            return Outcome {
+                started,
+                seqs: Vec::new(),
+                status,
+                from_call: true,
+                ended: Instant::now(),
+            };
+        }
+    };
+    let mut seqs = Vec::new();
+    let status = within("the stream to end", SIGNAL_WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(word)) => {
+                    assert_eq!(
+                        word.text,
+                        format!("word {} for test", word.seq),
+                        "a whole message"
+                    );
+                    seqs.push(word.seq);
+                }
+                Ok(None) => panic!(
+                    "the stream ended with status OK after {} messages; the server never ends it, \
+                     so only a deadline can",
+                    seqs.len()
+                ),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await;
+    Outcome {
+        started,
+        seqs,
+        status,
+        from_call: false,
+        ended: Instant::now(),
+    }
+}
+
+/// Asserts that `seqs` is exactly `0, 1, 2, ..., n-1` with `n` at least [`MIN_MESSAGES`].
+#[track_caller]
+fn assert_every_message_in_order(seqs: &[u64]) {
+    for (i, seq) in seqs.iter().enumerate() {
+        assert_eq!(
+            *seq, i as u64,
+            "message #{i} carries seq {seq}: messages lost or out of order: {seqs:?}"
+        );
+    }
+    assert!(
+        seqs.len() as u64 >= MIN_MESSAGES,
+        "a {BUDGET:?} budget at one message per {TICK:?} lets through far more than {} messages: {seqs:?}",
+        seqs.len()
+    );
+}
+
+/// Asserts that the status is `DEADLINE_EXCEEDED` with the crate's message naming the budget.
+#[track_caller]
+fn assert_deadline_exceeded(status: &tonic::Status) {
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "expected DEADLINE_EXCEEDED (4), got {:?}: {:?}",
+        status.code(),
+        status.message()
+    );
+    assert!(
+        status.message().contains("total budget of 300ms"),
+        "grpc-message names the budget: {:?}",
+        status.message()
+    );
+}
+
+/// Asserts that `dropped_at` is no earlier than the deadline estimated from `deadline` (up to
+/// [`ESTIMATE_SLACK`]) and no later than [`RELEASE_BOUND`] after it.
+#[track_caller]
+fn assert_released_promptly(deadline: Instant, dropped_at: Instant) {
+    assert!(
+        dropped_at + ESTIMATE_SLACK >= deadline,
+        "the message stream was dropped {:?} before the deadline",
+        deadline - dropped_at
+    );
+    let late = dropped_at.saturating_duration_since(deadline);
+    assert!(
+        late <= RELEASE_BOUND,
+        "the message stream was dropped {late:?} after the deadline (bound {RELEASE_BOUND:?})"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_client_sees_deadline_exceeded_after_every_message_sent_before_the_server_side_deadline()
+ {
+    let layer = StreamDeadlineLayer::new(BUDGET).grpc_endings();
+    let (addr, mut events) = serve(ServerLayer::Deadline(layer), Mode::Babble).await;
+
+    let outcome = call_stream(channel(addr).await).await;
+
+    assert!(
+        !outcome.from_call,
+        "the head came before the deadline: {outcome:?}"
+    );
+    assert_every_message_in_order(&outcome.seqs);
+    assert_deadline_exceeded(&outcome.status);
+    assert!(
+        outcome.ended - outcome.started >= BUDGET,
+        "the stream ended after {:?}, before the {BUDGET:?} budget",
+        outcome.ended - outcome.started
+    );
+    let called = wait_for(&mut events, Event::HandlerCalled, "server-side deadline").await;
+    let dropped = wait_for(&mut events, Event::StreamDropped, "server-side deadline").await;
+    assert_released_promptly(called + BUDGET, dropped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_side_deadline_before_the_head_fails_the_tonic_call_with_deadline_exceeded() {
+    let layer = StreamDeadlineLayer::new(BUDGET).grpc_endings();
+    let (addr, mut events) = serve(ServerLayer::Deadline(layer), Mode::Stall).await;
+
+    let outcome = call_stream(channel(addr).await).await;
+
+    assert!(
+        outcome.from_call,
+        "a trailers-only response fails the call itself, before any stream: {outcome:?}"
+    );
+    assert_deadline_exceeded(&outcome.status);
+    let elapsed = outcome.ended - outcome.started;
+    assert!(
+        elapsed >= BUDGET,
+        "the call failed after {elapsed:?}, before the {BUDGET:?} budget"
+    );
+    assert!(
+        elapsed <= BUDGET + RELEASE_BOUND,
+        "the call failed {elapsed:?} after it started: late for a {BUDGET:?} budget"
+    );
+    // The stalled handler is cancelled (its future dropped) at the deadline.
+    let called = wait_for(
+        &mut events,
+        Event::HandlerCalled,
+        "deadline before the head",
+    )
+    .await;
+    let dropped = wait_for(
+        &mut events,
+        Event::HandlerDropped,
+        "deadline before the head",
+    )
+    .await;
+    assert_released_promptly(called + BUDGET, dropped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_channel_behind_the_layer_sees_deadline_exceeded_after_every_message_and_releases_the_server()
+ {
+    let (addr, mut events) = serve(ServerLayer::None, Mode::Babble).await;
+    let wrapped = ServiceBuilder::new()
+        .layer(StreamDeadlineLayer::new(BUDGET).grpc_endings())
+        .service(channel(addr).await);
+
+    // `StreamDeadline<Channel>` is a `GrpcService` as it is: its body is
+    // `DeadlineBody<tonic::body::Body>`, with `Data = Bytes` and a boxed error.
+    let outcome = call_stream(wrapped).await;
+
+    assert!(
+        !outcome.from_call,
+        "the head came before the deadline: {outcome:?}"
+    );
+    assert_every_message_in_order(&outcome.seqs);
+    assert_deadline_exceeded(&outcome.status);
+    let elapsed = outcome.ended - outcome.started;
+    assert!(
+        elapsed >= BUDGET,
+        "the stream ended after {elapsed:?}, before the {BUDGET:?} budget"
+    );
+    // The deadline runs from the client's call: `started` is taken just before it.
+    let dropped = wait_for(&mut events, Event::StreamDropped, "client-side deadline").await;
+    assert_released_promptly(outcome.started + BUDGET, dropped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_grpc_endings_a_tonic_client_sees_a_late_stream_as_some_other_code() {
+    let layer = StreamDeadlineLayer::new(BUDGET); // no `.grpc_endings()`
+    let (addr, mut events) = serve(ServerLayer::Deadline(layer), Mode::Babble).await;
+
+    let outcome = call_stream(channel(addr).await).await;
+
+    assert!(
+        !outcome.from_call,
+        "the head came before the deadline: {outcome:?}"
+    );
+    assert_every_message_in_order(&outcome.seqs);
+    // The body's error makes hyper reset the HTTP/2 stream, and tonic reports the reset as
+    // a transport failure, not as a deadline. Observed (tonic 0.14.5, hyper 1.12):
+    // - with the crate's `h2` feature (as under `--all-features`), RST_STREAM(CANCEL):
+    //   `Status { code: Cancelled, message: "h2 protocol error: error reading a body from
+    //   connection", source: hyper::Error(Body, Reset(StreamId(1), CANCEL, Remote)) }`;
+    // - without it, RST_STREAM(INTERNAL_ERROR), which tonic reports as `Code::Internal`.
+    let code = outcome.status.code();
+    assert_ne!(
+        code,
+        Code::DeadlineExceeded,
+        "without grpc_endings nothing tells the client it was a deadline: {:?}",
+        outcome.status
+    );
+    assert!(
+        matches!(
+            code,
+            Code::Cancelled | Code::Internal | Code::Unavailable | Code::Unknown
+        ),
+        "a late stream cut without grpc_endings reaches tonic as a broken transport: {:?}",
+        outcome.status
+    );
+    assert!(
+        !outcome.status.message().contains("deadline"),
+        "nothing in the status names the deadline: {:?}",
+        outcome.status
+    );
+    let called = wait_for(&mut events, Event::HandlerCalled, "no grpc_endings").await;
+    let dropped = wait_for(&mut events, Event::StreamDropped, "no grpc_endings").await;
+    assert_released_promptly(called + BUDGET, dropped);
+}
