@@ -22,6 +22,11 @@
 //! closed (it cannot be reused mid-body), on HTTP/2 the stream is reset with `CANCEL`.
 //! Either way the server sees its client go away and can stop generating.
 //!
+//! Streams of small frames want `TCP_NODELAY` on the client's connector
+//! (`HttpConnector::set_nodelay(true)`, as reqwest does by default): without it, Nagle's
+//! algorithm can hold a small request or frame back for tens of milliseconds, which the
+//! budgets then count.
+//!
 //! ## With retries: per attempt, overall, or both
 //!
 //! - **Inside** `tower::retry` (as above), each attempt gets the full budgets.
