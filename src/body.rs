@@ -272,12 +272,14 @@ where
             .map(|d| d.remaining() as u64)
             .sum::<u64>()
             + self.protocol.as_ref().map_or(0, |p| p.held());
-        if held == 0 {
+        let extends = self.protocol.as_ref().is_some_and(|p| p.extends_body());
+        if held == 0 && !extends {
             return upstream;
         }
         let mut hint = SizeHint::new();
         hint.set_lower(upstream.lower().saturating_add(held));
-        if let Some(upper) = upstream.upper() {
+        // A final SSE event may still come: no upper bound, so no `content-length`.
+        if let (Some(upper), false) = (upstream.upper(), extends) {
             hint.set_upper(upper.saturating_add(held));
         }
         hint

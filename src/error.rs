@@ -124,9 +124,21 @@ impl fmt::Display for DeadlineExceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "stream deadline exceeded: {} budget of {:?} ran out after {:?}",
-            self.kind, self.budget, self.elapsed
-        )
+            "stream deadline exceeded: {} budget of {:?} ran out after ",
+            self.kind, self.budget
+        )?;
+        write_elapsed(f, self.elapsed)
+    }
+}
+
+/// Elapsed time to a precision a person reads: `45.003s`, `500.2ms`, `700µs`.
+fn write_elapsed(f: &mut fmt::Formatter<'_>, elapsed: Duration) -> fmt::Result {
+    if elapsed >= Duration::from_secs(1) {
+        write!(f, "{:.3}s", elapsed.as_secs_f64())
+    } else if elapsed >= Duration::from_millis(1) {
+        write!(f, "{:.1}ms", elapsed.as_secs_f64() * 1e3)
+    } else {
+        write!(f, "{}µs", elapsed.as_micros())
     }
 }
 
@@ -149,6 +161,16 @@ impl Error for DeadlineExceeded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elapsed_reads_to_the_millisecond_not_the_nanosecond() {
+        let msg = |elapsed| {
+            DeadlineExceeded::new(DeadlineKind::Total, Duration::from_secs(2), elapsed).to_string()
+        };
+        assert!(msg(Duration::from_nanos(2_000_731_466)).ends_with("after 2.001s"));
+        assert!(msg(Duration::from_nanos(500_992_113)).ends_with("after 501.0ms"));
+        assert!(msg(Duration::from_nanos(700_400)).ends_with("after 700µs"));
+    }
 
     #[test]
     fn each_kind_has_its_own_message_naming_budget_and_elapsed() {

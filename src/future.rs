@@ -266,6 +266,11 @@ impl<F, B: Body> Projected<'_, F, B> {
         } else if matches!(upstream, Upstream::Boxed { .. }) {
             recorder.first_frame(now);
         }
+        let mut head = head;
+        if protocol.as_ref().is_some_and(|p| p.extends_body()) {
+            // The final event would make a `content-length` a lie.
+            head.headers.remove(http::header::CONTENT_LENGTH);
+        }
         let body = DeadlineBody::new(
             upstream,
             held,

@@ -148,6 +148,11 @@ impl Protocol {
         from_bytes(std::mem::take(&mut sse.tail).freeze()).map(Frame::data)
     }
 
+    /// Whether the ending adds bytes the upstream never sent (so no exact size holds).
+    pub(crate) fn extends_body(&self) -> bool {
+        matches!(self.ending, Ending::Sse(_))
+    }
+
     /// The bytes held back, for `size_hint`.
     pub(crate) fn held(&self) -> u64 {
         self.sse.as_ref().map_or(0, |sse| sse.tail.len() as u64)

@@ -332,3 +332,28 @@ async fn a_progress_filter_judges_frames_of_any_body() {
     assert_fired(drained.deadline(), DeadlineKind::Idle, 1500 * MS);
     assert_eq!(start.elapsed(), 1500 * MS);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_sse_endings_no_content_length_promises_a_size_the_last_event_would_break() {
+    let sized = tower::service_fn(|_req: http::Request<()>| async {
+        let body = http_body_util::Full::new(Bytes::from_static(b"data: 1\n\n"));
+        let response = http::Response::builder()
+            .header(http::header::CONTENT_TYPE, SSE)
+            .header(http::header::CONTENT_LENGTH, "9")
+            .body(body)
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let mut svc = StreamDeadlineLayer::new(SEC).sse_endings().layer(sized);
+
+    let response = call(&mut svc).await.unwrap();
+
+    assert!(
+        response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_none()
+    );
+    assert_eq!(response.body().size_hint().upper(), None);
+    assert_eq!(response.body().size_hint().lower(), 9);
+}
