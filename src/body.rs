@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::BoxError;
 use crate::deadline::{Deadlines, Phase};
+use crate::error::DeadlineExceeded;
 use crate::outcome::Recorder;
 use crate::protocol::Protocol;
 use crate::timer::Timer;
@@ -76,8 +77,10 @@ pin_project! {
     pub struct DeadlineBody<B: Body> {
         #[pin]
         upstream: Upstream<B>,
-        // Frames the `ResponseFuture` took while waiting for the first one, replayed first.
+        // Frames the `ResponseFuture` took that did not count as progress, replayed first,
+        // then the first frame that did.
         held: VecDeque<Frame<B::Data>>,
+        first: Option<Frame<B::Data>>,
         deadlines: Deadlines,
         // Set by the first poll that finds no frame ready: the idle budget counts from here.
         waiting_since: Option<Instant>,
@@ -93,6 +96,7 @@ pin_project! {
             // A caller that trusts `is_end_stream` (hyper does) never polls for the end.
             let this = this.project();
             let ended = this.held.is_empty()
+                && this.first.is_none()
                 && match this.upstream.as_ref().project_ref() {
                     UpstreamProjRef::Inline { body } => body.is_end_stream(),
                     UpstreamProjRef::Boxed { body } => body.is_end_stream(),
@@ -116,10 +120,14 @@ pin_project! {
     }
 }
 
+/// Frames the `ResponseFuture` took before handing the body over, to be replayed: those that
+/// were not progress, then the first that was.
+pub(crate) type Replay<D> = (VecDeque<Frame<D>>, Option<Frame<D>>);
+
 impl<B: Body> DeadlineBody<B> {
     pub(crate) fn new(
         upstream: Upstream<B>,
-        held: VecDeque<Frame<B::Data>>,
+        (held, first): Replay<B::Data>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
@@ -128,6 +136,7 @@ impl<B: Body> DeadlineBody<B> {
         DeadlineBody {
             upstream,
             held,
+            first,
             deadlines,
             waiting_since: None,
             timer,
@@ -152,6 +161,10 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         if let Some(frame) = this.held.pop_front() {
+            this.recorder.frame(&frame, None, false);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(frame) = this.first.take() {
             this.recorder.frame(&frame, None, true);
             return Poll::Ready(Some(Ok(frame)));
         }
@@ -167,30 +180,27 @@ where
             match polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     let (frame, progress) = match this.protocol.as_deref_mut() {
-                        None => (Some(frame), true),
+                        // The common case, kept short: every frame is progress.
+                        None => {
+                            let now = match check(
+                                this.deadlines,
+                                this.waiting_since,
+                                this.recorder,
+                                true,
+                            ) {
+                                Ok(now) => now,
+                                Err(expired) => break expired,
+                            };
+                            this.recorder.frame(&frame, now, true);
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
                         Some(protocol) => protocol.inspect(frame),
                     };
-                    // Frames that are not progress leave the idle clock running.
-                    let waiting_since = match progress {
-                        true => this.waiting_since.take(),
-                        false => *this.waiting_since,
-                    };
-                    let mut now = None;
-                    if this.deadlines.has_total() || waiting_since.is_some() || !progress {
-                        let at = Instant::now();
-                        let phase = Phase::Streaming { waiting_since };
-                        if let Some(expired) = this.deadlines.expired(at, phase) {
-                            break expired;
-                        }
-                        match waiting_since {
-                            Some(since) if progress => this.recorder.waited(since, at),
-                            None if !progress && this.deadlines.idle().is_some() => {
-                                *this.waiting_since = Some(at);
-                            }
-                            _ => {}
-                        }
-                        now = Some(at);
-                    }
+                    let now =
+                        match check(this.deadlines, this.waiting_since, this.recorder, progress) {
+                            Ok(now) => now,
+                            Err(expired) => break expired,
+                        };
                     // All of it held back (an SSE event not finished yet): read on.
                     let Some(frame) = frame else { continue };
                     this.recorder.frame(&frame, now, progress);
@@ -249,7 +259,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        if !self.held.is_empty() || self.protocol.as_ref().is_some_and(|p| p.held() > 0) {
+        if !self.held.is_empty()
+            || self.first.is_some()
+            || self.protocol.as_ref().is_some_and(|p| p.held() > 0)
+        {
             return false;
         }
         match &self.upstream {
@@ -268,6 +281,7 @@ where
         let held = self
             .held
             .iter()
+            .chain(&self.first)
             .filter_map(Frame::data_ref)
             .map(|d| d.remaining() as u64)
             .sum::<u64>()
@@ -284,6 +298,40 @@ where
         }
         hint
     }
+}
+
+/// Checks a frame just taken from upstream against the deadlines: `Err` if one has passed,
+/// else when it was taken, if the clock had to be read. A frame that is not progress leaves
+/// the idle clock running.
+#[inline(always)]
+fn check(
+    deadlines: &Deadlines,
+    waiting_since: &mut Option<Instant>,
+    recorder: &mut Recorder,
+    progress: bool,
+) -> Result<Option<Instant>, DeadlineExceeded> {
+    let since = match progress {
+        true => waiting_since.take(),
+        false => *waiting_since,
+    };
+    if !deadlines.has_total() && since.is_none() && progress {
+        return Ok(None);
+    }
+    let now = Instant::now();
+    if let Some(expired) = deadlines.expired(
+        now,
+        Phase::Streaming {
+            waiting_since: since,
+        },
+    ) {
+        return Err(expired);
+    }
+    match since {
+        Some(since) if progress => recorder.waited(since, now),
+        None if !progress && deadlines.idle().is_some() => *waiting_since = Some(now),
+        _ => {}
+    }
+    Ok(Some(now))
 }
 
 impl<B: Body> fmt::Debug for DeadlineBody<B> {

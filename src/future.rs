@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::BoxError;
-use crate::body::{DeadlineBody, Upstream};
+use crate::body::{DeadlineBody, Replay, Upstream};
 use crate::deadline::{Deadlines, Phase};
 use crate::error::DeadlineExceeded;
 use crate::grpc;
@@ -57,7 +57,7 @@ pin_project! {
     enum State<F, B: Body> {
         Head { #[pin] future: F },
         // `None` only for the instant its contents are handed to the `DeadlineBody`.
-        FirstFrame { waiting: Option<Box<Waiting<B>>> },
+        FirstFrame { waiting: Option<Waiting<B>> },
         Done,
     }
 }
@@ -116,23 +116,19 @@ where
                         let protocol = this.protocol.as_ref().and_then(|p| p.for_response(&head));
                         if !this.deadlines.waits_for_first_frame() {
                             let upstream = Upstream::Inline { body };
-                            return Poll::Ready(this.finish(
-                                head,
-                                upstream,
-                                VecDeque::new(),
-                                protocol,
-                            ));
+                            let replay = (VecDeque::new(), None);
+                            return Poll::Ready(this.finish(head, upstream, replay, protocol));
                         }
                         if let Some(recorder) = this.recorder {
                             recorder.head(Instant::now());
                         }
-                        let waiting = Box::new(Waiting {
+                        let waiting = Waiting {
                             head,
                             body: Box::pin(body),
                             held: VecDeque::new(),
                             held_bytes: 0,
                             protocol,
-                        });
+                        };
                         this.state.set(State::FirstFrame {
                             waiting: Some(waiting),
                         });
@@ -143,8 +139,8 @@ where
                     let Some(w) = waiting.as_mut() else {
                         return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                     };
-                    let progress = match w.body.as_mut().poll_frame(cx) {
-                        Poll::Pending => false,
+                    match w.body.as_mut().poll_frame(cx) {
+                        Poll::Pending => {}
                         Poll::Ready(Some(Err(err))) => {
                             return Poll::Ready(this.upstream_failed(err.into()));
                         }
@@ -153,44 +149,28 @@ where
                                 None => (Some(frame), true),
                                 Some(protocol) => protocol.inspect(frame),
                             };
-                            if let Some(frame) = frame {
-                                w.held_bytes += frame.data_ref().map_or(0, |d| d.remaining());
+                            // All of it held back (an SSE event not finished yet): read on.
+                            let Some(frame) = frame else { continue };
+                            let size = frame.data_ref().map_or(0, |d| d.remaining());
+                            if !progress && w.held_bytes + size <= MAX_HELD_BYTES {
+                                w.held_bytes += size;
                                 w.held.push_back(frame);
-                            }
-                            if !progress && w.held_bytes <= MAX_HELD_BYTES {
                                 continue;
                             }
-                            true
+                            let Some(w) = waiting.take() else { continue };
+                            let upstream = Upstream::Boxed { body: w.body };
+                            let replay = (w.held, Some(frame));
+                            return Poll::Ready(this.finish(w.head, upstream, replay, w.protocol));
                         }
                         Poll::Ready(None) => {
+                            let Some(mut w) = waiting.take() else {
+                                continue;
+                            };
                             let tail = w.protocol.as_deref_mut().and_then(Protocol::take_tail);
-                            w.held.extend(tail);
-                            let Some(w) = waiting.take() else { continue };
-                            let Waiting {
-                                head,
-                                held,
-                                protocol,
-                                ..
-                            } = *w;
-                            return Poll::Ready(this.finish(
-                                head,
-                                Upstream::Released,
-                                held,
-                                protocol,
-                            ));
+                            let replay = (w.held, tail);
+                            let upstream = Upstream::Released;
+                            return Poll::Ready(this.finish(w.head, upstream, replay, w.protocol));
                         }
-                    };
-                    if progress {
-                        let Some(w) = waiting.take() else { continue };
-                        let Waiting {
-                            head,
-                            body,
-                            held,
-                            protocol,
-                            ..
-                        } = *w;
-                        let upstream = Upstream::Boxed { body };
-                        return Poll::Ready(this.finish(head, upstream, held, protocol));
                     }
                 }
                 StateProj::Done => return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into())),
@@ -232,7 +212,7 @@ impl<F, B: Body> Projected<'_, F, B> {
             Some(recorder) if grpc_endings && *self.grpc_request => {
                 let body = DeadlineBody::new(
                     Upstream::Released,
-                    VecDeque::new(),
+                    (VecDeque::new(), None),
                     *self.deadlines,
                     self.timer.take(),
                     recorder,
@@ -249,12 +229,12 @@ impl<F, B: Body> Projected<'_, F, B> {
         &mut self,
         head: http::response::Parts,
         upstream: Upstream<B>,
-        held: VecDeque<Frame<B::Data>>,
+        replay: Replay<B::Data>,
         protocol: Option<Box<Protocol>>,
     ) -> Output<B> {
         let now = Instant::now();
         if let Some(expired) = self.deadlines.expired(now, Phase::BeforeFirstFrame) {
-            drop((upstream, held));
+            drop((upstream, replay));
             return self.expired(expired);
         }
         self.state.set(State::Done);
@@ -273,7 +253,7 @@ impl<F, B: Body> Projected<'_, F, B> {
         }
         let body = DeadlineBody::new(
             upstream,
-            held,
+            replay,
             *self.deadlines,
             self.timer.take(),
             recorder,

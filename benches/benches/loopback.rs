@@ -1,0 +1,185 @@
+//! Benchmark 2: loopback throughput. A hyper HTTP/1.1 server on 127.0.0.1 streams 64 MiB in
+//! 64-byte frames (chunked, one chunk per frame) to a hyper-util client, which polls the body
+//! frame by frame to its end: bare, this crate (total + idle), tower-http `TimeoutBody` and
+//! `DeadlineBody` (through their response-body layers).
+//!
+//! `cargo bench -p tower-stream-deadline-benches --bench loopback`
+//!
+//! The server runs on its own thread and current-thread runtime, the client (and its
+//! connection task) on the benchmark thread's current-thread runtime: one core each.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::{Layer, Service, ServiceExt};
+use tower_http::timeout::{ResponseBodyDeadlineLayer, ResponseBodyTimeoutLayer};
+use tower_stream_deadline_benches::{Config, FRAME, Frames, IDLE, LONG, runtime};
+
+const FRAMES: u64 = 1 << 20; // 1 Mi frames of 64 bytes: 64 MiB
+const BYTES: u64 = FRAMES * FRAME.len() as u64;
+
+/// Starts the server on its own thread; returns its address.
+fn server() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(Frames::new(FRAMES)))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        })
+    });
+    rx.recv().unwrap()
+}
+
+/// One request through `svc`; polls the body frame by frame and returns the bytes received.
+async fn fetch<S, B>(svc: &mut S, uri: &http::Uri) -> u64
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let request = Request::get(uri.clone()).body(Empty::new()).unwrap();
+    let response = svc.ready().await.unwrap().call(request).await.unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let mut bytes = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            bytes += data.len() as u64;
+        }
+    }
+    bytes
+}
+
+fn loopback(c: &mut Criterion) {
+    let addr = server();
+    let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+    let rt = runtime();
+    let client =
+        rt.block_on(async { Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>() });
+
+    let mut group = c.benchmark_group("loopback");
+    group.throughput(Throughput::Bytes(BYTES));
+
+    let mut bare = client.clone();
+    group.bench_function("bare", |b| {
+        b.iter(|| assert_eq!(rt.block_on(fetch(&mut bare, &uri)), BYTES))
+    });
+    // Control: the bare client while one unrelated timer is registered in its runtime (as
+    // there nearly always is in production: pool, keep-alive and other requests' timers).
+    // With a timer registered, every park of the runtime reads the clock and looks up the
+    // timer wheel; any wrapper that holds a timer brings that cost along.
+    let sleeper = with_timer(&rt);
+    group.bench_function("bare_with_a_timer_in_the_runtime", |b| {
+        b.iter(|| assert_eq!(rt.block_on(fetch(&mut bare, &uri)), BYTES))
+    });
+    sleeper.abort();
+    let mut ours = Config::TotalIdle.layer().layer(client.clone());
+    group.bench_function("this_crate/total+idle", |b| {
+        b.iter(|| assert_eq!(rt.block_on(fetch(&mut ours, &uri)), BYTES))
+    });
+    let mut timeout = ResponseBodyTimeoutLayer::new(IDLE).layer(client.clone());
+    group.bench_function("tower_http/TimeoutBody", |b| {
+        b.iter(|| assert_eq!(rt.block_on(fetch(&mut timeout, &uri)), BYTES))
+    });
+    let mut deadline = ResponseBodyDeadlineLayer::new(LONG).layer(client.clone());
+    group.bench_function("tower_http/DeadlineBody", |b| {
+        b.iter(|| assert_eq!(rt.block_on(fetch(&mut deadline, &uri)), BYTES))
+    });
+    group.finish();
+
+    // The same four, interleaved round by round, so that a change in the machine's load
+    // between criterion's groups does not show up as a difference between contenders.
+    let mut times: [Vec<f64>; 5] = Default::default();
+    for _ in 0..ROUNDS {
+        times[0].push(timed(|| rt.block_on(fetch(&mut bare, &uri))));
+        let sleeper = with_timer(&rt);
+        times[1].push(timed(|| rt.block_on(fetch(&mut bare, &uri))));
+        sleeper.abort();
+        times[2].push(timed(|| rt.block_on(fetch(&mut ours, &uri))));
+        times[3].push(timed(|| rt.block_on(fetch(&mut timeout, &uri))));
+        times[4].push(timed(|| rt.block_on(fetch(&mut deadline, &uri))));
+    }
+    let medians = times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    });
+    println!();
+    println!("Interleaved, {ROUNDS} rounds, median of each (64 MiB in 64-byte frames):");
+    println!();
+    println!(
+        "| contender | median time (ms) | MiB/s | throughput vs bare | vs bare with a timer | \
+         vs tower-http TimeoutBody | vs tower-http DeadlineBody |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let names = [
+        "bare",
+        "bare, one unrelated timer in the runtime",
+        "this crate, total+idle",
+        "tower-http TimeoutBody",
+        "tower-http DeadlineBody",
+    ];
+    for (name, t) in names.iter().zip(medians) {
+        println!(
+            "| {name} | {:.0} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            t * 1e3,
+            BYTES as f64 / t / (1 << 20) as f64,
+            medians[0] / t,
+            medians[1] / t,
+            medians[3] / t,
+            medians[4] / t,
+        );
+    }
+    println!();
+}
+
+const ROUNDS: usize = 7;
+
+/// Registers one timer, an hour away, in `rt`'s timer wheel, until the handle is aborted.
+fn with_timer(rt: &tokio::runtime::Runtime) -> tokio::task::JoinHandle<()> {
+    let sleeper = rt.spawn(async { tokio::time::sleep(LONG).await });
+    // Let it run once, which registers its timer.
+    rt.block_on(tokio::task::yield_now());
+    sleeper
+}
+
+/// Runs `f` (which must return the byte count) and returns how long it took, in seconds.
+fn timed(f: impl FnOnce() -> u64) -> f64 {
+    let start = std::time::Instant::now();
+    assert_eq!(f(), BYTES);
+    start.elapsed().as_secs_f64()
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(10))
+        .sample_size(10)
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = loopback
+}
+criterion_main!(benches);
