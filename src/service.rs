@@ -98,7 +98,10 @@ where
         let now = Instant::now();
         let deadlines = self.deadlines(&req, now);
         if let Some(at) = deadlines.total() {
-            req.extensions_mut().insert(Deadline::new(at));
+            // An outer layer's deadline no later than ours already says it all.
+            if req.extensions().get::<Deadline>().is_none_or(|d| d.at() > at) {
+                req.extensions_mut().insert(Deadline::new(at));
+            }
             let headers = &self.layer.headers;
             if headers.forwards() {
                 headers.forward(req.headers_mut(), at.saturating_duration_since(now));
