@@ -99,7 +99,11 @@ where
         let deadlines = self.deadlines(&req, now);
         if let Some(at) = deadlines.total() {
             // An outer layer's deadline no later than ours already says it all.
-            if req.extensions().get::<Deadline>().is_none_or(|d| d.at() > at) {
+            if req
+                .extensions()
+                .get::<Deadline>()
+                .is_none_or(|d| d.at() > at)
+            {
                 req.extensions_mut().insert(Deadline::new(at));
             }
             let headers = &self.layer.headers;
