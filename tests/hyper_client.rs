@@ -24,6 +24,38 @@ fn wrapped(proto: Proto, total: Duration) -> StreamDeadline<TestClient> {
         .service(client(proto))
 }
 
+/// Calls a server that never answers through the layer: the call must fail with kind
+/// `Total`, near the budget. Returns the deadline window and the error.
+async fn the_call_fails_at_the_total_deadline(
+    proto: Proto,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> (Window, DeadlineExceeded) {
+    let mut svc = wrapped(proto, BUDGET);
+    let svc = svc.ready().await.unwrap();
+    let start = Instant::now();
+    let err = within(
+        "the call to fail",
+        BUDGET + SIGNAL_WAIT,
+        svc.call(get(addr, "/")),
+    )
+    .await
+    .expect_err("no head ever comes: the call must fail");
+    let failed_at = Instant::now();
+    let deadline = Window::from_call(start, BUDGET);
+
+    let deadline_err = err
+        .downcast_ref::<DeadlineExceeded>()
+        .unwrap_or_else(|| panic!("expected DeadlineExceeded, got {err:?}"))
+        .clone();
+    eprintln!("the caller got: {deadline_err}");
+    assert_eq!(deadline_err.kind(), DeadlineKind::Total);
+    assert_eq!(deadline_err.budget(), BUDGET);
+    assert!(deadline_err.elapsed() >= BUDGET, "{deadline_err}");
+    assert_near_deadline(failed_at, deadline, &format!("{what} ({deadline_err})"));
+    (deadline, deadline_err)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_refused_passes_through_as_the_clients_own_error_not_a_deadline() {
     // A port that was just free: nothing listens on it.
@@ -64,31 +96,12 @@ async fn connect_refused_passes_through_as_the_clients_own_error_not_a_deadline(
 async fn http1_server_that_never_answers_fails_the_call_with_total_at_the_budget_and_sees_the_connection_closed()
  {
     let (addr, closed) = silent_server().await;
-    let mut svc = wrapped(Proto::Http1, BUDGET);
-    let svc = svc.ready().await.unwrap();
-    let start = Instant::now();
-    let err = within(
-        "the call to fail",
-        BUDGET + SIGNAL_WAIT,
-        svc.call(get(addr, "/")),
+    let (deadline, deadline_err) = the_call_fails_at_the_total_deadline(
+        Proto::Http1,
+        addr,
+        "http1 call to a silent server failed",
     )
-    .await
-    .expect_err("no head ever comes: the call must fail");
-    let failed_at = Instant::now();
-    let deadline = Window::from_call(start, BUDGET);
-
-    let deadline_err = err
-        .downcast_ref::<DeadlineExceeded>()
-        .unwrap_or_else(|| panic!("expected DeadlineExceeded, got {err:?}"));
-    eprintln!("the caller got: {deadline_err}");
-    assert_eq!(deadline_err.kind(), DeadlineKind::Total);
-    assert_eq!(deadline_err.budget(), BUDGET);
-    assert!(deadline_err.elapsed() >= BUDGET, "{deadline_err}");
-    assert_near_deadline(
-        failed_at,
-        deadline,
-        &format!("http1 call to a silent server failed ({deadline_err})"),
-    );
+    .await;
 
     // Failing dropped the client's future: the request is cancelled, the connection closed.
     let closed_at = within(
@@ -116,31 +129,12 @@ async fn http2_server_that_never_answers_fails_the_call_with_total_at_the_budget
         never
     })
     .await;
-    let mut svc = wrapped(Proto::Http2, BUDGET);
-    let svc = svc.ready().await.unwrap();
-    let start = Instant::now();
-    let err = within(
-        "the call to fail",
-        BUDGET + SIGNAL_WAIT,
-        svc.call(get(addr, "/")),
+    let (deadline, deadline_err) = the_call_fails_at_the_total_deadline(
+        Proto::Http2,
+        addr,
+        "http2 call to a silent handler failed",
     )
-    .await
-    .expect_err("no head ever comes: the call must fail");
-    let failed_at = Instant::now();
-    let deadline = Window::from_call(start, BUDGET);
-
-    let deadline_err = err
-        .downcast_ref::<DeadlineExceeded>()
-        .unwrap_or_else(|| panic!("expected DeadlineExceeded, got {err:?}"));
-    eprintln!("the caller got: {deadline_err}");
-    assert_eq!(deadline_err.kind(), DeadlineKind::Total);
-    assert_eq!(deadline_err.budget(), BUDGET);
-    assert!(deadline_err.elapsed() >= BUDGET, "{deadline_err}");
-    assert_near_deadline(
-        failed_at,
-        deadline,
-        &format!("http2 call to a silent handler failed ({deadline_err})"),
-    );
+    .await;
 
     // Failing dropped the client's future: the stream is reset, the handler dropped.
     let handler = next_request(&mut cancelled).await;
