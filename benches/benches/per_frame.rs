@@ -11,7 +11,10 @@
 use std::hint::black_box;
 use std::pin::Pin;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
+};
 use http::{Request, Response};
 use tower::{Layer, Service};
 use tower_http::timeout::{ResponseBodyDeadlineLayer, ResponseBodyTimeoutLayer};
@@ -22,106 +25,64 @@ use tower_stream_deadline_benches::{
 /// Frames per body: large enough that creating and dropping the body (excluded anyway) is noise.
 const FRAMES: u64 = 10_000;
 
+/// Benches draining `FRAMES` frames of `frames` bare, under each of `configs`, and under
+/// tower-http's two bodies. Making each body is not timed.
+fn drain_group(c: &mut Criterion, name: &str, frames: fn(u64) -> Frames, configs: &[Config]) {
+    fn bench<B: http_body::Body>(
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        name: &str,
+        make: impl Fn() -> B,
+    ) where
+        B::Error: std::fmt::Debug,
+    {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || Box::pin(make()),
+                |mut body| black_box(drain(body.as_mut())),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(FRAMES));
+    bench(&mut group, "bare", || frames(FRAMES));
+    for config in configs {
+        let layer = config.layer();
+        let name = format!("this_crate/{}", config.label());
+        bench(&mut group, &name, || wrap(&layer, frames(FRAMES)));
+    }
+    bench(&mut group, "tower_http/TimeoutBody", || {
+        tower_http::timeout::TimeoutBody::new(IDLE, frames(FRAMES))
+    });
+    bench(&mut group, "tower_http/DeadlineBody", || {
+        tower_http::timeout::DeadlineBody::new(LONG, frames(FRAMES))
+    });
+    group.finish();
+}
+
 fn per_frame(c: &mut Criterion) {
     let rt = runtime();
     let _entered = rt.enter();
 
-    let mut group = c.benchmark_group("per_frame");
-    group.throughput(Throughput::Elements(FRAMES));
-
-    group.bench_function("bare", |b| {
-        b.iter_batched(
-            || Box::pin(Frames::new(FRAMES)),
-            |mut body| black_box(drain(body.as_mut())),
-            BatchSize::SmallInput,
-        )
-    });
-    for config in [
-        Config::Total,
-        Config::TotalIdle,
-        Config::TotalIdleFirstFrame,
-    ] {
-        let layer = config.layer();
-        group.bench_function(format!("this_crate/{}", config.label()), |b| {
-            b.iter_batched(
-                || Box::pin(wrap(&layer, Frames::new(FRAMES))),
-                |mut body| black_box(drain(body.as_mut())),
-                BatchSize::SmallInput,
-            )
-        });
-    }
-    group.bench_function("tower_http/TimeoutBody", |b| {
-        b.iter_batched(
-            || {
-                Box::pin(tower_http::timeout::TimeoutBody::new(
-                    IDLE,
-                    Frames::new(FRAMES),
-                ))
-            },
-            |mut body| black_box(drain(body.as_mut())),
-            BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("tower_http/DeadlineBody", |b| {
-        b.iter_batched(
-            || {
-                Box::pin(tower_http::timeout::DeadlineBody::new(
-                    LONG,
-                    Frames::new(FRAMES),
-                ))
-            },
-            |mut body| black_box(drain(body.as_mut())),
-            BatchSize::SmallInput,
-        )
-    });
-    group.finish();
-
+    drain_group(
+        c,
+        "per_frame",
+        Frames::new,
+        &[
+            Config::Total,
+            Config::TotalIdle,
+            Config::TotalIdleFirstFrame,
+        ],
+    );
     // The same when every frame has to be waited for (the body is `Pending` once before each
     // frame and wakes itself): the path a body over a socket takes (see the loopback bench).
-    let mut group = c.benchmark_group("per_frame_after_a_wait");
-    group.throughput(Throughput::Elements(FRAMES));
-    group.bench_function("bare", |b| {
-        b.iter_batched(
-            || Box::pin(Frames::each_after_a_wait(FRAMES)),
-            |mut body| black_box(drain(body.as_mut())),
-            BatchSize::SmallInput,
-        )
-    });
-    for config in [Config::Total, Config::TotalIdle] {
-        let layer = config.layer();
-        group.bench_function(format!("this_crate/{}", config.label()), |b| {
-            b.iter_batched(
-                || Box::pin(wrap(&layer, Frames::each_after_a_wait(FRAMES))),
-                |mut body| black_box(drain(body.as_mut())),
-                BatchSize::SmallInput,
-            )
-        });
-    }
-    group.bench_function("tower_http/TimeoutBody", |b| {
-        b.iter_batched(
-            || {
-                Box::pin(tower_http::timeout::TimeoutBody::new(
-                    IDLE,
-                    Frames::each_after_a_wait(FRAMES),
-                ))
-            },
-            |mut body| black_box(drain(body.as_mut())),
-            BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("tower_http/DeadlineBody", |b| {
-        b.iter_batched(
-            || {
-                Box::pin(tower_http::timeout::DeadlineBody::new(
-                    LONG,
-                    Frames::each_after_a_wait(FRAMES),
-                ))
-            },
-            |mut body| black_box(drain(body.as_mut())),
-            BatchSize::SmallInput,
-        )
-    });
-    group.finish();
+    drain_group(
+        c,
+        "per_frame_after_a_wait",
+        Frames::each_after_a_wait,
+        &[Config::Total, Config::TotalIdle],
+    );
 
     // The fixed cost of one response: call, head, one ready frame, end, drop.
     let mut group = c.benchmark_group("per_response");
