@@ -161,6 +161,11 @@ impl Frames {
         }
     }
 
+    /// The same body, with `data` (a static `Bytes`, say an SSE event) as every frame.
+    pub fn with_data(self, data: Bytes) -> Self {
+        Frames { data, ..self }
+    }
+
     /// An endless body whose first poll is `Pending` (so a wrapper arms its timer) and whose
     /// every later poll has a frame ready.
     pub fn endless_after_one_wait() -> Self {
