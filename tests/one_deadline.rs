@@ -349,3 +349,38 @@ async fn the_remaining_budget_is_forwarded_rounded_down_less_the_margin() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_axum_handler_reads_how_long_it_has_left() {
+    use axum::{Extension, Router, error_handling::HandleErrorLayer, routing::get};
+
+    let app = Router::new()
+        .route(
+            "/",
+            get(|Extension(deadline): Extension<Deadline>| async move {
+                tokio::time::sleep(SEC).await;
+                format!("{:?}", deadline.remaining())
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    http::StatusCode::GATEWAY_TIMEOUT
+                }))
+                .layer(StreamDeadlineLayer::new(45 * SEC)),
+        );
+
+    let response = app
+        .oneshot(Request::get("/").body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        body.to_bytes(),
+        "44s",
+        "45 s budget, 1 s spent in the handler"
+    );
+}
