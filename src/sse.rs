@@ -57,18 +57,37 @@ impl Scanner {
     /// Feeds the next bytes of the stream; `filter` judges each completed event's data.
     pub(crate) fn feed(&mut self, bytes: &[u8], filter: Option<&DataFilter<'_>>) -> Scanned {
         let mut scanned = Scanned::default();
-        for (i, &b) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            // The rest of a comment, another field or a data value: only its end matters,
+            // so jump to it (copying a value the filter will read).
+            if let Line::Other | Line::Data(false) = self.line {
+                let rest = &bytes[i..];
+                let len = rest
+                    .iter()
+                    .position(|&b| b == b'\n' || b == b'\r')
+                    .unwrap_or(rest.len());
+                if let (Line::Data(_), Some(data)) = (self.line, &mut self.data) {
+                    data.extend_from_slice(&rest[..len]);
+                }
+                i += len;
+                if i == bytes.len() {
+                    break;
+                }
+            }
+            let (at, b) = (i, bytes[i]);
+            i += 1;
             if std::mem::take(&mut self.after_cr) && b == b'\n' {
                 // The LF of a CRLF: an event that ended at the CR ends after it.
-                if scanned.last_boundary == Some(i) {
-                    scanned.last_boundary = Some(i + 1);
+                if scanned.last_boundary == Some(at) {
+                    scanned.last_boundary = Some(i);
                 }
                 continue;
             }
             if b == b'\n' || b == b'\r' {
                 self.after_cr = b == b'\r';
                 if self.at_line_start {
-                    scanned.last_boundary = Some(i + 1);
+                    scanned.last_boundary = Some(i);
                     scanned.data_event |= self.end_event(filter);
                 } else {
                     self.end_line();
