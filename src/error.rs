@@ -8,6 +8,17 @@ use std::time::Duration;
 ///
 /// Marked `#[non_exhaustive]`: later budgets may add kinds, so match with a
 /// wildcard arm.
+///
+/// ```
+/// use tower_stream_deadline::DeadlineKind;
+///
+/// fn worth_retrying(kind: DeadlineKind) -> bool {
+///     // Stuck before the first token: nothing was sent yet, try again.
+///     matches!(kind, DeadlineKind::FirstFrame)
+/// }
+/// assert!(worth_retrying(DeadlineKind::FirstFrame));
+/// assert_eq!(DeadlineKind::Idle.to_string(), "idle");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DeadlineKind {

@@ -39,6 +39,24 @@ pin_project! {
     ///
     /// With gRPC endings on and a gRPC request, a deadline before the head resolves to a
     /// trailers-only response with `grpc-status: 4` instead of an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::{Service, ServiceExt};
+    /// use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, StreamDeadline};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // An upstream that never answers.
+    /// let silent = tower::service_fn(|_req: http::Request<()>| {
+    ///     std::future::pending::<Result<http::Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible>>()
+    /// });
+    /// let mut svc = StreamDeadline::new(silent, Duration::from_secs(2));
+    /// let future = svc.ready().await.unwrap().call(http::Request::new(()));
+    /// let err = future.await.unwrap_err();
+    /// assert_eq!(err.downcast_ref::<DeadlineExceeded>().unwrap().kind(), DeadlineKind::Total);
+    /// # }
+    /// ```
     #[project = Projected]
     pub struct ResponseFuture<F, B: Body> {
         #[pin]

@@ -49,6 +49,30 @@ impl Ending {
 /// [`StreamDeadlineLayer::on_outcome`](crate::StreamDeadlineLayer::on_outcome)).
 ///
 /// All times are measured from `call` on tokio's clock, except `longest_idle`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{Layer, Service, ServiceExt};
+/// use tower_stream_deadline::{Ending, StreamDeadlineLayer};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
+///     .on_outcome(move |outcome| tx.send(outcome.clone()).unwrap());
+/// let upstream = tower::service_fn(|_req: http::Request<()>| async {
+///     let body = http_body_util::Full::new(bytes::Bytes::from_static(b"hello"));
+///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+/// });
+/// let mut svc = layer.layer(upstream);
+/// let response = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+/// http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+///
+/// let outcome = rx.recv().unwrap();
+/// assert_eq!((outcome.ending, outcome.frames, outcome.bytes), (Ending::Completed, 1, 5));
+/// assert_eq!(outcome.total_used(), Some(0.0));
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Outcome {
