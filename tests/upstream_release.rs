@@ -28,6 +28,35 @@ const IDLE: Duration = Duration::from_millis(150);
 /// Records sent before the upstream stalls, in the idle tests.
 const BEFORE_STALL: usize = 5;
 
+/// The upstream saw its release within the bound, while the caller still held the ended body.
+async fn assert_released_while_held<B>(
+    mut body: B,
+    release: Release,
+    deadline: Window,
+    deadline_err: &DeadlineExceeded,
+    what: &str,
+) where
+    B: Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let released = release.observed(what).await;
+    // The timer's part and the release's part, to tell them apart if this fails.
+    let context = format!(
+        "{what} (the caller saw the deadline {:?} into the budget)",
+        deadline_err.elapsed()
+    );
+    assert_released_in_time(released, deadline, &context);
+    assert!(
+        body.is_end_stream(),
+        "{what}: the body is ended after its error"
+    );
+    assert!(
+        body.frame().await.is_none(),
+        "{what}: nothing after the error"
+    );
+    drop(body);
+}
+
 /// A babbling upstream, cut by the total budget.
 async fn total_deadline_releases_the_upstream(proto: Proto) {
     let what = format!("{proto:?} total deadline");
@@ -73,22 +102,7 @@ async fn total_deadline_releases_the_upstream(proto: Proto) {
     );
 
     // The upstream saw the disconnect, while we still hold the DeadlineBody.
-    let released = release.observed(&what).await;
-    // The timer's part and the release's part, to tell them apart if this fails.
-    let context = format!(
-        "{what} (the caller saw the deadline {:?} into the budget)",
-        deadline_err.elapsed()
-    );
-    assert_released_in_time(released, deadline, &context);
-    assert!(
-        body.is_end_stream(),
-        "{what}: the body is ended after its error"
-    );
-    assert!(
-        body.frame().await.is_none(),
-        "{what}: nothing after the error"
-    );
-    drop(body);
+    assert_released_while_held(body, release, deadline, deadline_err, &what).await;
 }
 
 /// An upstream that stalls after a few records, cut by the idle budget.
@@ -140,22 +154,8 @@ async fn idle_deadline_releases_the_upstream(proto: Proto) {
         "{what}: the error came before the deadline"
     );
 
-    let released = release.observed(&what).await;
-    // The timer's part and the release's part, to tell them apart if this fails.
-    let context = format!(
-        "{what} (the caller saw the deadline {:?} into the budget)",
-        deadline_err.elapsed()
-    );
-    assert_released_in_time(released, deadline, &context);
-    assert!(
-        body.is_end_stream(),
-        "{what}: the body is ended after its error"
-    );
-    assert!(
-        body.frame().await.is_none(),
-        "{what}: nothing after the error"
-    );
-    drop(body);
+    // The upstream saw the disconnect, while we still hold the DeadlineBody.
+    assert_released_while_held(body, release, deadline, deadline_err, &what).await;
 }
 
 /// A stream that ends within every budget reads the same with and without the layer.
