@@ -272,9 +272,9 @@ def is_deadline_event(err) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-def check_openai_sdk_stream(servers: Servers) -> str:
-    """1. openai SDK, stream=True: tokens, then APIError at the budget; upstream cancelled."""
-    tag = "openai-sdk"
+def stream_babble(servers: Servers, headers: dict) -> tuple:
+    """Streams the babbler through the gateway with the openai SDK, counting content tokens
+    until the stream ends: (tokens, the APIError that ended it or None, start time)."""
     client = openai.OpenAI(
         base_url=f"{servers.gateway_url}/v1",
         api_key="sk-local",
@@ -288,7 +288,7 @@ def check_openai_sdk_stream(servers: Servers) -> str:
             model="babbler",
             messages=[{"role": "user", "content": "Tell me everything."}],
             stream=True,
-            extra_headers={"x-check": tag},
+            extra_headers=headers,
         )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -299,6 +299,13 @@ def check_openai_sdk_stream(servers: Servers) -> str:
             )
     except openai.APIError as raised:
         err = raised
+    return tokens, err, started
+
+
+def check_openai_sdk_stream(servers: Servers) -> str:
+    """1. openai SDK, stream=True: tokens, then APIError at the budget; upstream cancelled."""
+    tag = "openai-sdk"
+    tokens, err, started = stream_babble(servers, {"x-check": tag})
     ended = time.time()
     deadline = started + TOTAL
 
@@ -470,27 +477,7 @@ def check_direct_does_not_stop(servers: Servers) -> str:
 def check_timeout_header(servers: Servers) -> str:
     """5. A client's x-request-timeout shortens the total budget for its request."""
     tag = "header"
-    client = openai.OpenAI(
-        base_url=f"{servers.gateway_url}/v1",
-        api_key="sk-local",
-        max_retries=0,
-        timeout=STALL_GUARD,
-    )
-    started = time.time()
-    tokens, err = 0, None
-    try:
-        stream = client.chat.completions.create(
-            model="babbler",
-            messages=[{"role": "user", "content": "Tell me everything."}],
-            stream=True,
-            extra_headers={"x-check": tag, "x-request-timeout": "1s"},
-        )
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                tokens += 1
-            expect(time.time() - started < TOTAL + STOP_WITHIN, "the stream did not stop")
-    except openai.APIError as raised:
-        err = raised
+    tokens, err, started = stream_babble(servers, {"x-check": tag, "x-request-timeout": "1s"})
     elapsed = time.time() - started
     expect(tokens > 0, "no tokens arrived before the deadline")
     expect(is_deadline_event(err), f"not the gateway's deadline error: {type(err).__name__}: {err}")
