@@ -210,7 +210,12 @@ where
                 Poll::Ready(Some(Err(err))) => {
                     this.upstream.set(Upstream::Released);
                     this.recorder.upstream_error();
-                    return Poll::Ready(Some(Err(err.into())));
+                    let err = err.into();
+                    let last = this.protocol.as_deref_mut();
+                    return match last.and_then(|p| p.upstream_ending(&err)) {
+                        Some(last) => Poll::Ready(Some(Ok(last))),
+                        None => Poll::Ready(Some(Err(err))),
+                    };
                 }
                 Poll::Ready(None) => {
                     // The end is judged like a frame.
