@@ -36,6 +36,8 @@ from checks import (  # noqa: E402
     CANCEL_WITHIN,
     IDLE,
     PROMPT,
+    astream_until_stopped,
+    expect_stopped_at_the_budget,
     STALL_GUARD,
     STOP_WITHIN,
     TOTAL,
@@ -182,47 +184,42 @@ def expect_cancelled_by(servers, tag: str, deadline: float) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def babbling(api: str):
-    def check(servers) -> str:
-        tag = f"{api}-babbling"
-        deltas, _, err, started, ended = read(servers, api, "babbler", tag)
-        expect(deltas > 0, "no deltas arrived before the deadline")
-        expect(err is not None, f"the stream ended without an error after {deltas} deltas")
-        message = APIS[api][3](err, "timeout", "deadline_exceeded")
-        expect(TOTAL_NAMED in message, f"the error does not name the total budget: {message!r}")
-        expect(
-            TOTAL - 0.005 <= ended - started <= TOTAL + STOP_WITHIN,
-            f"raised after {ended - started:.3f} s; the budget is {TOTAL} s",
-        )
-        cancelled = expect_cancelled_by(servers, tag, started + TOTAL)
-        return (
-            f"{deltas} deltas, then {type(err).__name__} at +{ended - started:.3f} s: "
-            f"{message!r}; {cancelled}"
-        )
+def at_the_budget(model: str, budget: float, named: str):
+    """A check that `model`'s stream, through the gateway, raises the API error naming
+    `named` once `budget` has passed: counted from the call (the total budget), or from the
+    last delta after `STALL_AFTER` of them (the idle budget)."""
+    idle = model == "stalled"
 
-    return check
+    def check_for(api: str):
+        def check(servers) -> str:
+            tag = f"{api}-{model}"
+            deltas, last_delta_at, err, started, ended = read(servers, api, model, tag)
+            expect(deltas > 0, "no deltas arrived before the deadline")
+            expect(not idle or deltas == STALL_AFTER, f"{deltas} deltas, not {STALL_AFTER}")
+            expect(err is not None, f"the stream ended without an error after {deltas} deltas")
+            message = APIS[api][3](err, "timeout", "deadline_exceeded")
+            expect(named in message, f"the error does not name the {named}: {message!r}")
+            since = last_delta_at if idle else started
+            waited = ended - since
+            expect(
+                budget - 0.005 <= waited <= budget + STOP_WITHIN,
+                f"raised {waited:.3f} s after the {'last delta' if idle else 'call'}; "
+                f"the budget is {budget} s",
+            )
+            cancelled = expect_cancelled_by(servers, tag, since + budget)
+            return (
+                f"{deltas} deltas, then {type(err).__name__} {waited:.3f} s after the "
+                f"{'last' if idle else 'call'}: {message!r}; {cancelled}"
+            )
+
+        return check
+
+    check_for.__name__ = "stalled" if idle else "babbling"
+    return check_for
 
 
-def stalled(api: str):
-    def check(servers) -> str:
-        tag = f"{api}-stalled"
-        deltas, last_delta_at, err, started, ended = read(servers, api, "stalled", tag)
-        expect(deltas == STALL_AFTER, f"{deltas} deltas arrived, not {STALL_AFTER}")
-        expect(err is not None, "the stream ended without an error")
-        message = APIS[api][3](err, "timeout", "deadline_exceeded")
-        expect(IDLE_NAMED in message, f"the error does not name the idle budget: {message!r}")
-        silence = ended - last_delta_at
-        expect(
-            IDLE - 0.005 <= silence <= IDLE + STOP_WITHIN,
-            f"raised {silence:.3f} s after the last delta; the idle budget is {IDLE} s",
-        )
-        cancelled = expect_cancelled_by(servers, tag, last_delta_at + IDLE)
-        return (
-            f"{deltas} deltas, then {type(err).__name__} {silence:.3f} s after the last: "
-            f"{message!r}; {cancelled}"
-        )
-
-    return check
+babbling = at_the_budget("babbler", TOTAL, TOTAL_NAMED)
+stalled = at_the_budget("stalled", IDLE, IDLE_NAMED)
 
 
 def dying(api: str):
@@ -259,34 +256,12 @@ def check_langchain_chat_anthropic(servers) -> str:
             default_request_timeout=STALL_GUARD,
             default_headers={"x-check": tag},
         )
-        started = time.monotonic()
-        chunks, err, stopped_by_us = 0, None, False
-        try:
-            # No asyncio timeout: only the gateway's budget stops this loop.
-            async for chunk in (PROMPT | llm).astream({"question": "Tell me everything."}):
-                if chunk.content:
-                    chunks += 1
-                if time.monotonic() - started > TOTAL + STOP_WITHIN:
-                    stopped_by_us = True
-                    break
-        except anthropic.AnthropicError as raised:
-            err = raised
-        return chunks, err, stopped_by_us, time.monotonic() - started
+        return await astream_until_stopped(PROMPT | llm, anthropic.AnthropicError)
 
-    (chunks, err, stopped_by_us, elapsed), complaints = run_async(run())
-    expect(not stopped_by_us, f"still streaming {TOTAL + STOP_WITHIN:.1f} s after the call")
-    expect(chunks > 0, "no chunks arrived before the deadline")
-    expect(err is not None, "the stream ended without an error")
+    (chunks, err, elapsed), complaints = run_async(run())
     message = anthropic_api_error(err, "timeout", "deadline_exceeded")
     expect(TOTAL_NAMED in message, f"the error does not name the total budget: {message!r}")
-    expect(
-        TOTAL - 0.005 <= elapsed <= TOTAL + STOP_WITHIN,
-        f"stopped after {elapsed:.3f} s; the budget is {TOTAL} s",
-    )
-    cancellations, _ = poll_stats(
-        servers, lambda s: tagged(s, "cancellations", tag), within=CANCEL_WITHIN + 2
-    )
-    expect(cancellations, "the upstream generator was never cancelled")
+    expect_stopped_at_the_budget(servers, tag, elapsed)
     note = f" (asyncio: {complaints})" if complaints else ""
     return (
         f"{chunks} chunks over {elapsed:.3f} s (budget {TOTAL} s), then "

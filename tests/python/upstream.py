@@ -106,6 +106,12 @@ async def chat_completions(request: Request):
     )
 
 
+def _record(key: str, request_id: int, tag: str, model: str, sent: int, **more):
+    STATS[key].append(
+        {"id": request_id, "tag": tag, "model": model, "at": time.time(), "chunks": sent, **more}
+    )
+
+
 async def _generate(request_id: int, tag: str, model: str, stuck: bool):
     sent = 0
     try:
@@ -127,20 +133,9 @@ async def _generate(request_id: int, tag: str, model: str, stuck: bool):
         yield _chunk(request_id, model, {}, finish_reason="stop")
         yield b"data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit) as stopped:
-        STATS["cancellations"].append(
-            {
-                "id": request_id,
-                "tag": tag,
-                "model": model,
-                "at": time.time(),
-                "chunks": sent,
-                "how": type(stopped).__name__,
-            }
-        )
+        _record("cancellations", request_id, tag, model, sent, how=type(stopped).__name__)
         raise
-    STATS["completions"].append(
-        {"id": request_id, "tag": tag, "model": model, "at": time.time(), "chunks": sent}
-    )
+    _record("completions", request_id, tag, model, sent)
 
 
 class UpstreamDied(Exception):
@@ -300,23 +295,12 @@ async def _generate_api(events, request_id: int, tag: str, model: str):
         if model == "dying":
             half = events.delta("half")
             yield half[: len(half) // 2]
-            STATS["failures"].append(
-                {"id": request_id, "tag": tag, "model": model, "at": time.time(), "chunks": sent}
-            )
+            _record("failures", request_id, tag, model, sent)
             raise UpstreamDied(f"{model} gave up after {sent} deltas")
         # `stalled`: the client or the gateway has to give up.
         await asyncio.sleep(3600)
     except (asyncio.CancelledError, GeneratorExit) as stopped:
-        STATS["cancellations"].append(
-            {
-                "id": request_id,
-                "tag": tag,
-                "model": model,
-                "at": time.time(),
-                "chunks": sent,
-                "how": type(stopped).__name__,
-            }
-        )
+        _record("cancellations", request_id, tag, model, sent, how=type(stopped).__name__)
         raise
 
 
