@@ -101,6 +101,13 @@
 //!   the head, and polls its timer on every frame. Here one clock runs from `call` to the
 //!   last frame, the error says which budget ran out, and the timer is touched only when the
 //!   body has to wait.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `retry` | on | [`RetryFirstFrame`](struct.RetryFirstFrame.html), a `tower::retry::Policy` for calls stuck before their first frame (depends on `tower`) |
+//! | `h2` | off | deadlines carry an HTTP/2 `CANCEL` reason in their source chain, so a hyper server resets a late HTTP/2 stream with `CANCEL` instead of `INTERNAL_ERROR` (depends on `h2`) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
@@ -130,7 +137,6 @@ pub use layer::StreamDeadlineLayer;
 pub use outcome::{Ending, Outcome};
 pub use request::{Deadline, RequestBudgets};
 #[cfg(feature = "retry")]
-#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub use retry::RetryFirstFrame;
 pub use service::StreamDeadline;
 
