@@ -251,7 +251,11 @@ impl<D> Core<D> {
     where
         D: Buf + 'static,
     {
-        match self.protocol.as_deref_mut().and_then(|p| p.ending(&expired)) {
+        match self
+            .protocol
+            .as_deref_mut()
+            .and_then(|p| p.ending(&expired))
+        {
             Some(last) => Poll::Ready(Some(Ok(last))),
             None => Poll::Ready(Some(Err(expired.into()))),
         }
@@ -468,7 +472,10 @@ fn check(
 impl<D> fmt::Debug for Core<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
-            .field("held", &(self.held.len() + usize::from(self.first.is_some())))
+            .field(
+                "held",
+                &(self.held.len() + usize::from(self.first.is_some())),
+            )
             .field("deadlines", &self.deadlines)
             .field("waiting_since", &self.waiting_since)
             .field("recorder", &self.recorder)

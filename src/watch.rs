@@ -224,7 +224,11 @@ impl<B: Body> Future for Watch<B> {
                 state.expired = Some(expired);
                 return Poll::Ready(());
             }
-            if !state.watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if !state
+                .watcher
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
                 state.watcher = Some(cx.waker().clone());
             }
             let next = state.core.deadlines.next(phase);

@@ -256,7 +256,10 @@ where
     let deadline = DeadlineExceeded::find(&*err)
         .unwrap_or_else(|| panic!("{what}: expected DeadlineExceeded, got {err:?}"));
     assert_eq!(deadline.kind(), kind, "{what}");
-    assert!(body.frame().await.is_none(), "{what}: nothing after the error");
+    assert!(
+        body.frame().await.is_none(),
+        "{what}: nothing after the error"
+    );
     assert!(body.is_end_stream(), "{what}: ended");
 }
 
@@ -281,7 +284,11 @@ async fn total_deadline_releases_an_unpolled_body(proto: Proto) {
     let mut body = response.into_body();
     let first = within(&what, SIGNAL_WAIT, body.frame()).await;
     let first = first.expect("a frame").expect("a frame, not an error");
-    assert_eq!(first.into_data().ok(), Some(record(0)), "{what}: the first record");
+    assert_eq!(
+        first.into_data().ok(),
+        Some(record(0)),
+        "{what}: the first record"
+    );
 
     // Nobody polls the body from here on.
     let released = release.observed(&what).await;
@@ -290,7 +297,11 @@ async fn total_deadline_releases_an_unpolled_body(proto: Proto) {
         .await
         .expect("one outcome");
     assert_eq!(ending, Ending::Deadline(DeadlineKind::Total), "{what}");
-    assert_near_deadline(reported, deadline, &format!("{what}: the outcome was reported"));
+    assert_near_deadline(
+        reported,
+        deadline,
+        &format!("{what}: the outcome was reported"),
+    );
 
     assert_next_poll_yields_the_deadline(&mut body, DeadlineKind::Total, &what).await;
 }
@@ -318,7 +329,11 @@ async fn idle_deadline_releases_an_unpolled_body(proto: Proto) {
     for i in 0..BEFORE_STALL {
         let frame = within(&what, SIGNAL_WAIT, body.frame()).await;
         let frame = frame.expect("a frame").expect("a frame, not an error");
-        assert_eq!(frame.into_data().ok(), Some(record(i)), "{what}: record {i}");
+        assert_eq!(
+            frame.into_data().ok(),
+            Some(record(i)),
+            "{what}: record {i}"
+        );
     }
     // One poll that finds nothing (the upstream has stalled), then no more.
     let earliest = Instant::now();
