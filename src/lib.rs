@@ -129,6 +129,7 @@ mod service;
 mod sse;
 mod timeout_header;
 mod timer;
+mod watch;
 
 pub use body::DeadlineBody;
 pub use error::{DeadlineExceeded, DeadlineKind};
