@@ -326,7 +326,12 @@ impl<D> Core<D> {
                 Poll::Ready(Some(Err(err))) => {
                     upstream.set(Upstream::Released);
                     self.recorder.upstream_error();
-                    return Poll::Ready(Some(Err(err.into())));
+                    let err = err.into();
+                    let last = self.protocol.as_deref_mut();
+                    return match last.and_then(|p| p.upstream_ending(&err)) {
+                        Some(last) => Poll::Ready(Some(Ok(last))),
+                        None => Poll::Ready(Some(Err(err))),
+                    };
                 }
                 Poll::Ready(None) => {
                     // The end is judged like a frame.

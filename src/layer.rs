@@ -144,9 +144,11 @@ impl StreamDeadlineLayer {
     }
 
     /// End a late `text/event-stream` response with one last event carrying the error, then
-    /// a clean end, instead of a broken stream. The default event is the JSON error that
-    /// OpenAI clients raise as an API error:
-    /// `data: {"error":{"message":"stream deadline exceeded: ...","type":"timeout","param":null,"code":"deadline_exceeded"}}`.
+    /// a clean end, instead of a broken stream. The default event is one that the `openai`
+    /// SDK (chat completions and the Responses API) and the `anthropic` SDK (Messages) all
+    /// raise as an API error, so nothing needs configuring for either API:
+    /// `event: error` and
+    /// `data: {"type":"error","error":{"type":"timeout","code":"deadline_exceeded","message":"stream deadline exceeded: ...","param":null}}`.
     ///
     /// Frames do not align with SSE events, so the body holds back the bytes after the last
     /// complete event until the event is complete (most servers send whole events per
@@ -260,6 +262,56 @@ impl StreamDeadlineLayer {
     /// ```
     pub fn release_unpolled(mut self) -> Self {
         self.release_unpolled = true;
+        self
+    }
+
+    /// End a `text/event-stream` response whose upstream fails after the head (a reset
+    /// connection or HTTP/2 stream, a truncated chunked body) with one last event saying so,
+    /// then a clean end, instead of passing the error on: a client sees every complete
+    /// event, then `event: error` and
+    /// `data: {"type":"error","error":{"type":"upstream_error","code":"upstream_failed","message":"upstream failed mid-stream: ...","param":null}}`,
+    /// which the `openai` and `anthropic` SDKs raise as an API error rather than a
+    /// connection error (which their users tend to retry blindly). As with
+    /// [`sse_endings`](Self::sse_endings), the bytes of an event not yet complete are held
+    /// back, and dropped at the failure.
+    ///
+    /// The upstream error is still what [`on_outcome`](Self::on_outcome) reports
+    /// (`Ending::UpstreamError`), and a `tracing` warning carries its text. Unset, upstream
+    /// errors pass through untouched. Other content types are not affected.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http_body_util::BodyExt;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_stream_deadline::StreamDeadlineLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // An upstream that sends one event and half of another, then fails.
+    /// let upstream = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let frames: Vec<Result<_, std::io::Error>> = vec![
+    ///         Ok(http_body::Frame::data(bytes::Bytes::from("data: one\n\ndata: tw"))),
+    ///         Err(std::io::ErrorKind::ConnectionReset.into()),
+    ///     ];
+    ///     let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    ///     let response = http::Response::builder()
+    ///         .header("content-type", "text/event-stream")
+    ///         .body(body)
+    ///         .unwrap();
+    ///     Ok::<_, std::convert::Infallible>(response)
+    /// });
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45)).sse_upstream_errors();
+    /// let mut svc = ServiceBuilder::new().layer(layer).service(upstream);
+    ///
+    /// let response = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+    /// let text = response.into_body().collect().await.unwrap().to_bytes();
+    /// let text = String::from_utf8(text.to_vec()).unwrap();
+    /// assert!(text.starts_with("data: one\n\nevent: error\n"));
+    /// assert!(text.contains(r#""type":"upstream_error""#));
+    /// # }
+    /// ```
+    pub fn sse_upstream_errors(mut self) -> Self {
+        self.protocol_mut().sse_upstream_errors = true;
         self
     }
 }

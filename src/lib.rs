@@ -118,6 +118,7 @@ mod deadline;
 mod error;
 mod future;
 mod grpc;
+mod grpc_frames;
 pub mod guide;
 mod layer;
 mod outcome;
