@@ -51,6 +51,7 @@ pub struct StreamDeadlineLayer {
     pub(crate) headers: HeaderRules,
     pub(crate) on_outcome: Option<OnOutcome>,
     pub(crate) protocol: Option<Arc<ProtocolConfig>>,
+    pub(crate) release_unpolled: bool,
 }
 
 impl StreamDeadlineLayer {
@@ -62,6 +63,7 @@ impl StreamDeadlineLayer {
             headers: HeaderRules::default(),
             on_outcome: None,
             protocol: None,
+            release_unpolled: false,
         }
     }
 
@@ -230,6 +232,36 @@ impl StreamDeadlineLayer {
     /// ```
     pub fn on_outcome(mut self, f: impl Fn(&Outcome) + Send + Sync + 'static) -> Self {
         self.on_outcome = Some(OnOutcome::new(f));
+        self
+    }
+
+    /// Release the upstream at the deadline even when nobody polls the body: a proxy whose
+    /// client stopped reading (hyper polls a body only while the downstream socket takes
+    /// bytes), or a caller that holds the body and does something else.
+    ///
+    /// Without it, the upstream is dropped when the deadline is observed: by the body's
+    /// timer waking a task that waits on the body, or at the next poll or the drop. With
+    /// it, a watcher task on the runtime where `call` was made drops the upstream body at
+    /// the total or idle deadline (within one timer tick plus scheduling) and reports the
+    /// [`Outcome`] and the `tracing` event then; the next poll yields the error (or the
+    /// protocol ending) as always. The idle deadline counts only while the body waits on
+    /// upstream, as always: a caller that took a frame and stopped polling is not idle.
+    ///
+    /// It costs a lock per poll of the body (a few ns, uncontended), a task and two
+    /// allocations per response (see BENCHMARKS.md). Where there is no runtime with timers
+    /// at `call`, or it shuts down, the body is released by polls as without it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stream_deadline::StreamDeadlineLayer;
+    ///
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
+    ///     .idle(Duration::from_secs(5))
+    ///     .release_unpolled();
+    /// # let _ = layer;
+    /// ```
+    pub fn release_unpolled(mut self) -> Self {
+        self.release_unpolled = true;
         self
     }
 

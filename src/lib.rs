@@ -21,7 +21,9 @@
 //! - **Before the head** (and, under a first-frame budget, before the first frame), the
 //!   [`ResponseFuture`] fails with a boxed [`DeadlineExceeded`] and drops the inner future,
 //!   cancelling the request. A first-frame failure is an error of the call, so
-//!   `tower::retry` can restart a stuck request ([`RetryFirstFrame`], feature `retry`).
+// A relative link: docs built without the `retry` feature then have no broken link.
+//!   `tower::retry` can restart a stuck request
+//!   ([`RetryFirstFrame`](struct.RetryFirstFrame.html), feature `retry`).
 //! - **After the head**, the [`DeadlineBody`] checks the clock on every frame it takes from
 //!   upstream and, while it waits, holds one tokio timer that wakes whichever task polled it
 //!   last. A frame taken at or after the deadline is not delivered: the upstream body is
@@ -99,6 +101,14 @@
 //!   the head, and polls its timer on every frame. Here one clock runs from `call` to the
 //!   last frame, the error says which budget ran out, and the timer is touched only when the
 //!   body has to wait.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `retry` | on | [`RetryFirstFrame`](struct.RetryFirstFrame.html), a `tower::retry::Policy` for calls stuck before their first frame (depends on `tower`) |
+//! | `h2` | off | deadlines carry an HTTP/2 `CANCEL` reason in their source chain, so a hyper server resets a late HTTP/2 stream with `CANCEL` instead of `INTERNAL_ERROR` (depends on `h2`) |
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
@@ -120,6 +130,7 @@ mod service;
 mod sse;
 mod timeout_header;
 mod timer;
+mod watch;
 
 pub use body::DeadlineBody;
 pub use error::{DeadlineExceeded, DeadlineKind};
@@ -130,6 +141,12 @@ pub use request::{Deadline, RequestBudgets};
 #[cfg(feature = "retry")]
 pub use retry::RetryFirstFrame;
 pub use service::StreamDeadline;
+
+// The README's Rust snippets are complete programs, compiled (not run) as doctests. They use
+// `RetryFirstFrame`, so they are compiled with the `retry` feature.
+#[cfg(all(doctest, feature = "retry"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// The error type of [`StreamDeadline`] and [`DeadlineBody`]: upstream errors as they are,
 /// or a [`DeadlineExceeded`].
