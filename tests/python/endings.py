@@ -17,8 +17,9 @@ the `anthropic` SDK's `messages.stream`:
   (which the SDKs' users retry blindly);
 
 and that each babbling or stalled upstream generator is cancelled within 250 ms of its
-deadline. Last, LangChain's `ChatAnthropic` through the gateway stops at the total budget
-with an error.
+deadline. As the contrast, the dying upstream read directly is a transport error in every
+SDK. Last, LangChain's `ChatAnthropic` through the gateway stops at the total budget with
+an error.
 """
 
 import sys
@@ -41,6 +42,7 @@ from checks import (  # noqa: E402
     STALL_GUARD,
     STOP_WITHIN,
     TOTAL,
+    CheckFailed,
     expect,
     poll_stats,
     run_async,
@@ -58,18 +60,18 @@ IDLE_NAMED = "idle budget of 1s"
 # ---------------------------------------------------------------------------------------
 
 
-def openai_client(servers) -> openai.OpenAI:
+def openai_client(origin: str) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=f"{servers.gateway_url}/v1",
+        base_url=f"{origin}/v1",
         api_key="sk-local",
         max_retries=0,
         timeout=STALL_GUARD,
     )
 
 
-def anthropic_client(servers) -> anthropic.Anthropic:
+def anthropic_client(origin: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(
-        base_url=servers.gateway_url,
+        base_url=origin,
         api_key="sk-ant-local",
         max_retries=0,
         timeout=STALL_GUARD,
@@ -135,21 +137,21 @@ def anthropic_api_error(err, kind: str, code: str):
     return error.get("message", "")
 
 
-# Per API: its client, its stream of text deltas, the base of its SDK's errors, and how to
-# read the gateway's ending from the error.
+# Per API: its client, its stream of text deltas, and how to read the gateway's ending from
+# the error its SDK raises.
 APIS = {
-    "chat": (openai_client, chat_deltas, openai.OpenAIError, openai_api_error),
-    "responses": (openai_client, responses_deltas, openai.OpenAIError, openai_api_error),
-    "messages": (anthropic_client, messages_deltas, anthropic.AnthropicError, anthropic_api_error),
+    "chat": (openai_client, chat_deltas, openai_api_error),
+    "responses": (openai_client, responses_deltas, openai_api_error),
+    "messages": (anthropic_client, messages_deltas, anthropic_api_error),
 }
 
 
-def read(servers, api: str, model: str, tag: str) -> tuple:
-    """Reads one stream to its end: (deltas, the SDK's error or None, when the call started,
-    when it ended)."""
-    client_of, deltas_of, sdk_error, _ = APIS[api]
+def read(servers, api: str, model: str, tag: str, origin: str | None = None) -> tuple:
+    """Reads one stream (through the gateway, unless `origin` says otherwise) to its end:
+    (deltas, the error that ended it or None, when the call started, when it ended)."""
+    client_of, deltas_of, _ = APIS[api]
     # Made before the clock starts: building a client (its TLS context) takes a while.
-    client = client_of(servers)
+    client = client_of(origin or servers.gateway_url)
     started = time.time()
     deltas, err = 0, None
     try:
@@ -159,7 +161,9 @@ def read(servers, api: str, model: str, tag: str) -> tuple:
                 time.time() - started < TOTAL + STOP_WITHIN,
                 f"still streaming {TOTAL + STOP_WITHIN:.1f} s after the call",
             )
-    except sdk_error as raised:
+    except CheckFailed:
+        raise
+    except Exception as raised:  # noqa: BLE001 - whatever ends it, API error or transport
         err = raised
     return deltas, err, started, time.time()
 
@@ -196,7 +200,7 @@ def at_the_budget(model: str, budget: float, named: str):
             expect(deltas > 0, "no deltas arrived before the deadline")
             expect(not idle or deltas == STALL_AFTER, f"{deltas} deltas, not {STALL_AFTER}")
             expect(err is not None, f"the stream ended without an error after {deltas} deltas")
-            message = APIS[api][3](err, "timeout", "deadline_exceeded")
+            message = APIS[api][2](err, "timeout", "deadline_exceeded")
             expect(named in message, f"the error does not name the {named}: {message!r}")
             # When the budget started, at the earliest: before our call, or when the upstream
             # made its last delta. Both come before the gateway's own clock starts, so the
@@ -234,7 +238,7 @@ def dying(api: str):
         tag = f"{api}-dying"
         deltas, err, started, ended = read(servers, api, "dying", tag)
         expect(err is not None, "the stream ended without an error: the answer looks complete")
-        message = APIS[api][3](err, "upstream_error", "upstream_failed")
+        message = APIS[api][2](err, "upstream_error", "upstream_failed")
         expect(
             deltas == STALL_AFTER,
             f"{deltas} deltas arrived; every whole one ({STALL_AFTER}) and not the half expected",
@@ -247,6 +251,21 @@ def dying(api: str):
         )
 
     return check
+
+
+def check_direct_dying_is_a_connection_error(servers) -> str:
+    """Contrast: the same dying upstream, read directly, is a transport error in every SDK."""
+    seen = []
+    for api in APIS:
+        _, err, _, _ = read(servers, api, "dying", f"{api}-direct", servers.upstream_url)
+        expect(err is not None, f"{api}: the stream ended without an error")
+        sdk_api_error = openai.APIStatusError if api != "messages" else anthropic.APIStatusError
+        expect(
+            not isinstance(err, sdk_api_error) and type(err) is not openai.APIError,
+            f"{api}: an API error without the gateway: {type(err).__name__}: {err}",
+        )
+        seen.append(f"{api}: {type(err).__module__}.{type(err).__name__}")
+    return "; ".join(seen)
 
 
 def check_langchain_chat_anthropic(servers) -> str:
@@ -287,7 +306,10 @@ CHECKS = [
     # would count against the gateway in the timed checks.
     for how in (dying, stalled, babbling)
     for api in NAMES
-] + [("LangChain ChatAnthropic astream()", check_langchain_chat_anthropic)]
+] + [
+    ("contrast: dying, read directly", check_direct_dying_is_a_connection_error),
+    ("LangChain ChatAnthropic astream()", check_langchain_chat_anthropic),
+]
 
 
 if __name__ == "__main__":
