@@ -125,7 +125,7 @@ pub use error::{DeadlineExceeded, DeadlineKind};
 pub use future::ResponseFuture;
 pub use layer::StreamDeadlineLayer;
 pub use outcome::{Ending, Outcome};
-pub use request::{Deadline, RequestBudgets};
+pub use request::{Deadline, OnRequestOutcome, RequestBudgets};
 #[cfg(feature = "retry")]
 pub use retry::RetryFirstFrame;
 pub use service::StreamDeadline;

@@ -1,6 +1,6 @@
-"""The llm_gateway example against the real Python clients (`openai`, `langchain-openai`).
+"""The gateway against the real Python clients (`openai`, `langchain-openai`).
 
-    python checks.py --gateway PATH/TO/llm_gateway
+    python checks.py --gateway PATH/TO/stream-deadline-gateway
 
 Starts `upstream.py` (FastAPI/uvicorn, an OpenAI-compatible stand-in) and the gateway in
 front of it, each on a free port of 127.0.0.1 in its own process group, then runs the
@@ -124,6 +124,8 @@ class Servers:
                 "127.0.0.1:0",
                 "--upstream",
                 self.upstream_url,
+                "--admin-listen",
+                "127.0.0.1:0",
                 *GATEWAY_FLAGS,
             ],
             "gateway.log",
@@ -188,7 +190,7 @@ def wait_until_serving(url: str, proc: subprocess.Popen, what: str):
 
 
 def read_listen_address(proc: subprocess.Popen) -> str:
-    """The gateway prints `llm_gateway listening on http://ADDR` on stdout when it is ready."""
+    """The gateway prints `... listening on http://ADDR` on stdout when it is ready."""
     lines: queue.Queue = queue.Queue()
 
     def pump():
@@ -547,7 +549,7 @@ CHECKS = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gateway", required=True, help="path to the built llm_gateway")
+    parser.add_argument("--gateway", required=True, help="path to the built stream-deadline-gateway")
     args = parser.parse_args()
 
     servers = Servers(args.gateway)
