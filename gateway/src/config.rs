@@ -26,7 +26,7 @@ RUST_LOG takes targets and levels (default: stream_deadline_gateway=info,warn)."
 
 /// A deadline gateway in front of an OpenAI-compatible model server: every streamed answer
 /// gets a hard time budget, whichever client reads it.
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Clone)]
 #[command(name = "stream-deadline-gateway", version, after_help = AFTER_HELP)]
 pub struct Flags {
     /// Where to serve HTTP/1.1 and h2c (port 0 picks a free port; the address is printed on stdout).
@@ -34,7 +34,11 @@ pub struct Flags {
     pub listen: SocketAddr,
 
     /// The model server: http:// or https://, with an optional path prefix kept before every path.
-    #[arg(long, env = "STREAM_DEADLINE_UPSTREAM", default_value = "http://127.0.0.1:8000", value_parser = Upstream::parse)]
+    // Read as text and checked in `from_args`: clap would echo a bad value, credentials and all.
+    #[arg(long = "upstream", value_name = "URL", env = "STREAM_DEADLINE_UPSTREAM", default_value = DEFAULT_UPSTREAM, hide_env_values = true)]
+    upstream_url: String,
+
+    #[arg(skip)]
     pub upstream: Upstream,
 
     /// Talk HTTP/2 with prior knowledge to an http:// upstream.
@@ -82,7 +86,28 @@ pub struct Flags {
     pub request_body_idle: Duration,
 }
 
+const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
+
 impl Flags {
+    /// The flags of this process; exits with clap's usage error (status 2) on a bad one.
+    pub fn from_args() -> Flags {
+        Flags::try_from_iter(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// The flags in `args` (the program name first).
+    pub fn try_from_iter<I, T>(args: I) -> Result<Flags, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut flags = Flags::try_parse_from(args)?;
+        flags.upstream = Upstream::parse(&flags.upstream_url).map_err(|why| {
+            <Flags as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::ValueValidation, format!("--upstream {why}"))
+        })?;
+        Ok(flags)
+    }
+
     /// The deadline layer these flags describe (SSE endings on).
     pub fn layer(&self) -> StreamDeadlineLayer {
         let mut layer = StreamDeadlineLayer::new(self.total).sse_endings();
@@ -201,6 +226,17 @@ fn redact(text: &str) -> String {
     }
 }
 
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream::parse(DEFAULT_UPSTREAM).unwrap_or(Upstream {
+            origin: DEFAULT_UPSTREAM.to_owned(),
+            prefix: String::new(),
+            shown: DEFAULT_UPSTREAM.to_owned(),
+            https: false,
+        })
+    }
+}
+
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Upstream({})", self.shown)
@@ -213,7 +249,7 @@ mod tests {
 
     #[test]
     fn flags_keep_their_names_and_defaults() {
-        let flags = Flags::try_parse_from(["gw"]).unwrap();
+        let flags = Flags::try_from_iter(["gw"]).unwrap();
         assert_eq!(flags.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(flags.upstream.to_string(), "http://127.0.0.1:8000");
         assert_eq!(flags.total, Duration::from_secs(45));
@@ -224,7 +260,7 @@ mod tests {
 
         let args = "gw --listen 127.0.0.1:0 --upstream=http://10.0.0.1:8000/base/ --total 2s \
                     --first-frame 500ms --idle off --retries 1 --h2c --admin-listen off";
-        let flags = Flags::try_parse_from(args.split_whitespace()).unwrap();
+        let flags = Flags::try_from_iter(args.split_whitespace()).unwrap();
         assert_eq!(flags.listen.port(), 0);
         assert_eq!(flags.total, Duration::from_secs(2));
         assert_eq!(flags.first_frame, Budget(Some(Duration::from_millis(500))));
@@ -233,8 +269,8 @@ mod tests {
         assert_eq!(flags.admin_listen, AdminListen(None));
         let uri = flags.upstream.uri_for(&"/v1/models?x=1".parse().unwrap());
         assert_eq!(uri.unwrap(), "http://10.0.0.1:8000/base/v1/models?x=1");
-        assert!(Flags::try_parse_from(["gw", "--bogus"]).is_err());
-        assert!(Flags::try_parse_from(["gw", "--upstream", "ftp://x"]).is_err());
+        assert!(Flags::try_from_iter(["gw", "--bogus"]).is_err());
+        assert!(Flags::try_from_iter(["gw", "--upstream", "ftp://x"]).is_err());
     }
 
     #[test]

@@ -38,7 +38,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
@@ -50,7 +49,7 @@ use crate::log::TARGET;
 const AFTER_CUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags = Flags::from_args();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
