@@ -28,6 +28,8 @@ pub struct Counts {
     pub completed: AtomicUsize,
     pub cancelled: AtomicUsize,
     stuck_once: AtomicUsize,
+    /// Each request's HTTP version and the authority it named (`Host` or `:authority`).
+    pub seen: std::sync::Mutex<Vec<(http::Version, String)>>,
 }
 
 impl Counts {
@@ -74,6 +76,16 @@ where
 /// - anything else: `200 upstream <path>` in plain text.
 async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tokens> {
     counts.requests.fetch_add(1, Ordering::SeqCst);
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.to_string(),
+        None => request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    counts.seen.lock().unwrap().push((request.version(), authority));
     let path = request.uri().path().to_owned();
     let tokens: Option<usize> = match path.as_str() {
         "/v1/complete" => Some(3),
