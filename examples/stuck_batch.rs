@@ -1,10 +1,10 @@
-//! # The seed's stuck batch, reproduced on a paused clock
+//! # A stuck batch of OpenAI calls, reproduced on a paused clock
 //!
-//! The seed (`stuck-requests-stream-timeout-retry.txt`) sent 1000 OpenAI calls in 10 batches
-//! of 100, each batch run concurrently with `asyncio.gather`. A few calls got stuck for
+//! The OpenAI stuck-requests article on stream timeouts and retry sent 1000 OpenAI calls in
+//! 10 batches of 100, each batch run concurrently with `asyncio.gather`. A few calls got stuck for
 //! minutes before their first token, and each stuck call held up its whole batch:
 //!
-//! | seed's variant | total | speed-up |
+//! | article's variant | total | speed-up |
 //! |---|---|---|
 //! | no timeout | 13 min 10 s | 1x |
 //! | `stream=True, timeout=10` + tenacity, 3 attempts | 1 min 39 s | 8x |
@@ -32,7 +32,7 @@
 //! - Draws are keyed by (seed, call, attempt), so the three variants meet the same stuck
 //!   calls on their first attempts, and a run is the same every time.
 //!
-//! The defaults are read off the seed's own figures: the 20 s run is about 6.3 s per batch
+//! The defaults are read off the article's own figures: the 20 s run is about 6.3 s per batch
 //! slower than the 10 s run, so about 63 % of batches held a stuck call, which is a 1 %
 //! stuck rate per call; a batch with no stuck call takes about 5 s (2 s to 5 s per call);
 //! and 13 min 10 s spread over those stuck batches means stuck for about two minutes.
@@ -42,8 +42,8 @@
 //! Network, connection pools and HTTP/2 stream limits, rate limiting (429s), server load
 //! that makes stuck calls cluster in time, answers of varying length, the `openai` client's
 //! own 600 s timeout and retries, and tenacity retrying *any* error (here only first-frame
-//! deadlines are retried). A stuck attempt here does answer in the end; the seed's may not
-//! have.
+//! deadlines are retried). A stuck attempt here does answer in the end; the article's may
+//! not have.
 
 use std::convert::Infallible;
 use std::future::ready;
@@ -84,8 +84,8 @@ usage: cargo run --example stuck_batch -- [flags]
 
 durations: 20ms, 4s, 1.5s, 3m; D..D is drawn uniformly.";
 
-/// The seed's figures for the three variants, in order: (total, speed-up).
-const SEED: [(&str, &str); 3] = [
+/// The article's figures for the three variants, in order: (total, speed-up).
+const ARTICLE: [(&str, &str); 3] = [
     ("13 min 10 s", "1x"),
     ("1 min 39 s", "8x"),
     ("2 min 42 s", "5x"),
@@ -146,7 +146,7 @@ async fn run_variant(config: &Arc<Config>, first_frame: Option<Duration>) -> Rep
             let svc = ServiceBuilder::new()
                 // Outside the deadline layer, so that each attempt gets its own budget.
                 .layer(RetryLayer::new(RetryFirstFrame::new(RETRIES)))
-                // No total budget: like the seed, only the wait for the first token is bounded.
+                // No total budget: like the article, only the wait for the first token is bounded.
                 .layer(StreamDeadlineLayer::new(Duration::MAX).first_frame(budget))
                 .service(server.service());
             let label = format!(
@@ -171,7 +171,7 @@ async fn run_variant(config: &Arc<Config>, first_frame: Option<Duration>) -> Rep
     }
 }
 
-/// The seed's loop: batch after batch, the calls of one batch all at once (`join_all`, like
+/// The article's loop: batch after batch, the calls of one batch all at once (`join_all`, like
 /// `asyncio.gather`), so a batch lasts as long as its slowest call. Returns the simulated
 /// total, each batch's time, and how many calls failed.
 async fn run_batches<S, B>(config: &Config, svc: S) -> (Duration, Vec<Duration>, usize)
@@ -212,12 +212,12 @@ where
 fn print_table(reports: &[Report]) {
     let baseline = reports[0].total.as_secs_f64();
     println!(
-        "| variant | simulated total | speed-up | attempts (stuck) | failed | seed's total | seed's speed-up |"
+        "| variant | simulated total | speed-up | attempts (stuck) | failed | article's total | article's speed-up |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (report, (seed_total, seed_speedup)) in reports.iter().zip(SEED) {
+    for (report, (article_total, article_speedup)) in reports.iter().zip(ARTICLE) {
         println!(
-            "| {} | {} | {:.1}x | {} ({}) | {} | {seed_total} | {seed_speedup} |",
+            "| {} | {} | {:.1}x | {} ({}) | {} | {article_total} | {article_speedup} |",
             report.label,
             minutes(report.total),
             baseline / report.total.as_secs_f64(),
@@ -237,7 +237,7 @@ fn print_table(reports: &[Report]) {
     }
 }
 
-/// `13 min 10 s`, the seed's way of writing it.
+/// `13 min 10 s`, the article's way of writing it.
 fn minutes(d: Duration) -> String {
     let secs = d.as_secs_f64().round() as u64;
     match secs / 60 {

@@ -21,7 +21,9 @@
 //! - **Before the head** (and, under a first-frame budget, before the first frame), the
 //!   [`ResponseFuture`] fails with a boxed [`DeadlineExceeded`] and drops the inner future,
 //!   cancelling the request. A first-frame failure is an error of the call, so
-//!   `tower::retry` can restart a stuck request ([`RetryFirstFrame`], feature `retry`).
+// A relative link: docs built without the `retry` feature then have no broken link.
+//!   `tower::retry` can restart a stuck request
+//!   ([`RetryFirstFrame`](struct.RetryFirstFrame.html), feature `retry`).
 //! - **After the head**, the [`DeadlineBody`] checks the clock on every frame it takes from
 //!   upstream and, while it waits, holds one tokio timer that wakes whichever task polled it
 //!   last. A frame taken at or after the deadline is not delivered: the upstream body is
@@ -99,6 +101,7 @@
 //!   the head, and polls its timer on every frame. Here one clock runs from `call` to the
 //!   last frame, the error says which budget ran out, and the timer is touched only when the
 //!   body has to wait.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
@@ -127,8 +130,15 @@ pub use layer::StreamDeadlineLayer;
 pub use outcome::{Ending, Outcome};
 pub use request::{Deadline, OnRequestOutcome, RequestBudgets};
 #[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub use retry::RetryFirstFrame;
 pub use service::StreamDeadline;
+
+// The README's Rust snippets are complete programs, compiled (not run) as doctests. They use
+// `RetryFirstFrame`, so they are compiled with the `retry` feature.
+#[cfg(all(doctest, feature = "retry"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// The error type of [`StreamDeadline`] and [`DeadlineBody`]: upstream errors as they are,
 /// or a [`DeadlineExceeded`].

@@ -69,9 +69,8 @@ const BUDGET: Duration = Duration::from_millis(300);
 /// chain) is `504 Gateway Timeout` with the deadline's message; anything else is a bare 500.
 ///
 /// Plain `http` types, no axum: `HandleErrorLayer` takes any `async fn(E) -> impl
-/// IntoResponse`, and axum's `IntoResponse` covers `http::Response<String>`. This is the
-/// function the crate could ship (see the report); it lives here because tests may not
-/// touch `src/`.
+/// IntoResponse`, and axum's `IntoResponse` covers `http::Response<String>`. A user's
+/// application would carry the same function.
 async fn deadline_to_504(err: BoxError) -> http::Response<String> {
     let (status, message) = match DeadlineExceeded::find(&*err) {
         Some(deadline) => (StatusCode::GATEWAY_TIMEOUT, deadline.to_string()),

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, service_fn};
 use tower_stream_deadline::{BoxError, Deadline, StreamDeadlineLayer};
 
-/// Hop 1's own total budget, as the brief sets it.
+/// Hop 1's own total budget: the one that binds all three hops.
 const HOP1_BUDGET: Duration = Duration::from_millis(800);
 /// The budget of hops 2 and 3 when nothing shorter arrives: long enough that it never binds
 /// in these tests, so any cut must come from the propagated deadline.

@@ -9,8 +9,9 @@ status is non-zero if anything failed. Both servers are stopped however the run 
 
 1. openai SDK, stream=True, through the gateway: tokens, then `openai.APIError` naming the
    deadline at the total budget; the upstream generator is cancelled within 250 ms of it.
-2. The seed's case: LangChain `prompt | ChatOpenAI` and `chain.astream()` (a new asyncio
-   task per chunk) through the gateway stops at the budget, with no asyncio timeout.
+2. The case of "That Time Our In-House LLM Kept Babbling for 10 Minutes Straight": LangChain
+   `prompt | ChatOpenAI` and `chain.astream()` (a new asyncio task per chunk) through the
+   gateway stops at the budget, with no asyncio timeout.
 3. Stuck first token: the gateway abandons the stuck attempt at the first-frame budget and
    retries; the client gets the whole answer from the second attempt.
 4. Contrast, direct to the upstream: the same chain with `timeout=` on ChatOpenAI does not
@@ -334,7 +335,7 @@ def check_openai_sdk_stream(servers: Servers) -> str:
 
 
 def check_langchain_astream(servers: Servers) -> str:
-    """2. The seed's case: prompt | ChatOpenAI, chain.astream(), stops at the budget."""
+    """2. The babbling-LLM case: prompt | ChatOpenAI, chain.astream(), stops at the budget."""
     tag = "langchain"
 
     async def run():
@@ -345,7 +346,7 @@ def check_langchain_astream(servers: Servers) -> str:
             streaming=True,
             max_retries=0,
             use_responses_api=False,
-            timeout=STALL_GUARD,  # per read: what the seed had; it never fires here
+            timeout=STALL_GUARD,  # per read: what the write-up had; it never fires here
             default_headers={"x-check": tag},
         )
         chain = PROMPT | llm
