@@ -69,7 +69,7 @@ where
     });
 }
 
-/// - `/v1/complete`: three tokens, then `[DONE]`;
+/// - `/v1/complete`: three tokens, then `[DONE]`; `/v1/slow`: 25 (half a second);
 /// - `/v1/babble`: a token every 20 ms, forever;
 /// - `/v1/idle`: one token, then silence;
 /// - `/v1/stuck-once`: the first request gets nothing at all; later ones are `/v1/complete`;
@@ -89,6 +89,7 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
     let path = request.uri().path().to_owned();
     let tokens: Option<usize> = match path.as_str() {
         "/v1/complete" => Some(3),
+        "/v1/slow" => Some(25),
         "/v1/babble" => Some(usize::MAX),
         "/v1/idle" => Some(1),
         "/v1/stuck-once" if counts.stuck_once.fetch_add(1, Ordering::SeqCst) == 0 => {
