@@ -1,6 +1,8 @@
 """An OpenAI-compatible model server stand-in, for the gateway checks.
 
-    python upstream.py PORT
+    python upstream.py PORT [CERTFILE KEYFILE]
+
+With a certificate (and its key), it serves HTTPS.
 
 `POST /v1/chat/completions` (always streamed, as server-sent events) chooses its behaviour
 by model name:
@@ -129,8 +131,11 @@ async def _generate(request_id: int, tag: str, model: str, stuck: bool):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python upstream.py PORT")
+    if len(sys.argv) not in (2, 4):
+        sys.exit("usage: python upstream.py PORT [CERTFILE KEYFILE]")
+    tls = {}
+    if len(sys.argv) == 4:
+        tls = {"ssl_certfile": sys.argv[2], "ssl_keyfile": sys.argv[3]}
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -139,4 +144,5 @@ if __name__ == "__main__":
         lifespan="off",
         log_level="warning",
         access_log=False,
+        **tls,
     )
