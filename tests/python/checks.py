@@ -115,6 +115,7 @@ class Servers:
         self.procs: list[subprocess.Popen] = []
         self.upstream_url = ""
         self.gateway_url = ""
+        self.gateway_admin = ""
         self.gateway = None
 
     def start(self):
@@ -127,7 +128,7 @@ class Servers:
             self.upstream_url = f"http://127.0.0.1:{port}"
         upstream = self._spawn(argv, "upstream.log")
         wait_until_serving(f"{self.upstream_url}/stats", upstream, "the upstream", self.ssl())
-        self.gateway, self.gateway_url, _ = self.start_gateway(self.gateway_flags)
+        self.gateway, self.gateway_url, self.gateway_admin = self.start_gateway(self.gateway_flags)
 
     def ssl(self):
         """The client TLS context that trusts the upstream, if it speaks TLS."""
