@@ -137,10 +137,11 @@ pub use error::{DeadlineExceeded, DeadlineKind};
 pub use future::ResponseFuture;
 pub use layer::StreamDeadlineLayer;
 pub use outcome::{Ending, Outcome};
-pub use request::{Deadline, RequestBudgets};
+pub use request::{Deadline, OnRequestOutcome, RequestBudgets};
 #[cfg(feature = "retry")]
 pub use retry::RetryFirstFrame;
 pub use service::StreamDeadline;
+pub use sse::error_event as sse_error_event;
 
 // The README's Rust snippets are complete programs, compiled (not run) as doctests. They use
 // `RetryFirstFrame`, so they are compiled with the `retry` feature.
