@@ -192,9 +192,11 @@ where
         runtime: tokio::runtime::Handle,
     ) -> Self {
         let core = Core::new(replay, deadlines, timer, recorder, protocol);
-        let mode = match watch::spawn(upstream, core, runtime) {
-            Ok(shared) => Mode::Watched { shared },
-            Err((upstream, core)) => Mode::Local { upstream, core },
+        let mode = match watch::timer(&runtime, &upstream, &deadlines) {
+            Some(sleep) => Mode::Watched {
+                shared: watch::spawn(upstream, core, &runtime, sleep),
+            },
+            None => Mode::Local { upstream, core },
         };
         DeadlineBody { mode }
     }
