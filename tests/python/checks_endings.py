@@ -1,6 +1,6 @@
 """How streams end through the gateway, as the real OpenAI and Anthropic clients read them.
 
-    python endings.py --gateway PATH/TO/the gateway executable
+    python checks_endings.py --gateway PATH/TO/stream-deadline-gateway
 
 Starts `upstream.py` (which speaks OpenAI chat completions, OpenAI's Responses API and
 Anthropic's Messages API) and the gateway in front of it, as `checks.py` does, with the same
@@ -8,13 +8,13 @@ budgets (total 2 s, first frame 500 ms, idle 1 s), then checks, for each of the 
 SDK's chat completions stream, its Responses stream (`responses.create(stream=True)`) and
 the `anthropic` SDK's `messages.stream`:
 
-- babbling (text forever): every delta sent before the deadline, then the API's own error
-  (`openai.APIError`, `anthropic.APIStatusError`) naming the total budget, at that budget;
-- stalled (three deltas, then silence): the API error naming the idle budget, at that
-  budget after the last delta;
 - the upstream dies mid-stream (three deltas, half of a fourth, then a cut chunked body):
   the three deltas, then an API error of type `upstream_error`, not a connection error
   (which the SDKs' users retry blindly);
+- stalled (three deltas, then silence): the API's own error (`openai.APIError`,
+  `anthropic.APIStatusError`) naming the idle budget, at that budget after the last delta;
+- babbling (text forever): every delta sent before the deadline, then the API error naming
+  the total budget, at that budget;
 
 and that each babbling or stalled upstream generator is cancelled within 250 ms of its
 deadline. As the contrast, the dying upstream read directly is a transport error in every
@@ -32,9 +32,9 @@ from langchain_anthropic import ChatAnthropic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.dont_write_bytecode = True  # no __pycache__ next to the sources
-import checks  # noqa: E402
 from checks import (  # noqa: E402
     CANCEL_WITHIN,
+    GATEWAY_FLAGS,
     IDLE,
     PROMPT,
     astream_until_stopped,
@@ -43,9 +43,12 @@ from checks import (  # noqa: E402
     STOP_WITHIN,
     TOTAL,
     CheckFailed,
+    Servers,
+    gateway_argument,
     expect,
     poll_stats,
     run_async,
+    run_checks,
     tagged,
 )
 from upstream import STALL_AFTER  # noqa: E402
@@ -313,4 +316,5 @@ CHECKS = [
 
 
 if __name__ == "__main__":
-    sys.exit(checks.main(CHECKS, __doc__))
+    servers = Servers(gateway_argument(__doc__.splitlines()[0]))
+    sys.exit(run_checks(servers, CHECKS, " ".join(GATEWAY_FLAGS)))
