@@ -71,7 +71,7 @@ async fn sigterm_drains_then_ends_event_streams_with_an_error_event_and_exits_0(
     assert!(text.contains("t0 "), "{text}");
     let last_event = text.strip_suffix("\n\n").and_then(|t| t.rsplit("\n\n").next());
     assert!(
-        last_event.is_some_and(|e| e.starts_with("data: {\"error\"")
+        last_event.is_some_and(|e| e.starts_with("event: error\ndata: {\"type\":\"error\",\"error\"")
             && e.contains("\"code\":\"gateway_shutting_down\"")),
         "{last_event:?}"
     );
