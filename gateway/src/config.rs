@@ -102,8 +102,10 @@ impl Flags {
     {
         let mut flags = Flags::try_parse_from(args)?;
         flags.upstream = Upstream::parse(&flags.upstream_url).map_err(|why| {
-            <Flags as clap::CommandFactory>::command()
-                .error(clap::error::ErrorKind::ValueValidation, format!("--upstream {why}"))
+            <Flags as clap::CommandFactory>::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--upstream {why}"),
+            )
         })?;
         Ok(flags)
     }
@@ -151,7 +153,9 @@ impl AdminListen {
             text => text
                 .parse()
                 .map(|addr| AdminListen(Some(addr)))
-                .map_err(|err| format!("`{text}`: {err} (an address such as 127.0.0.1:9464, or off)")),
+                .map_err(|err| {
+                    format!("`{text}`: {err} (an address such as 127.0.0.1:9464, or off)")
+                }),
         }
     }
 }
@@ -177,11 +181,13 @@ impl Upstream {
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("`{shown_input}`: an http:// or https:// URL is needed")),
+            _ => {
+                return Err(format!(
+                    "`{shown_input}`: an http:// or https:// URL is needed"
+                ));
+            }
         };
-        let authority = uri
-            .authority()
-            .ok_or(format!("`{shown_input}`: no host"))?;
+        let authority = uri.authority().ok_or(format!("`{shown_input}`: no host"))?;
         if uri.query().is_some() {
             return Err(format!("`{shown_input}`: a query is not allowed here"));
         }
@@ -256,7 +262,10 @@ mod tests {
         assert_eq!(flags.first_frame, Budget(Some(Duration::from_secs(10))));
         assert_eq!(flags.idle, Budget(Some(Duration::from_secs(5))));
         assert_eq!(flags.retries, 2);
-        assert_eq!(flags.admin_listen, AdminListen(Some("127.0.0.1:9464".parse().unwrap())));
+        assert_eq!(
+            flags.admin_listen,
+            AdminListen(Some("127.0.0.1:9464".parse().unwrap()))
+        );
 
         let args = "gw --listen 127.0.0.1:0 --upstream=http://10.0.0.1:8000/base/ --total 2s \
                     --first-frame 500ms --idle off --retries 1 --h2c --admin-listen off";

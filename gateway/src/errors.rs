@@ -10,7 +10,12 @@ use http_body_util::Full;
 use serde_json::json;
 
 /// `{"error": {"message", "type", "param", "code"}}` with `status`.
-pub fn json_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<Full<Bytes>> {
+pub fn json_error(
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    message: &str,
+) -> Response<Full<Bytes>> {
     let body = json!({
         "error": { "message": message, "type": kind, "param": null, "code": code }
     });

@@ -101,7 +101,10 @@ async fn run(flags: Flags) -> Result<(), String> {
         let admin_listener = listener::bind(admin_addr, 128)
             .map_err(|err| format!("--admin-listen {admin_addr}: {err}"))?;
         let admin_addr = admin_listener.local_addr().map_err(|err| err.to_string())?;
-        let _ = writeln!(stdout, "stream-deadline-gateway admin on http://{admin_addr}");
+        let _ = writeln!(
+            stdout,
+            "stream-deadline-gateway admin on http://{admin_addr}"
+        );
         let admin = Arc::new(admin::Admin {
             metrics,
             draining: draining.clone(),

@@ -59,7 +59,11 @@ impl Gateway {
         })
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<GatewayBody> {
         let log = Arc::new(RequestLog::new(
             request.method(),
             request.uri(),

@@ -66,7 +66,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> DrainBody<B> {
-    pub fn new(inner: B, cut: &CancellationToken, event_stream: bool, log: Arc<RequestLog>) -> Self {
+    pub fn new(
+        inner: B,
+        cut: &CancellationToken,
+        event_stream: bool,
+        log: Arc<RequestLog>,
+    ) -> Self {
         DrainBody {
             inner: Some(inner),
             cut: cut.clone().cancelled_owned(),

@@ -69,7 +69,9 @@ async fn sigterm_drains_then_ends_event_streams_with_an_error_event_and_exits_0(
     let (text, clean) = babbling.await.unwrap();
     assert!(clean, "not a clean end: {text}");
     assert!(text.contains("t0 "), "{text}");
-    let last_event = text.strip_suffix("\n\n").and_then(|t| t.rsplit("\n\n").next());
+    let last_event = text
+        .strip_suffix("\n\n")
+        .and_then(|t| t.rsplit("\n\n").next());
     assert!(
         last_event.is_some_and(|e| e.starts_with("data: {\"error\"")
             && e.contains("\"code\":\"gateway_shutting_down\"")),
@@ -77,21 +79,35 @@ async fn sigterm_drains_then_ends_event_streams_with_an_error_event_and_exits_0(
     );
     let status = gateway.exit_within(Duration::from_secs(3)).await;
     assert!(status.success(), "{status:?}\n{}", gateway.log());
-    assert!(signalled.elapsed() >= Duration::from_secs(1), "cut before the grace");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(1),
+        "cut before the grace"
+    );
     while Counts::get(&counts.cancelled) != 1 {
-        assert!(Instant::now() < deadline, "the babbling upstream was never released");
+        assert!(
+            Instant::now() < deadline,
+            "the babbling upstream was never released"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let log = gateway.log();
     assert_eq!(log.matches("path=/v1/babble").count(), 1, "{log}");
-    assert!(log.contains("cut at the end of the shutdown grace"), "{log}");
+    assert!(
+        log.contains("cut at the end of the shutdown grace"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
 async fn with_nothing_in_flight_sigterm_exits_0_at_once() {
     let (upstream, _) = upstream::start().await;
     let mut gateway = Gateway::start(
-        &["--upstream", &format!("http://{upstream}"), "--shutdown-grace", "30s"],
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--shutdown-grace",
+            "30s",
+        ],
         &[],
     );
     // An idle keep-alive connection does not hold the process.

@@ -46,7 +46,9 @@ pub async fn start() -> (SocketAddr, Arc<Counts>) {
     let shared = counts.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             serve(TokioIo::new(stream), shared.clone());
         }
     });
@@ -85,7 +87,11 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
             .unwrap_or_default()
             .to_owned(),
     };
-    counts.seen.lock().unwrap().push((request.version(), authority));
+    counts
+        .seen
+        .lock()
+        .unwrap()
+        .push((request.version(), authority));
     let path = request.uri().path().to_owned();
     let tokens: Option<usize> = match path.as_str() {
         "/v1/complete" => Some(3),
@@ -111,7 +117,8 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         let mut sent = 0;
         while sent < tokens {
             tokio::time::sleep(TOKEN_EVERY).await;
-            let event = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{sent} \"}}}}]}}\n\n");
+            let event =
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{sent} \"}}}}]}}\n\n");
             if tx.send(Bytes::from(event)).await.is_err() {
                 counts.cancelled.fetch_add(1, Ordering::SeqCst);
                 return;
