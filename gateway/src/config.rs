@@ -22,7 +22,8 @@ that cannot be read is ignored and named in that request's log line, at warn.
 
 The upstream's https:// certificates are checked against the system's roots, or against the
 PEM bundle named by SSL_CERT_FILE when it is set. One line per request is logged on stderr;
-RUST_LOG takes targets and levels (default: stream_deadline_gateway=info,warn).";
+RUST_LOG takes targets and levels
+(default: stream_deadline_gateway=info,tower_stream_deadline=error,warn).";
 
 /// A deadline gateway in front of an OpenAI-compatible model server: every streamed answer
 /// gets a hard time budget, whichever client reads it.
@@ -30,7 +31,12 @@ RUST_LOG takes targets and levels (default: stream_deadline_gateway=info,warn)."
 #[command(name = "stream-deadline-gateway", version, after_help = AFTER_HELP)]
 pub struct Flags {
     /// Where to serve HTTP/1.1 and h2c (port 0 picks a free port; the address is printed on stdout).
-    #[arg(long, env = "STREAM_DEADLINE_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "STREAM_DEADLINE_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// The model server: http:// or https://, with an optional path prefix kept before every path.
@@ -46,43 +52,53 @@ pub struct Flags {
     pub h2c: bool,
 
     /// Budget of the whole response, head and body.
-    #[arg(long, env = "STREAM_DEADLINE_TOTAL", default_value = "45s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_TOTAL", default_value = "45s", value_parser = duration::parse)]
     pub total: Duration,
 
     /// Budget until the first body frame, or `off`.
-    #[arg(long, env = "STREAM_DEADLINE_FIRST_FRAME", default_value = "10s", value_parser = Budget::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_FIRST_FRAME", default_value = "10s", value_parser = Budget::parse)]
     pub first_frame: Budget,
 
     /// Longest wait between two frames, or `off`.
-    #[arg(long, env = "STREAM_DEADLINE_IDLE", default_value = "5s", value_parser = Budget::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_IDLE", default_value = "5s", value_parser = Budget::parse)]
     pub idle: Budget,
 
     /// Retries of a request stuck before its first frame (only request bodies up to 1 MiB are replayed).
-    #[arg(long, env = "STREAM_DEADLINE_RETRIES", default_value_t = 2)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "STREAM_DEADLINE_RETRIES",
+        default_value_t = 2
+    )]
     pub retries: usize,
 
     /// Where to serve /metrics, /healthz and /readyz, or `off`.
-    #[arg(long, env = "STREAM_DEADLINE_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = AdminListen::parse)]
+    #[arg(long, value_name = "ADDR", env = "STREAM_DEADLINE_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = AdminListen::parse)]
     pub admin_listen: AdminListen,
 
     /// On SIGTERM or SIGINT, how long responses in flight may still run.
-    #[arg(long, env = "STREAM_DEADLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
     pub shutdown_grace: Duration,
 
     /// Client connections served at once; more wait in the listen queue.
-    #[arg(long, env = "STREAM_DEADLINE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", env = "STREAM_DEADLINE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
     /// Length of the listen queue (the kernel caps it at net.core.somaxconn).
-    #[arg(long, env = "STREAM_DEADLINE_BACKLOG", default_value_t = 4096)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "STREAM_DEADLINE_BACKLOG",
+        default_value_t = 4096
+    )]
     pub backlog: u32,
 
     /// How long a client may take to send a request head.
-    #[arg(long, env = "STREAM_DEADLINE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
     pub header_read_timeout: Duration,
 
     /// Longest wait for the next piece of a request body (answered 408 when nothing was sent yet).
-    #[arg(long, env = "STREAM_DEADLINE_REQUEST_BODY_IDLE", default_value = "30s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_REQUEST_BODY_IDLE", default_value = "30s", value_parser = duration::parse)]
     pub request_body_idle: Duration,
 }
 
