@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use http::Uri;
+use http::{HeaderValue, Uri};
 use tower_stream_deadline::StreamDeadlineLayer;
 
 use crate::duration;
@@ -39,7 +39,8 @@ pub struct Flags {
     )]
     pub listen: SocketAddr,
 
-    /// The model server: http:// or https://, with an optional path prefix kept before every path.
+    /// The model server: http:// or https://, with an optional path prefix kept before every path
+    /// (`user:password@` in it goes as Basic auth where a request has no Authorization).
     // Read as text and checked in `from_args`: clap would echo a bad value, credentials and all.
     #[arg(long = "upstream", value_name = "URL", env = "STREAM_DEADLINE_UPSTREAM", default_value = DEFAULT_UPSTREAM, hide_env_values = true)]
     upstream_url: String,
@@ -179,12 +180,14 @@ impl AdminListen {
 /// The upstream's scheme and authority, and a path prefix put before every request's path.
 #[derive(Clone)]
 pub struct Upstream {
-    /// `scheme://host:port`, with any credentials.
+    /// `scheme://host:port`, without credentials.
     origin: String,
     prefix: String,
-    /// The same, for logs: credentials replaced by `***`.
+    /// The URL for logs: credentials replaced by `***`.
     shown: String,
     pub https: bool,
+    /// `user:password@` in the URL, as a Basic `Authorization` (marked sensitive).
+    pub authorization: Option<HeaderValue>,
 }
 
 impl Upstream {
@@ -209,11 +212,16 @@ impl Upstream {
         }
         let scheme = if https { "https" } else { "http" };
         let prefix = uri.path().trim_end_matches('/').to_owned();
+        let (userinfo, host) = match authority.as_str().rsplit_once('@') {
+            Some((userinfo, host)) => (Some(userinfo), host),
+            None => (None, authority.as_str()),
+        };
         Ok(Upstream {
-            origin: format!("{scheme}://{authority}"),
+            origin: format!("{scheme}://{host}"),
             shown: format!("{scheme}://{}{prefix}", redact(authority.as_str())),
             prefix,
             https,
+            authorization: userinfo.and_then(basic_authorization),
         })
     }
 
@@ -229,6 +237,16 @@ impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.shown)
     }
+}
+
+/// `Basic base64(user:password)`, the URL's percent-escapes decoded (RFC 7617).
+fn basic_authorization(userinfo: &str) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    let decoded = percent_encoding::percent_decode_str(userinfo).collect::<Vec<u8>>();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(decoded);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// `user:pw@host` and `scheme://user:pw@host/...` become `***@host...`.
@@ -255,6 +273,7 @@ impl Default for Upstream {
             prefix: String::new(),
             shown: DEFAULT_UPSTREAM.to_owned(),
             https: false,
+            authorization: None,
         })
     }
 }
@@ -304,6 +323,14 @@ mod tests {
         assert!(upstream.https);
         assert_eq!(upstream.to_string(), "https://***@api.example.com:8443/v1");
         assert!(!format!("{upstream:?}").contains("s3cret"));
+        // Sent as Basic credentials (`user:s3cret`), never in the URI.
+        let authorization = upstream.authorization.as_ref().unwrap();
+        assert_eq!(authorization, "Basic dXNlcjpzM2NyZXQ=");
+        let uri = upstream.uri_for(&"/v1/models".parse().unwrap()).unwrap();
+        assert_eq!(uri, "https://api.example.com:8443/v1/v1/models");
+        let escaped = Upstream::parse("http://us%40r:p%3Aw@host").unwrap();
+        // `us@r:p:w`
+        assert_eq!(escaped.authorization.unwrap(), "Basic dXNAcjpwOnc=");
         let err = Upstream::parse("ftp://user:s3cret@host/").unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
         assert_eq!(redact("user:pw@host:1"), "***@host:1");

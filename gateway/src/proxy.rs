@@ -104,6 +104,13 @@ impl Gateway {
             )
         })?;
         headers::prepare_request(&mut parts, peer);
+        if let Some(authorization) = &self.upstream.authorization {
+            // The URL's credentials, unless the client sent its own.
+            parts
+                .headers
+                .entry(http::header::AUTHORIZATION)
+                .or_insert_with(|| authorization.clone());
+        }
         parts.extensions.insert(OnRequestOutcome::new({
             let log = log.clone();
             move |outcome| log.record(outcome)

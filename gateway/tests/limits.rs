@@ -152,14 +152,28 @@ async fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
 }
 
 #[tokio::test]
-async fn credentials_in_the_upstream_are_never_printed() {
-    let (upstream, _) = upstream::start().await;
+async fn credentials_in_the_upstream_are_sent_as_basic_auth_and_never_printed() {
+    let (upstream, counts) = upstream::start().await;
     let gateway = Gateway::start(
         &["--upstream", &format!("http://user:s3cret@{upstream}/base")],
         &[],
     );
     let answer = send(gateway.addr, post("/v1/complete", &[])).await;
     assert_eq!(answer.status, 200);
+    let own = send(
+        gateway.addr,
+        post("/v1/x", &[("authorization", "Bearer sk-own")]),
+    )
+    .await;
+    assert_eq!(own.status, 200);
+    assert_eq!(
+        *counts.authorizations.lock().unwrap(),
+        [
+            Some("Basic dXNlcjpzM2NyZXQ=".to_owned()),
+            Some("Bearer sk-own".to_owned())
+        ],
+        "the URL's credentials (user:s3cret), unless the client sent its own"
+    );
     let log = gateway
         .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
         .await;

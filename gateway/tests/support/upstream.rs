@@ -30,6 +30,8 @@ pub struct Counts {
     stuck_once: AtomicUsize,
     /// Each request's HTTP version and the authority it named (`Host` or `:authority`).
     pub seen: std::sync::Mutex<Vec<(http::Version, String)>>,
+    /// Each request's `Authorization`, if any.
+    pub authorizations: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 impl Counts {
@@ -92,6 +94,13 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         .lock()
         .unwrap()
         .push((request.version(), authority));
+    let authorization = request.headers().get(http::header::AUTHORIZATION);
+    let authorization = authorization.and_then(|value| value.to_str().ok());
+    counts
+        .authorizations
+        .lock()
+        .unwrap()
+        .push(authorization.map(str::to_owned));
     let path = request.uri().path().to_owned();
     let tokens: Option<usize> = match path.as_str() {
         "/v1/complete" => Some(3),
