@@ -56,7 +56,7 @@ impl Metrics {
         let requests = Family::<EndingLabel, Counter>::default();
         // Every ending from the start, at zero, so that rates and alerts see each series.
         for ending in ENDINGS {
-            requests.get_or_create(&EndingLabel {
+            let _ = requests.get_or_create(&EndingLabel {
                 ending: ending.to_owned(),
             });
         }
