@@ -152,6 +152,41 @@ async fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
 }
 
 #[tokio::test]
+async fn a_stalled_streamed_request_body_is_answered_408_too() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--request-body-idle",
+            "300ms",
+        ],
+        &[],
+    );
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    // Declared larger than the replay buffer: streamed upstream as it comes.
+    stream
+        .write_all(b"POST /v1/stuck-once HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n{\"stream\":")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("no more of the request body came for 300ms"),
+        "{answer}"
+    );
+    // It was streamed: its head went upstream before the body was complete.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while upstream::Counts::get(&counts.requests) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the head never went upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
 async fn credentials_in_the_upstream_are_sent_as_basic_auth_and_never_printed() {
     let (upstream, counts) = upstream::start().await;
     let gateway = Gateway::start(
