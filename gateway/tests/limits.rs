@@ -99,11 +99,7 @@ async fn out_of_file_descriptors_it_neither_spins_nor_floods_and_serves_once_one
         .unwrap()
         .unwrap();
     assert_eq!(answer.body, "upstream /v1/after");
-    let log = gateway
-        .wait_for_log("recovery line", |log| {
-            log.contains("accepting connections again")
-        })
-        .await;
+    let log = gateway.log();
     assert_eq!(log.matches("out of file descriptors").count(), 1, "{log}");
 }
 
