@@ -31,6 +31,7 @@ mod proxy;
 mod request_body;
 mod shutdown;
 mod upstream;
+mod upstream_url;
 
 use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;

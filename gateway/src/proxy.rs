@@ -16,7 +16,7 @@ use tower_stream_deadline::{
     StreamDeadlineLayer,
 };
 
-use crate::config::{Flags, Upstream};
+use crate::config::Flags;
 use crate::errors::{error_chain, json_error, request_timeout};
 use crate::headers;
 use crate::log::RequestLog;
@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::request_body::{self, BodyIdle, ReadError, RequestBody};
 use crate::shutdown::DrainBody;
 use crate::upstream::{self, UpstreamClient};
+use crate::upstream_url::Upstream;
 
 /// The header a client may use to shorten its request's total budget.
 const TIMEOUT_HEADER: &str = "x-request-timeout";
