@@ -48,6 +48,7 @@ async fn beyond_max_connections_a_connection_waits_and_is_served_when_a_slot_fre
 }
 
 /// CPU time (user + system, in clock ticks) the process has used, from /proc.
+#[cfg(target_os = "linux")]
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat
@@ -59,6 +60,7 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn out_of_file_descriptors_it_neither_spins_nor_floods_and_serves_once_one_frees() {
     let (upstream, _) = upstream::start().await;
