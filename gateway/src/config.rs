@@ -77,7 +77,7 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR", env = "STREAM_DEADLINE_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = AdminListen::parse)]
     pub admin_listen: AdminListen,
 
-    /// On SIGTERM or SIGINT, how long responses in flight may still run.
+    /// On SIGTERM or SIGINT, how long responses in flight may still run (a second signal ends it).
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
     pub shutdown_grace: Duration,
 

@@ -47,7 +47,7 @@ pub fn request_timeout(message: &str) -> Response<Full<Bytes>> {
 pub fn shutdown_event() -> Bytes {
     let error = json!({
         "error": {
-            "message": "the gateway is shutting down; the answer was cut at the end of its shutdown grace",
+            "message": "the gateway is shutting down; the answer was cut before its end",
             "type": "server_error",
             "param": null,
             "code": "gateway_shutting_down",

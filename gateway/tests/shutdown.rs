@@ -92,10 +92,51 @@ async fn sigterm_drains_then_ends_event_streams_with_an_error_event_and_exits_0(
     }
     let log = gateway.log();
     assert_eq!(log.matches("path=/v1/babble").count(), 1, "{log}");
-    assert!(
-        log.contains("cut at the end of the shutdown grace"),
-        "{log}"
+    assert!(log.contains("cut by the shutdown"), "{log}");
+}
+
+#[tokio::test]
+async fn a_second_signal_ends_the_grace_at_once() {
+    let (upstream, counts) = upstream::start().await;
+    let mut gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--total",
+            "60s",
+            "--shutdown-grace",
+            "60s",
+        ],
+        &[],
     );
+    let babbling = send_head(gateway.addr, post("/v1/babble", &[])).await;
+    let babbling = tokio::spawn(read_all(babbling.into_body()));
+    gateway.signal("TERM");
+    gateway
+        .wait_for_log("draining line", |log| log.contains("shutting down"))
+        .await;
+    gateway.signal("INT");
+
+    let (text, clean) = tokio::time::timeout(PATIENCE, babbling)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(clean && text.contains("gateway_shutting_down"), "{text}");
+    let status = gateway.exit_within(PATIENCE).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        gateway.log().contains("because=\"SIGINT\""),
+        "{}",
+        gateway.log()
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while Counts::get(&counts.cancelled) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the babbling upstream was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
