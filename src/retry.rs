@@ -33,6 +33,7 @@ use crate::error::{DeadlineExceeded, DeadlineKind};
 ///     .service(upstream);
 /// # let _ = svc;
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 #[derive(Clone, Debug)]
 pub struct RetryFirstFrame {
     retries: usize,

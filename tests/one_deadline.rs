@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
-use tokio::time::Instant;
-use tower::retry::RetryLayer;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_stream_deadline::{
-    BoxError, Deadline, DeadlineKind, RequestBudgets, RetryFirstFrame, StreamDeadlineLayer,
+    BoxError, Deadline, DeadlineKind, RequestBudgets, StreamDeadlineLayer,
 };
+// The tests of deadlines across retries need `RetryFirstFrame`.
+#[cfg(feature = "retry")]
+use {tokio::time::Instant, tower::retry::RetryLayer, tower_stream_deadline::RetryFirstFrame};
 
 use support::{MS, Scripted, Step, assert_fired, deadline_of, drain};
 
@@ -69,6 +70,7 @@ where
 }
 
 /// The deadline that ended a call: on the call itself or, if the head came, on its body.
+#[cfg(feature = "retry")]
 async fn final_deadline<B>(
     result: Result<Response<tower_stream_deadline::DeadlineBody<B>>, BoxError>,
 ) -> tower_stream_deadline::DeadlineExceeded
@@ -106,6 +108,7 @@ async fn an_inner_layer_takes_the_earlier_of_its_budget_and_the_outer_deadline()
     assert_fired(drained.deadline(), DeadlineKind::Total, SEC);
 }
 
+#[cfg(feature = "retry")]
 #[tokio::test(start_paused = true)]
 async fn outside_retry_the_layer_bounds_all_attempts_together() {
     let (upstream, seen) = recording(vec![Step::Stall]);
@@ -133,6 +136,7 @@ async fn outside_retry_the_layer_bounds_all_attempts_together() {
     );
 }
 
+#[cfg(feature = "retry")]
 #[tokio::test(start_paused = true)]
 async fn inside_retry_each_attempt_gets_its_own_budgets() {
     let (upstream, seen) = recording(vec![Step::Stall]);
@@ -153,6 +157,7 @@ async fn inside_retry_each_attempt_gets_its_own_budgets() {
     );
 }
 
+#[cfg(feature = "retry")]
 #[tokio::test(start_paused = true)]
 async fn an_overall_budget_and_a_per_attempt_budget_work_together() {
     let stack = |upstream| {

@@ -125,9 +125,13 @@ impl Flags {
         Ok(flags)
     }
 
-    /// The deadline layer these flags describe (SSE endings on).
+    /// The deadline layer these flags describe: SSE endings for deadlines and upstream
+    /// failures, and the upstream released at the deadline even while a client stops reading.
     pub fn layer(&self) -> StreamDeadlineLayer {
-        let mut layer = StreamDeadlineLayer::new(self.total).sse_endings();
+        let mut layer = StreamDeadlineLayer::new(self.total)
+            .sse_endings()
+            .sse_upstream_errors()
+            .release_unpolled();
         if let Some(first_frame) = self.first_frame.0 {
             layer = layer.first_frame(first_frame);
         }

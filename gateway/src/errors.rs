@@ -45,15 +45,11 @@ pub fn request_timeout(message: &str) -> Response<Full<Bytes>> {
 /// The SSE event that ends a stream cut by the gateway's shutdown: the same shape as the
 /// crate's deadline event, so SDKs raise the same kind of error.
 pub fn shutdown_event() -> Bytes {
-    let error = json!({
-        "error": {
-            "message": "the gateway is shutting down; the answer was cut before its end",
-            "type": "server_error",
-            "param": null,
-            "code": "gateway_shutting_down",
-        }
-    });
-    Bytes::from(format!("data: {error}\n\n"))
+    Bytes::from(tower_stream_deadline::sse_error_event(
+        "server_error",
+        "gateway_shutting_down",
+        "the gateway is shutting down; the answer was cut before its end",
+    ))
 }
 
 /// `outer: cause: cause`, since hyper's errors say little at the top.
