@@ -74,7 +74,11 @@ mod tests {
         let whole = bytes.len();
         bytes.extend_from_slice(&message(10)[..3]);
         assert_eq!(scanner.feed(&bytes), Some(whole));
-        assert_eq!(scanner.feed(&[0, 10]), None, "the prefix ends, the message has not");
+        assert_eq!(
+            scanner.feed(&[0, 10]),
+            None,
+            "the prefix ends, the message has not"
+        );
         assert_eq!(scanner.feed(&[b'x'; 10]), Some(10));
     }
 

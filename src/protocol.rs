@@ -13,8 +13,8 @@ use http_body::Frame;
 
 use crate::BoxError;
 use crate::error::DeadlineExceeded;
-use crate::{grpc, grpc_frames};
 use crate::sse::{self, Scanner};
+use crate::{grpc, grpc_frames};
 
 /// A user's judgement on data: does it count as progress?
 pub(crate) type Filter = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
@@ -65,7 +65,10 @@ impl ProtocolConfig {
         let sse_progress = self.sse_progress.as_ref().filter(|_| is_sse);
         let framing = if is_grpc {
             // A late call ends with trailers: hold back a message not yet whole.
-            Some(Framing::new(Boundaries::Grpc(grpc_frames::Scanner::default()), true))
+            Some(Framing::new(
+                Boundaries::Grpc(grpc_frames::Scanner::default()),
+                true,
+            ))
         } else if is_sse {
             // An added event must not be spliced into one the upstream was half-way through.
             let hold_back = self.sse_endings.is_some() || upstream_errors;

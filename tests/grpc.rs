@@ -20,9 +20,9 @@
 //!
 //! Every wait is bounded ([`within`]); nothing sleeps to let things settle.
 
-mod support;
 #[path = "support/sockets.rs"]
 mod sockets;
+mod support;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -644,7 +644,8 @@ async fn a_deadline_inside_a_message_sends_no_byte_of_it_before_the_status_trail
     let mut message = vec![0];
     message.extend_from_slice(&(ask.len() as u32).to_be_bytes());
     message.extend_from_slice(&ask);
-    send.send_data(message.into(), true).expect("send the request message");
+    send.send_data(message.into(), true)
+        .expect("send the request message");
     let response = within("the response head", SIGNAL_WAIT, response)
         .await
         .expect("response head");
@@ -710,15 +711,18 @@ mod paused {
     #[tokio::test(start_paused = true)]
     async fn a_grpc_body_that_ends_mid_message_in_time_delivers_every_byte() {
         let (frame, _) = two_and_a_half(6);
-        let upstream =
-            Upstream::new(Duration::ZERO, [Step::Data(frame)]).with_content_type(GRPC);
+        let upstream = Upstream::new(Duration::ZERO, [Step::Data(frame)]).with_content_type(GRPC);
         let layer = StreamDeadlineLayer::new(Duration::from_secs(1)).grpc_endings();
         let mut svc = layer.layer(upstream.service());
 
         let mut body = call(&mut svc).await.unwrap().into_body();
         let drained = drain(&mut body).await;
 
-        assert_eq!(drained.text(), frame, "the upstream's own truncation, as it is");
+        assert_eq!(
+            drained.text(),
+            frame,
+            "the upstream's own truncation, as it is"
+        );
         assert!(drained.trailers.is_none() && drained.error.is_none());
     }
 }

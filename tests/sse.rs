@@ -374,7 +374,10 @@ const DIES_MID_EVENT: [Step; 2] = [
 /// The outcome reported for the one response through `layer`.
 fn reporting(
     layer: StreamDeadlineLayer,
-) -> (StreamDeadlineLayer, std::sync::Arc<std::sync::Mutex<Vec<Ending>>>) {
+) -> (
+    StreamDeadlineLayer,
+    std::sync::Arc<std::sync::Mutex<Vec<Ending>>>,
+) {
     let endings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = endings.clone();
     let layer = layer.on_outcome(move |outcome| seen.lock().unwrap().push(outcome.ending));

@@ -73,8 +73,9 @@ async fn sigterm_drains_then_ends_event_streams_with_an_error_event_and_exits_0(
         .strip_suffix("\n\n")
         .and_then(|t| t.rsplit("\n\n").next());
     assert!(
-        last_event.is_some_and(|e| e.contains("data: {")
-            && e.contains("\"code\":\"gateway_shutting_down\"")),
+        last_event.is_some_and(
+            |e| e.contains("data: {") && e.contains("\"code\":\"gateway_shutting_down\"")
+        ),
         "{last_event:?}"
     );
     let status = gateway.exit_within(Duration::from_secs(3)).await;
