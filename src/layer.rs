@@ -247,9 +247,14 @@ impl StreamDeadlineLayer {
     /// protocol ending) as always. The idle deadline counts only while the body waits on
     /// upstream, as always: a caller that took a frame and stopped polling is not idle.
     ///
-    /// It costs a lock per poll of the body (a few ns, uncontended), a task and two
-    /// allocations per response (see BENCHMARKS.md). Where there is no runtime with timers
-    /// at `call`, or it shuts down, the body is released by polls as without it.
+    /// Before the response is handed over (the head, and under a first-frame budget the first
+    /// frame), the response future holds the upstream and releases it when it is polled or
+    /// dropped, as a future awaited by its caller always is.
+    ///
+    /// It costs an uncontended lock per poll of the body, and per response a task and three
+    /// allocations (about 860 bytes, see BENCHMARKS.md): worth it in a proxy, not in a client
+    /// that always reads its own stream. Where there is no runtime with timers at `call`, or
+    /// it shuts down, the body is released by polls as without it.
     ///
     /// ```
     /// use std::time::Duration;
