@@ -73,8 +73,41 @@
 //! | before the head, any | — | the call fails with `DeadlineExceeded` (a server maps it, e.g. to `504`) |
 //! | before the head, gRPC request | [`grpc_endings`](crate::StreamDeadlineLayer::grpc_endings) | a trailers-only response, `grpc-status: 4`: `DEADLINE_EXCEEDED` |
 //! | after the head, any | default | the body fails with `DeadlineExceeded`; served by hyper: HTTP/1 connection closed before the last chunk (clients report an incomplete body), HTTP/2 `RST_STREAM` with `INTERNAL_ERROR`, or `CANCEL` with the `h2` feature |
-//! | after the head, `application/grpc*` | [`grpc_endings`](crate::StreamDeadlineLayer::grpc_endings) | every message sent before the deadline, then trailers `grpc-status: 4` and a `grpc-message` naming the budget: tonic reports `Code::DeadlineExceeded` |
-//! | after the head, `text/event-stream` | [`sse_endings`](crate::StreamDeadlineLayer::sse_endings) | every complete event, then `data: {"error":{...,"type":"timeout","code":"deadline_exceeded"}}` and a clean end: the `openai` SDK raises an `APIError`, a browser `EventSource` gets a readable event. A half-sent event is dropped whole. |
+//! | after the head, `application/grpc*` | [`grpc_endings`](crate::StreamDeadlineLayer::grpc_endings) | every whole message sent before the deadline (a message half sent is held back and dropped), then trailers `grpc-status: 4` and a `grpc-message` naming the budget: tonic reports `Code::DeadlineExceeded` |
+//! | after the head, `text/event-stream` | [`sse_endings`](crate::StreamDeadlineLayer::sse_endings) | every complete event (a half-sent event is dropped whole), then the error event below and a clean end |
+//! | upstream fails after the head, `text/event-stream` | [`sse_upstream_errors`](crate::StreamDeadlineLayer::sse_upstream_errors) | every complete event, then the error event below with `"type":"upstream_error"`, and a clean end; `on_outcome` still reports `Ending::UpstreamError` |
+//! | upstream fails after the head, any | default | the upstream's error, passed on as it is |
+//!
+//! ## The SSE error event, by client
+//!
+//! One event serves the OpenAI and Anthropic APIs alike, so nothing needs configuring:
+//!
+//! ```text
+//! event: error
+//! data: {"type":"error","error":{"type":"timeout","code":"deadline_exceeded","message":"stream deadline exceeded: total budget of 45s ran out after 45.001s","param":null}}
+//! ```
+//!
+//! The `openai` SDK raises any event whose data holds an `error` object, whatever its name;
+//! the `anthropic` SDK ignores events without a name and raises the one named `error`. An
+//! upstream failure gives `"type":"upstream_error","code":"upstream_failed"` and a message
+//! `upstream failed mid-stream: ...`. Measured with the pinned SDKs through the gateway
+//! (`tests/python/endings.py`); the last column against the same upstream read directly, as
+//! a client reads any body cut short; the `EventSource` row is the HTML event-stream rules:
+//!
+//! | client | deadline | upstream fails mid-stream, with `sse_upstream_errors` | upstream fails, without |
+//! |---|---|---|---|
+//! | `openai` 3.57, `chat.completions.create(stream=True)` | `openai.APIError`, `.type == "timeout"`, `.code == "deadline_exceeded"`, the message naming the budget | `openai.APIError`, `.type == "upstream_error"` | `openai.APIConnectionError` ("Connection error.") |
+//! | `openai` 3.57, Responses (`responses.create(stream=True)`) | the same `openai.APIError` | the same `openai.APIError` | `openai.APIConnectionError` |
+//! | `anthropic` 2.14, `messages.stream` (and LangChain's `ChatAnthropic`) | `anthropic.APIStatusError`, `.type == "timeout"`, `.body["error"]` as sent | `anthropic.APIStatusError`, `.type == "upstream_error"` | `httpx2.RemoteProtocolError` (incomplete chunked read), not even an `anthropic` error |
+//! | a browser `EventSource` | an `error` event with the JSON as its `data` (`addEventListener("error", ...)`) | the same | the connection's `error` event, no data |
+//!
+//! Why not OpenAI's data-only `data: {"error":{...}}`: the `openai` SDK raises it, but the
+//! `anthropic` SDK skips an event without a name and ends the stream silently, the answer
+//! looking complete. OpenAI's Responses API names its own failure event
+//! `error` with a flat `{"type":"error","code":..,"message":..}`, which the `openai` SDK
+//! yields as an event instead of raising; the nested `error` object is what it raises.
+//! [`sse_ending_event`](crate::StreamDeadlineLayer::sse_ending_event) replaces the deadline
+//! event for other shapes.
 //!
 //! # Progress that counts
 //!

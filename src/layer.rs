@@ -134,8 +134,15 @@ impl StreamDeadlineLayer {
     /// budget, instead of an error (which hyper turns into a reset stream, and tonic into
     /// `INTERNAL`, or `CANCELLED` with the `h2` feature). For a gRPC request, a deadline
     /// before the head resolves
-    /// to a trailers-only response with status 4. Every message sent before the deadline is
-    /// delivered; the upstream is released at once as always.
+    /// to a trailers-only response with status 4. Every whole message sent before the
+    /// deadline is delivered; the upstream is released at once as always.
+    ///
+    /// Frames do not align with gRPC's length-prefixed messages, so the body holds back the
+    /// bytes of a message until it is whole (servers such as tonic send whole messages per
+    /// frame, and then nothing is held; a large message split across frames is held until
+    /// its last byte). At the deadline a half-sent message is dropped: a client sees whole
+    /// messages, then status 4, never a truncated message. Needs the body's data to be
+    /// `bytes::Bytes`; other bodies pass through unread.
     ///
     /// Since such a call resolves instead of failing, `RetryFirstFrame` does not see it.
     pub fn grpc_endings(mut self) -> Self {

@@ -164,6 +164,16 @@ impl Protocol {
         mut frame: Frame<D>,
     ) -> (Option<Frame<D>>, bool) {
         let Some(data) = frame.data_mut() else {
+            if let Some(framing) = self.framing.as_mut().filter(|f| !f.tail.is_empty()) {
+                // Trailers end the body: the unit they cut is one no client could read (an
+                // SSE parser discards it at the end, a gRPC decoder skips it), and its bytes
+                // cannot follow the trailers.
+                tracing::debug!(
+                    bytes = framing.tail.len(),
+                    "trailers after an unfinished unit"
+                );
+                framing.tail.clear();
+            }
             return (Some(frame), true);
         };
         let user_progress = |chunk: &[u8]| self.progress.as_ref().is_none_or(|p| p(chunk));

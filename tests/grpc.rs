@@ -709,6 +709,28 @@ mod paused {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn trailers_after_half_a_message_come_last_and_the_half_is_not_sent() {
+        let (frame, whole) = two_and_a_half(6);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        let steps = [Step::Data(frame), Step::Trailers(trailers)];
+        let upstream = Upstream::new(Duration::ZERO, steps).with_content_type(GRPC);
+        let layer = StreamDeadlineLayer::new(Duration::from_secs(1)).grpc_endings();
+        let mut svc = layer.layer(upstream.service());
+
+        let mut body = call(&mut svc).await.unwrap().into_body();
+        let drained = drain(&mut body).await;
+
+        assert_eq!(
+            drained.data,
+            [bytes::Bytes::from(whole)],
+            "nothing after the trailers"
+        );
+        assert_eq!(drained.trailers.expect("trailers")["grpc-status"], "13");
+        assert!(drained.error.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_grpc_body_that_ends_mid_message_in_time_delivers_every_byte() {
         let (frame, _) = two_and_a_half(6);
         let upstream = Upstream::new(Duration::ZERO, [Step::Data(frame)]).with_content_type(GRPC);

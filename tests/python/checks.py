@@ -378,27 +378,43 @@ def check_langchain_astream(servers: Servers) -> str:
             timeout=STALL_GUARD,  # per read: what the write-up had; it never fires here
             default_headers={"x-check": tag},
         )
-        chain = PROMPT | llm
-        started = time.monotonic()
-        chunks, err, stopped_by_us = 0, None, False
-        try:
-            # No asyncio.timeout / wait_for: only the gateway's budget stops this loop.
-            async for chunk in chain.astream({"question": "Tell me everything."}):
-                if chunk.content:
-                    chunks += 1
-                if time.monotonic() - started > TOTAL + STOP_WITHIN:
-                    stopped_by_us = True
-                    break
-        except openai.APIError as raised:
-            err = raised
-        return chunks, err, stopped_by_us, time.monotonic() - started
+        return await astream_until_stopped(PROMPT | llm, openai.APIError)
 
-    (chunks, err, stopped_by_us, elapsed), complaints = run_async(run())
-    expect(not stopped_by_us, f"still streaming {TOTAL + STOP_WITHIN:.1f} s after the call")
-    expect(chunks > 0, "no chunks arrived before the deadline")
-    expect(err is not None, "the stream ended without an error")
+    (chunks, err, elapsed), complaints = run_async(run())
     expect(is_deadline_event(err), f"not the gateway's deadline error: {type(err).__name__}: {err}")
     expect(BUDGET_NAMED in err.message, f"the error does not name the {TOTAL:g} s budget")
+    expect_stopped_at_the_budget(servers, tag, elapsed)
+    note = f" (asyncio: {complaints})" if complaints else ""
+    return (
+        f"{chunks} chunks over {elapsed:.3f} s (budget {TOTAL} s), then "
+        f"{type(err).__name__}: {err.message!r}; upstream generator cancelled{note}"
+    )
+
+
+async def astream_until_stopped(chain, error_type) -> tuple:
+    """Reads `chain.astream()` (a new asyncio task per chunk) with no asyncio timeout: only
+    the gateway's budget stops it. Returns (content chunks, the `error_type` error that ended
+    it, seconds taken); fails the check if it ends without an error or runs on past
+    TOTAL + STOP_WITHIN (then we stop reading)."""
+    started = time.monotonic()
+    chunks, err = 0, None
+    try:
+        async for chunk in chain.astream({"question": "Tell me everything."}):
+            if chunk.content:
+                chunks += 1
+            expect(
+                time.monotonic() - started <= TOTAL + STOP_WITHIN,
+                f"still streaming {TOTAL + STOP_WITHIN:.1f} s after the call",
+            )
+    except error_type as raised:
+        err = raised
+    expect(chunks > 0, "no chunks arrived before the deadline")
+    expect(err is not None, "the stream ended without an error")
+    return chunks, err, time.monotonic() - started
+
+
+def expect_stopped_at_the_budget(servers: Servers, tag: str, elapsed: float):
+    """The stream stopped at the total budget, and the upstream's generator was cancelled."""
     expect(
         TOTAL - 0.005 <= elapsed <= TOTAL + STOP_WITHIN,
         f"stopped after {elapsed:.3f} s; the budget is {TOTAL} s",
@@ -407,11 +423,6 @@ def check_langchain_astream(servers: Servers) -> str:
         servers, lambda s: tagged(s, "cancellations", tag), within=CANCEL_WITHIN + 2
     )
     expect(cancellations, "the upstream generator was never cancelled")
-    note = f" (asyncio: {complaints})" if complaints else ""
-    return (
-        f"{chunks} chunks over {elapsed:.3f} s (budget {TOTAL} s), then "
-        f"{type(err).__name__}: {err.message!r}; upstream generator cancelled{note}"
-    )
 
 
 def check_stuck_first_token(servers: Servers) -> str:

@@ -8,17 +8,18 @@ budgets (total 2 s, first frame 500 ms, idle 1 s), then checks, for each of the 
 SDK's chat completions stream, its Responses stream (`responses.create(stream=True)`) and
 the `anthropic` SDK's `messages.stream`:
 
-- babbling (text forever): every delta sent before the deadline, then the API's own error
-  (`openai.APIError`, `anthropic.APIStatusError`) naming the total budget, at that budget;
-- stalled (three deltas, then silence): the API error naming the idle budget, at that
-  budget after the last delta;
 - the upstream dies mid-stream (three deltas, half of a fourth, then a cut chunked body):
   the three deltas, then an API error of type `upstream_error`, not a connection error
   (which the SDKs' users retry blindly);
+- stalled (three deltas, then silence): the API's own error (`openai.APIError`,
+  `anthropic.APIStatusError`) naming the idle budget, at that budget after the last delta;
+- babbling (text forever): every delta sent before the deadline, then the API error naming
+  the total budget, at that budget;
 
 and that each babbling or stalled upstream generator is cancelled within 250 ms of its
-deadline. Last, LangChain's `ChatAnthropic` through the gateway stops at the total budget
-with an error.
+deadline. As the contrast, the dying upstream read directly is a transport error in every
+SDK. Last, LangChain's `ChatAnthropic` through the gateway stops at the total budget with
+an error.
 """
 
 import sys
@@ -36,9 +37,12 @@ from checks import (  # noqa: E402
     GATEWAY_FLAGS,
     IDLE,
     PROMPT,
+    astream_until_stopped,
+    expect_stopped_at_the_budget,
     STALL_GUARD,
     STOP_WITHIN,
     TOTAL,
+    CheckFailed,
     Servers,
     gateway_argument,
     expect,
@@ -59,18 +63,18 @@ IDLE_NAMED = "idle budget of 1s"
 # ---------------------------------------------------------------------------------------
 
 
-def openai_client(servers) -> openai.OpenAI:
+def openai_client(origin: str) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=f"{servers.gateway_url}/v1",
+        base_url=f"{origin}/v1",
         api_key="sk-local",
         max_retries=0,
         timeout=STALL_GUARD,
     )
 
 
-def anthropic_client(servers) -> anthropic.Anthropic:
+def anthropic_client(origin: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(
-        base_url=servers.gateway_url,
+        base_url=origin,
         api_key="sk-ant-local",
         max_retries=0,
         timeout=STALL_GUARD,
@@ -136,34 +140,35 @@ def anthropic_api_error(err, kind: str, code: str):
     return error.get("message", "")
 
 
-# Per API: its client, its stream of text deltas, the base of its SDK's errors, and how to
-# read the gateway's ending from the error.
+# Per API: its client, its stream of text deltas, and how to read the gateway's ending from
+# the error its SDK raises.
 APIS = {
-    "chat": (openai_client, chat_deltas, openai.OpenAIError, openai_api_error),
-    "responses": (openai_client, responses_deltas, openai.OpenAIError, openai_api_error),
-    "messages": (anthropic_client, messages_deltas, anthropic.AnthropicError, anthropic_api_error),
+    "chat": (openai_client, chat_deltas, openai_api_error),
+    "responses": (openai_client, responses_deltas, openai_api_error),
+    "messages": (anthropic_client, messages_deltas, anthropic_api_error),
 }
 
 
-def read(servers, api: str, model: str, tag: str) -> tuple:
-    """Reads one stream to its end: (deltas, the time the last arrived, the SDK's error or
-    None, when the call started, when it ended)."""
-    client_of, deltas_of, sdk_error, _ = APIS[api]
+def read(servers, api: str, model: str, tag: str, origin: str | None = None) -> tuple:
+    """Reads one stream (through the gateway, unless `origin` says otherwise) to its end:
+    (deltas, the error that ended it or None, when the call started, when it ended)."""
+    client_of, deltas_of, _ = APIS[api]
     # Made before the clock starts: building a client (its TLS context) takes a while.
-    client = client_of(servers)
+    client = client_of(origin or servers.gateway_url)
     started = time.time()
-    deltas, last_delta_at, err = 0, None, None
+    deltas, err = 0, None
     try:
         for _ in deltas_of(client, model, tag):
             deltas += 1
-            last_delta_at = time.time()
             expect(
-                last_delta_at - started < TOTAL + STOP_WITHIN,
+                time.time() - started < TOTAL + STOP_WITHIN,
                 f"still streaming {TOTAL + STOP_WITHIN:.1f} s after the call",
             )
-    except sdk_error as raised:
+    except CheckFailed:
+        raise
+    except Exception as raised:  # noqa: BLE001 - whatever ends it, API error or transport
         err = raised
-    return deltas, last_delta_at, err, started, time.time()
+    return deltas, err, started, time.time()
 
 
 def expect_cancelled_by(servers, tag: str, deadline: float) -> str:
@@ -173,7 +178,7 @@ def expect_cancelled_by(servers, tag: str, deadline: float) -> str:
     expect(cancellations, "the upstream generator was never cancelled")
     late = cancellations[0]["at"] - deadline
     expect(
-        -0.005 <= late <= CANCEL_WITHIN,
+        0 <= late <= CANCEL_WITHIN,
         f"upstream generator cancelled {late * 1000:+.0f} ms from the deadline "
         f"(allowed: 0 to {CANCEL_WITHIN * 1000:.0f} ms)",
     )
@@ -185,55 +190,58 @@ def expect_cancelled_by(servers, tag: str, deadline: float) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def babbling(api: str):
-    def check(servers) -> str:
-        tag = f"{api}-babbling"
-        deltas, _, err, started, ended = read(servers, api, "babbler", tag)
-        expect(deltas > 0, "no deltas arrived before the deadline")
-        expect(err is not None, f"the stream ended without an error after {deltas} deltas")
-        message = APIS[api][3](err, "timeout", "deadline_exceeded")
-        expect(TOTAL_NAMED in message, f"the error does not name the total budget: {message!r}")
-        expect(
-            TOTAL - 0.005 <= ended - started <= TOTAL + STOP_WITHIN,
-            f"raised after {ended - started:.3f} s; the budget is {TOTAL} s",
-        )
-        cancelled = expect_cancelled_by(servers, tag, started + TOTAL)
-        return (
-            f"{deltas} deltas, then {type(err).__name__} at +{ended - started:.3f} s: "
-            f"{message!r}; {cancelled}"
-        )
+def at_the_budget(model: str, budget: float, named: str):
+    """A check that `model`'s stream, through the gateway, raises the API error naming
+    `named` once `budget` has passed: counted from the call (the total budget), or from the
+    last delta after `STALL_AFTER` of them (the idle budget)."""
+    idle = model == "stalled"
 
-    return check
+    def check_for(api: str):
+        def check(servers) -> str:
+            tag = f"{api}-{model}"
+            deltas, err, started, ended = read(servers, api, model, tag)
+            expect(deltas > 0, "no deltas arrived before the deadline")
+            expect(not idle or deltas == STALL_AFTER, f"{deltas} deltas, not {STALL_AFTER}")
+            expect(err is not None, f"the stream ended without an error after {deltas} deltas")
+            message = APIS[api][2](err, "timeout", "deadline_exceeded")
+            expect(named in message, f"the error does not name the {named}: {message!r}")
+            # When the budget started, at the earliest: before our call, or when the upstream
+            # made its last delta. Both come before the gateway's own clock starts, so the
+            # error must not come sooner than `budget` after it, and the cancellation's
+            # lateness measured from it is never less than the true lateness.
+            since = started
+            if idle:
+                stalls, _ = poll_stats(servers, lambda s: tagged(s, "stalls", tag), within=2)
+                expect(stalls, "the upstream never stalled")
+                since = stalls[0]["last_delta_at"]
+            waited = ended - since
+            expect(
+                budget <= waited <= budget + STOP_WITHIN,
+                f"raised {waited:.3f} s after the {'last delta was made' if idle else 'call'}; "
+                f"the budget is {budget} s",
+            )
+            cancelled = expect_cancelled_by(servers, tag, since + budget)
+            return (
+                f"{deltas} deltas, then {type(err).__name__} {waited:.3f} s after the "
+                f"{'last' if idle else 'call'}: {message!r}; {cancelled}"
+            )
+
+        return check
+
+    check_for.__name__ = "stalled" if idle else "babbling"
+    return check_for
 
 
-def stalled(api: str):
-    def check(servers) -> str:
-        tag = f"{api}-stalled"
-        deltas, last_delta_at, err, started, ended = read(servers, api, "stalled", tag)
-        expect(deltas == STALL_AFTER, f"{deltas} deltas arrived, not {STALL_AFTER}")
-        expect(err is not None, "the stream ended without an error")
-        message = APIS[api][3](err, "timeout", "deadline_exceeded")
-        expect(IDLE_NAMED in message, f"the error does not name the idle budget: {message!r}")
-        silence = ended - last_delta_at
-        expect(
-            IDLE - 0.005 <= silence <= IDLE + STOP_WITHIN,
-            f"raised {silence:.3f} s after the last delta; the idle budget is {IDLE} s",
-        )
-        cancelled = expect_cancelled_by(servers, tag, last_delta_at + IDLE)
-        return (
-            f"{deltas} deltas, then {type(err).__name__} {silence:.3f} s after the last: "
-            f"{message!r}; {cancelled}"
-        )
-
-    return check
+babbling = at_the_budget("babbler", TOTAL, TOTAL_NAMED)
+stalled = at_the_budget("stalled", IDLE, IDLE_NAMED)
 
 
 def dying(api: str):
     def check(servers) -> str:
         tag = f"{api}-dying"
-        deltas, _, err, started, ended = read(servers, api, "dying", tag)
+        deltas, err, started, ended = read(servers, api, "dying", tag)
         expect(err is not None, "the stream ended without an error: the answer looks complete")
-        message = APIS[api][3](err, "upstream_error", "upstream_failed")
+        message = APIS[api][2](err, "upstream_error", "upstream_failed")
         expect(
             deltas == STALL_AFTER,
             f"{deltas} deltas arrived; every whole one ({STALL_AFTER}) and not the half expected",
@@ -246,6 +254,21 @@ def dying(api: str):
         )
 
     return check
+
+
+def check_direct_dying_is_a_connection_error(servers) -> str:
+    """Contrast: the same dying upstream, read directly, is a transport error in every SDK."""
+    seen = []
+    for api in APIS:
+        _, err, _, _ = read(servers, api, "dying", f"{api}-direct", servers.upstream_url)
+        expect(err is not None, f"{api}: the stream ended without an error")
+        sdk_api_error = openai.APIStatusError if api != "messages" else anthropic.APIStatusError
+        expect(
+            not isinstance(err, sdk_api_error) and type(err) is not openai.APIError,
+            f"{api}: an API error without the gateway: {type(err).__name__}: {err}",
+        )
+        seen.append(f"{api}: {type(err).__module__}.{type(err).__name__}")
+    return "; ".join(seen)
 
 
 def check_langchain_chat_anthropic(servers) -> str:
@@ -262,34 +285,12 @@ def check_langchain_chat_anthropic(servers) -> str:
             default_request_timeout=STALL_GUARD,
             default_headers={"x-check": tag},
         )
-        started = time.monotonic()
-        chunks, err, stopped_by_us = 0, None, False
-        try:
-            # No asyncio timeout: only the gateway's budget stops this loop.
-            async for chunk in (PROMPT | llm).astream({"question": "Tell me everything."}):
-                if chunk.content:
-                    chunks += 1
-                if time.monotonic() - started > TOTAL + STOP_WITHIN:
-                    stopped_by_us = True
-                    break
-        except anthropic.AnthropicError as raised:
-            err = raised
-        return chunks, err, stopped_by_us, time.monotonic() - started
+        return await astream_until_stopped(PROMPT | llm, anthropic.AnthropicError)
 
-    (chunks, err, stopped_by_us, elapsed), complaints = run_async(run())
-    expect(not stopped_by_us, f"still streaming {TOTAL + STOP_WITHIN:.1f} s after the call")
-    expect(chunks > 0, "no chunks arrived before the deadline")
-    expect(err is not None, "the stream ended without an error")
+    (chunks, err, elapsed), complaints = run_async(run())
     message = anthropic_api_error(err, "timeout", "deadline_exceeded")
     expect(TOTAL_NAMED in message, f"the error does not name the total budget: {message!r}")
-    expect(
-        TOTAL - 0.005 <= elapsed <= TOTAL + STOP_WITHIN,
-        f"stopped after {elapsed:.3f} s; the budget is {TOTAL} s",
-    )
-    cancellations, _ = poll_stats(
-        servers, lambda s: tagged(s, "cancellations", tag), within=CANCEL_WITHIN + 2
-    )
-    expect(cancellations, "the upstream generator was never cancelled")
+    expect_stopped_at_the_budget(servers, tag, elapsed)
     note = f" (asyncio: {complaints})" if complaints else ""
     return (
         f"{chunks} chunks over {elapsed:.3f} s (budget {TOTAL} s), then "
@@ -308,7 +309,10 @@ CHECKS = [
     # would count against the gateway in the timed checks.
     for how in (dying, stalled, babbling)
     for api in NAMES
-] + [("LangChain ChatAnthropic astream()", check_langchain_chat_anthropic)]
+] + [
+    ("contrast: dying, read directly", check_direct_dying_is_a_connection_error),
+    ("LangChain ChatAnthropic astream()", check_langchain_chat_anthropic),
+]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ also answer these models:
 
 Every generator that is cancelled (the client went away: `asyncio.CancelledError` or
 `GeneratorExit`) is recorded with a wall-clock timestamp. `GET /stats` returns the requests,
-cancellations, completions and failures (`dying`) seen so far, each with its `x-check` tag.
+cancellations, completions, failures (`dying`) and stalls (`stalled`, with the time its last
+delta was made) seen so far, each with its `x-check` tag.
 """
 
 import asyncio
@@ -49,7 +50,13 @@ API_MODELS = ("babbler", "stalled", "dying")
 STALL_AFTER = 3
 
 app = FastAPI()
-STATS: dict = {"requests": [], "cancellations": [], "completions": [], "failures": []}
+STATS: dict = {
+    "requests": [],
+    "cancellations": [],
+    "completions": [],
+    "failures": [],
+    "stalls": [],
+}
 _stuck_tags: set = set()
 _ids = itertools.count(1)
 
@@ -108,6 +115,12 @@ async def chat_completions(request: Request):
     )
 
 
+def _record(key: str, request_id: int, tag: str, model: str, sent: int, **more):
+    STATS[key].append(
+        {"id": request_id, "tag": tag, "model": model, "at": time.time(), "chunks": sent, **more}
+    )
+
+
 async def _generate(request_id: int, tag: str, model: str, stuck: bool):
     sent = 0
     try:
@@ -129,20 +142,9 @@ async def _generate(request_id: int, tag: str, model: str, stuck: bool):
         yield _chunk(request_id, model, {}, finish_reason="stop")
         yield b"data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit) as stopped:
-        STATS["cancellations"].append(
-            {
-                "id": request_id,
-                "tag": tag,
-                "model": model,
-                "at": time.time(),
-                "chunks": sent,
-                "how": type(stopped).__name__,
-            }
-        )
+        _record("cancellations", request_id, tag, model, sent, how=type(stopped).__name__)
         raise
-    STATS["completions"].append(
-        {"id": request_id, "tag": tag, "model": model, "at": time.time(), "chunks": sent}
-    )
+    _record("completions", request_id, tag, model, sent)
 
 
 class UpstreamDied(Exception):
@@ -289,7 +291,7 @@ async def messages(request: Request):
 
 
 async def _generate_api(events, request_id: int, tag: str, model: str):
-    sent = 0
+    sent, last_delta_at = 0, None
     try:
         for event in events.opening():
             yield event
@@ -297,28 +299,20 @@ async def _generate_api(events, request_id: int, tag: str, model: str):
             if model != "babbler" and sent == STALL_AFTER:
                 break
             await asyncio.sleep(TOKEN_EVERY)
+            # Taken before the delta goes out: no one downstream can have it earlier.
+            last_delta_at = time.time()
             yield events.delta(word + " ")
             sent += 1
         if model == "dying":
             half = events.delta("half")
             yield half[: len(half) // 2]
-            STATS["failures"].append(
-                {"id": request_id, "tag": tag, "model": model, "at": time.time(), "chunks": sent}
-            )
+            _record("failures", request_id, tag, model, sent)
             raise UpstreamDied(f"{model} gave up after {sent} deltas")
         # `stalled`: the client or the gateway has to give up.
+        _record("stalls", request_id, tag, model, sent, last_delta_at=last_delta_at)
         await asyncio.sleep(3600)
     except (asyncio.CancelledError, GeneratorExit) as stopped:
-        STATS["cancellations"].append(
-            {
-                "id": request_id,
-                "tag": tag,
-                "model": model,
-                "at": time.time(),
-                "chunks": sent,
-                "how": type(stopped).__name__,
-            }
-        )
+        _record("cancellations", request_id, tag, model, sent, how=type(stopped).__name__)
         raise
 
 
