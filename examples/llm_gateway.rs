@@ -13,9 +13,10 @@
 //!   to the upstream with one pooled hyper-util client (HTTP/1.1, or HTTP/2 prior knowledge
 //!   with `--h2c`). The response streams back frame by frame, with no buffering.
 //! - The [`StreamDeadlineLayer`] sits on that client, with SSE endings: after the head, a
-//!   late `text/event-stream` answer ends with an OpenAI-style error event and a clean end
-//!   (the `openai` SDK raises `APIError`), and the upstream connection is closed at once, so
-//!   the model server stops generating. A client's `x-request-timeout` header may shorten
+//!   late `text/event-stream` answer ends with an error event and a clean end (the `openai`
+//!   SDK raises `APIError`, the `anthropic` SDK `APIStatusError`), and the upstream
+//!   connection is closed at once, so the model server stops generating. An upstream that
+//!   fails mid-stream ends the same way, with an `upstream_error` event. A client's `x-request-timeout` header may shorten
 //!   the total budget of its request, never lengthen it.
 //! - Request bodies up to 1 MiB are buffered so that [`RetryFirstFrame`] can replay a request
 //!   stuck before its first frame (each attempt with the full budgets); larger ones are
@@ -161,6 +162,7 @@ impl Config {
     fn layer(&self) -> StreamDeadlineLayer {
         let mut layer = StreamDeadlineLayer::new(self.total)
             .sse_endings()
+            .sse_upstream_errors()
             .read_timeout_header(HeaderName::from_static(TIMEOUT_HEADER));
         if let Some(first_frame) = self.first_frame {
             layer = layer.first_frame(first_frame);

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use std::collections::VecDeque;
@@ -17,6 +18,7 @@ use crate::error::DeadlineExceeded;
 use crate::outcome::Recorder;
 use crate::protocol::Protocol;
 use crate::timer::Timer;
+use crate::watch::{self, Watched};
 
 pin_project! {
     /// The body of a response from [`StreamDeadline`](crate::StreamDeadline).
@@ -76,37 +78,44 @@ pin_project! {
     /// ```
     pub struct DeadlineBody<B: Body> {
         #[pin]
-        upstream: Upstream<B>,
-        // Frames the `ResponseFuture` took that did not count as progress, replayed first,
-        // then the first frame that did.
-        held: VecDeque<Frame<B::Data>>,
-        first: Option<Frame<B::Data>>,
-        deadlines: Deadlines,
-        // Set by the first poll that finds no frame ready: the idle budget counts from here.
-        waiting_since: Option<Instant>,
-        timer: Timer,
-        recorder: Recorder,
-        // Protocol endings and progress rules; `None` unless the layer opted in and the
-        // content type matches.
-        protocol: Option<Box<Protocol>>,
+        mode: Mode<B>,
     }
 
     impl<B: Body> PinnedDrop for DeadlineBody<B> {
         fn drop(this: Pin<&mut Self>) {
-            // A caller that trusts `is_end_stream` (hyper does) never polls for the end.
-            let this = this.project();
-            let ended = this.held.is_empty()
-                && this.first.is_none()
-                && match this.upstream.as_ref().project_ref() {
-                    UpstreamProjRef::Inline { body } => body.is_end_stream(),
-                    UpstreamProjRef::Boxed { body } => body.is_end_stream(),
-                    UpstreamProjRef::Released => true,
-                };
-            if ended {
-                this.recorder.completed_if_unreported();
+            match this.project().mode.project() {
+                ModeProj::Local { upstream, core } => core.drop_with(upstream.as_ref()),
+                ModeProj::Watched { shared } => shared.body_dropped(),
             }
         }
     }
+}
+
+pin_project! {
+    #[project = ModeProj]
+    enum Mode<B: Body> {
+        // The upstream inline, released when a poll or the drop observes the deadline.
+        Local { #[pin] upstream: Upstream<B>, core: Core<B::Data> },
+        // Shared with a watcher task that releases the upstream at the deadline even when
+        // nobody polls (`StreamDeadlineLayer::release_unpolled`).
+        Watched { shared: Arc<Watched<B>> },
+    }
+}
+
+/// Everything a body tracks besides its upstream.
+pub(crate) struct Core<D> {
+    // Frames the `ResponseFuture` took that did not count as progress, replayed first,
+    // then the first frame that did.
+    held: VecDeque<Frame<D>>,
+    first: Option<Frame<D>>,
+    pub(crate) deadlines: Deadlines,
+    // Set by the first poll that finds no frame ready: the idle budget counts from here.
+    pub(crate) waiting_since: Option<Instant>,
+    timer: Timer,
+    recorder: Recorder,
+    // Protocol endings and progress rules; `None` unless the layer opted in and the
+    // content type matches.
+    protocol: Option<Box<Protocol>>,
 }
 
 pin_project! {
@@ -120,6 +129,28 @@ pin_project! {
     }
 }
 
+impl<B: Body> Upstream<B> {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Inline { body } => body.is_end_stream(),
+            Upstream::Boxed { body } => body.is_end_stream(),
+            Upstream::Released => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Upstream::Inline { body } => body.size_hint(),
+            Upstream::Boxed { body } => body.size_hint(),
+            Upstream::Released => SizeHint::with_exact(0),
+        }
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        matches!(self, Upstream::Released)
+    }
+}
+
 /// Frames the `ResponseFuture` took before handing the body over, to be replayed: those that
 /// were not progress, then the first that was.
 pub(crate) type Replay<D> = (VecDeque<Frame<D>>, Option<Frame<D>>);
@@ -127,14 +158,53 @@ pub(crate) type Replay<D> = (VecDeque<Frame<D>>, Option<Frame<D>>);
 impl<B: Body> DeadlineBody<B> {
     pub(crate) fn new(
         upstream: Upstream<B>,
-        (held, first): Replay<B::Data>,
+        replay: Replay<B::Data>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
         protocol: Option<Box<Protocol>>,
     ) -> Self {
+        let core = Core::new(replay, deadlines, timer, recorder, protocol);
         DeadlineBody {
-            upstream,
+            mode: Mode::Local { upstream, core },
+        }
+    }
+}
+
+impl<B> DeadlineBody<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    /// Like [`new`](Self::new), with a watcher that releases the upstream at the deadline
+    /// even when nobody polls; a body without one where no watcher can be had.
+    pub(crate) fn new_watched(
+        upstream: Upstream<B>,
+        replay: Replay<B::Data>,
+        deadlines: Deadlines,
+        timer: Timer,
+        recorder: Recorder,
+        protocol: Option<Box<Protocol>>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let core = Core::new(replay, deadlines, timer, recorder, protocol);
+        let mode = match watch::spawn(upstream, core, runtime) {
+            Ok(shared) => Mode::Watched { shared },
+            Err((upstream, core)) => Mode::Local { upstream, core },
+        };
+        DeadlineBody { mode }
+    }
+}
+
+impl<D> Core<D> {
+    fn new(
+        (held, first): Replay<D>,
+        deadlines: Deadlines,
+        timer: Timer,
+        recorder: Recorder,
+        protocol: Option<Box<Protocol>>,
+    ) -> Self {
+        Core {
             held,
             first,
             deadlines,
@@ -144,106 +214,44 @@ impl<B: Body> DeadlineBody<B> {
             protocol,
         }
     }
-}
 
-impl<B> Body for DeadlineBody<B>
-where
-    B: Body,
-    B::Data: 'static,
-    B::Error: Into<BoxError>,
-{
-    type Data = B::Data;
-    type Error = BoxError;
+    /// Reports completion if the body is dropped at its end: a caller that trusts
+    /// `is_end_stream` (hyper does) never polls for the end.
+    pub(crate) fn drop_with<B: Body<Data = D>>(&mut self, upstream: Pin<&Upstream<B>>) {
+        if self.held.is_empty() && self.first.is_none() && upstream.is_end_stream() {
+            self.recorder.completed_if_unreported();
+        }
+    }
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        if let Some(frame) = this.held.pop_front() {
-            this.recorder.frame(&frame, None, false);
-            return Poll::Ready(Some(Ok(frame)));
+    /// Reports the drop of a body that had not ended, now rather than when the last
+    /// reference to this record goes.
+    pub(crate) fn dropped(&mut self) {
+        self.recorder.dropped_if_unreported();
+    }
+
+    /// Releases the upstream at a deadline that has passed and reports it; the body yields
+    /// [`ending`](Self::ending) next.
+    pub(crate) fn expire<B: Body<Data = D>>(
+        &mut self,
+        mut upstream: Pin<&mut Upstream<B>>,
+        expired: &DeadlineExceeded,
+    ) {
+        upstream.set(Upstream::Released);
+        if let Some(since) = self.waiting_since.take() {
+            self.recorder.waited(since, Instant::now());
         }
-        if let Some(frame) = this.first.take() {
-            this.recorder.frame(&frame, None, true);
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        let expired = loop {
-            let polled = match this.upstream.as_mut().project() {
-                UpstreamProj::Inline { body } => body.poll_frame(cx),
-                UpstreamProj::Boxed { body } => body.as_mut().poll_frame(cx),
-                UpstreamProj::Released => {
-                    this.recorder.completed_if_unreported();
-                    return Poll::Ready(None);
-                }
-            };
-            match polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let (frame, progress) = match this.protocol.as_deref_mut() {
-                        // The common case, kept short (measured: wrapping the frame in an
-                        // `Option` here costs about 6 ns a frame).
-                        None => {
-                            let now = match check(
-                                this.deadlines,
-                                this.waiting_since,
-                                this.recorder,
-                                true,
-                            ) {
-                                Ok(now) => now,
-                                Err(expired) => break expired,
-                            };
-                            this.recorder.frame(&frame, now, true);
-                            return Poll::Ready(Some(Ok(frame)));
-                        }
-                        Some(protocol) => protocol.inspect(frame),
-                    };
-                    let now =
-                        match check(this.deadlines, this.waiting_since, this.recorder, progress) {
-                            Ok(now) => now,
-                            Err(expired) => break expired,
-                        };
-                    // All of it held back (an SSE event not finished yet): read on.
-                    let Some(frame) = frame else { continue };
-                    this.recorder.frame(&frame, now, progress);
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    this.upstream.set(Upstream::Released);
-                    this.recorder.upstream_error();
-                    return Poll::Ready(Some(Err(err.into())));
-                }
-                Poll::Ready(None) => {
-                    // The end is judged like a frame.
-                    let now = match check(this.deadlines, this.waiting_since, this.recorder, true) {
-                        Ok(now) => now.unwrap_or_else(Instant::now),
-                        Err(expired) => break expired,
-                    };
-                    this.upstream.set(Upstream::Released);
-                    // An event the upstream never finished goes out as it is, then the end.
-                    if let Some(tail) = this.protocol.as_deref_mut().and_then(Protocol::take_tail) {
-                        this.recorder.frame(&tail, Some(now), false);
-                        return Poll::Ready(Some(Ok(tail)));
-                    }
-                    this.recorder.completed(now);
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => {
-                    if this.waiting_since.is_none() && this.deadlines.idle().is_some() {
-                        *this.waiting_since = Some(Instant::now());
-                    }
-                    let phase = Phase::Streaming {
-                        waiting_since: *this.waiting_since,
-                    };
-                    break ready!(this.timer.poll_expired(this.deadlines, phase, cx));
-                }
-            }
-        };
-        this.upstream.set(Upstream::Released);
-        if let Some(since) = this.waiting_since.take() {
-            this.recorder.waited(since, Instant::now());
-        }
-        this.recorder.deadline(&expired);
-        match this
+        self.recorder.deadline(expired);
+    }
+
+    /// What the body yields for a deadline: the protocol's ending, or the error.
+    pub(crate) fn ending(
+        &mut self,
+        expired: DeadlineExceeded,
+    ) -> Poll<Option<Result<Frame<D>, BoxError>>>
+    where
+        D: Buf + 'static,
+    {
+        match self
             .protocol
             .as_deref_mut()
             .and_then(|p| p.ending(&expired))
@@ -253,26 +261,128 @@ where
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    #[inline]
+    pub(crate) fn poll_frame<B>(
+        &mut self,
+        mut upstream: Pin<&mut Upstream<B>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<D>, BoxError>>>
+    where
+        B: Body<Data = D>,
+        B::Error: Into<BoxError>,
+        D: Buf + 'static,
+    {
+        if let Some(frame) = self.held.pop_front() {
+            self.recorder.frame(&frame, None, false);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(frame) = self.first.take() {
+            self.recorder.frame(&frame, None, true);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let expired = loop {
+            let polled = match upstream.as_mut().project() {
+                UpstreamProj::Inline { body } => body.poll_frame(cx),
+                UpstreamProj::Boxed { body } => body.as_mut().poll_frame(cx),
+                UpstreamProj::Released => {
+                    self.recorder.completed_if_unreported();
+                    return Poll::Ready(None);
+                }
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let (frame, progress) = match self.protocol.as_deref_mut() {
+                        // The common case, kept short (measured: wrapping the frame in an
+                        // `Option` here costs about 6 ns a frame).
+                        None => {
+                            let now = match check(
+                                &self.deadlines,
+                                &mut self.waiting_since,
+                                &mut self.recorder,
+                                true,
+                            ) {
+                                Ok(now) => now,
+                                Err(expired) => break expired,
+                            };
+                            self.recorder.frame(&frame, now, true);
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        Some(protocol) => protocol.inspect(frame),
+                    };
+                    let now = match check(
+                        &self.deadlines,
+                        &mut self.waiting_since,
+                        &mut self.recorder,
+                        progress,
+                    ) {
+                        Ok(now) => now,
+                        Err(expired) => break expired,
+                    };
+                    // All of it held back (an SSE event not finished yet): read on.
+                    let Some(frame) = frame else { continue };
+                    self.recorder.frame(&frame, now, progress);
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    upstream.set(Upstream::Released);
+                    self.recorder.upstream_error();
+                    let err = err.into();
+                    let last = self.protocol.as_deref_mut();
+                    return match last.and_then(|p| p.upstream_ending(&err)) {
+                        Some(last) => Poll::Ready(Some(Ok(last))),
+                        None => Poll::Ready(Some(Err(err))),
+                    };
+                }
+                Poll::Ready(None) => {
+                    // The end is judged like a frame.
+                    let now = match check(
+                        &self.deadlines,
+                        &mut self.waiting_since,
+                        &mut self.recorder,
+                        true,
+                    ) {
+                        Ok(now) => now.unwrap_or_else(Instant::now),
+                        Err(expired) => break expired,
+                    };
+                    upstream.set(Upstream::Released);
+                    // An event the upstream never finished goes out as it is, then the end.
+                    if let Some(tail) = self.protocol.as_deref_mut().and_then(Protocol::take_tail) {
+                        self.recorder.frame(&tail, Some(now), false);
+                        return Poll::Ready(Some(Ok(tail)));
+                    }
+                    self.recorder.completed(now);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    if self.waiting_since.is_none() && self.deadlines.idle().is_some() {
+                        self.waiting_since = Some(Instant::now());
+                    }
+                    let phase = Phase::Streaming {
+                        waiting_since: self.waiting_since,
+                    };
+                    break ready!(self.timer.poll_expired(&self.deadlines, phase, cx));
+                }
+            }
+        };
+        self.expire(upstream, &expired);
+        self.ending(expired)
+    }
+
+    pub(crate) fn is_end_stream<B: Body<Data = D>>(&self, upstream: &Upstream<B>) -> bool {
         if !self.held.is_empty()
             || self.first.is_some()
             || self.protocol.as_ref().is_some_and(|p| p.held() > 0)
         {
             return false;
         }
-        match &self.upstream {
-            Upstream::Inline { body } => body.is_end_stream(),
-            Upstream::Boxed { body } => body.is_end_stream(),
-            Upstream::Released => true,
-        }
+        upstream.is_end_stream()
     }
 
-    fn size_hint(&self) -> SizeHint {
-        let upstream = match &self.upstream {
-            Upstream::Inline { body } => body.size_hint(),
-            Upstream::Boxed { body } => body.size_hint(),
-            Upstream::Released => SizeHint::with_exact(0),
-        };
+    pub(crate) fn size_hint<B: Body<Data = D>>(&self, upstream: &Upstream<B>) -> SizeHint
+    where
+        D: Buf,
+    {
+        let upstream = upstream.size_hint();
         let held = self
             .held
             .iter()
@@ -292,6 +402,41 @@ where
             hint.set_upper(upper.saturating_add(held));
         }
         hint
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body,
+    B::Data: 'static,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().mode.project() {
+            ModeProj::Local { upstream, core } => core.poll_frame(upstream, cx),
+            ModeProj::Watched { shared } => shared.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.mode {
+            Mode::Local { upstream, core } => core.is_end_stream(upstream),
+            Mode::Watched { shared } => shared.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.mode {
+            Mode::Local { upstream, core } => core.size_hint(upstream),
+            Mode::Watched { shared } => shared.size_hint(),
+        }
     }
 }
 
@@ -329,14 +474,32 @@ fn check(
     Ok(Some(now))
 }
 
-impl<B: Body> fmt::Debug for DeadlineBody<B> {
+impl<D> fmt::Debug for Core<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeadlineBody")
-            .field("released", &matches!(self.upstream, Upstream::Released))
-            .field("held", &self.held.len())
+        f.debug_struct("Core")
+            .field(
+                "held",
+                &(self.held.len() + usize::from(self.first.is_some())),
+            )
             .field("deadlines", &self.deadlines)
             .field("waiting_since", &self.waiting_since)
             .field("recorder", &self.recorder)
             .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> fmt::Debug for DeadlineBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.mode {
+            Mode::Local { upstream, core } => f
+                .debug_struct("DeadlineBody")
+                .field("released", &upstream.is_released())
+                .field("core", core)
+                .finish_non_exhaustive(),
+            Mode::Watched { shared } => f
+                .debug_struct("DeadlineBody")
+                .field("watched", shared)
+                .finish_non_exhaustive(),
+        }
     }
 }

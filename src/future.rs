@@ -12,6 +12,7 @@ use bytes::Buf;
 use http::Response;
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::BoxError;
@@ -67,6 +68,9 @@ pin_project! {
         recorder: Option<Recorder>,
         protocol: Option<Arc<ProtocolConfig>>,
         grpc_request: bool,
+        // The runtime of the watcher that releases the upstream when nobody polls, if the
+        // layer asked for one.
+        watcher: Option<Handle>,
     }
 }
 
@@ -100,14 +104,22 @@ impl<F, B: Body> ResponseFuture<F, B> {
         recorder: Recorder,
         protocol: Option<Arc<ProtocolConfig>>,
         grpc_request: bool,
+        release_unpolled: bool,
     ) -> Self {
+        let timer = Timer::new();
+        let watcher = if release_unpolled {
+            timer.runtime()
+        } else {
+            None
+        };
         ResponseFuture {
             state: State::Head { future },
             deadlines,
-            timer: Timer::new(),
+            timer,
             recorder: Some(recorder),
             protocol,
             grpc_request,
+            watcher,
         }
     }
 }
@@ -116,8 +128,8 @@ impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
-    B: Body,
-    B::Data: 'static,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Output = Result<Response<DeadlineBody<B>>, BoxError>;
@@ -209,7 +221,11 @@ const POLLED_AFTER_COMPLETION: &str =
 
 type Output<B> = Result<Response<DeadlineBody<B>>, BoxError>;
 
-impl<F, B: Body> Projected<'_, F, B> {
+impl<F, B> Projected<'_, F, B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
     /// Ends the future, dropping the inner future or body: that cancels the request.
     fn upstream_failed(&mut self, err: BoxError) -> Output<B> {
         self.state.set(State::Done);
@@ -269,14 +285,13 @@ impl<F, B: Body> Projected<'_, F, B> {
             // The final event would make a `content-length` a lie.
             head.headers.remove(http::header::CONTENT_LENGTH);
         }
-        let body = DeadlineBody::new(
-            upstream,
-            replay,
-            *self.deadlines,
-            self.timer.take(),
-            recorder,
-            protocol,
-        );
+        let (deadlines, timer) = (*self.deadlines, self.timer.take());
+        let body = match self.watcher.take() {
+            Some(runtime) => DeadlineBody::new_watched(
+                upstream, replay, deadlines, timer, recorder, protocol, runtime,
+            ),
+            None => DeadlineBody::new(upstream, replay, deadlines, timer, recorder, protocol),
+        };
         Ok(Response::from_parts(head, body))
     }
 }

@@ -51,6 +51,7 @@ pub struct StreamDeadlineLayer {
     pub(crate) headers: HeaderRules,
     pub(crate) on_outcome: Option<OnOutcome>,
     pub(crate) protocol: Option<Arc<ProtocolConfig>>,
+    pub(crate) release_unpolled: bool,
 }
 
 impl StreamDeadlineLayer {
@@ -62,6 +63,7 @@ impl StreamDeadlineLayer {
             headers: HeaderRules::default(),
             on_outcome: None,
             protocol: None,
+            release_unpolled: false,
         }
     }
 
@@ -142,9 +144,11 @@ impl StreamDeadlineLayer {
     }
 
     /// End a late `text/event-stream` response with one last event carrying the error, then
-    /// a clean end, instead of a broken stream. The default event is the JSON error that
-    /// OpenAI clients raise as an API error:
-    /// `data: {"error":{"message":"stream deadline exceeded: ...","type":"timeout","param":null,"code":"deadline_exceeded"}}`.
+    /// a clean end, instead of a broken stream. The default event is one that the `openai`
+    /// SDK (chat completions and the Responses API) and the `anthropic` SDK (Messages) all
+    /// raise as an API error, so nothing needs configuring for either API:
+    /// `event: error` and
+    /// `data: {"type":"error","error":{"type":"timeout","code":"deadline_exceeded","message":"stream deadline exceeded: ...","param":null}}`.
     ///
     /// Frames do not align with SSE events, so the body holds back the bytes after the last
     /// complete event until the event is complete (most servers send whole events per
@@ -228,6 +232,86 @@ impl StreamDeadlineLayer {
     /// ```
     pub fn on_outcome(mut self, f: impl Fn(&Outcome) + Send + Sync + 'static) -> Self {
         self.on_outcome = Some(OnOutcome::new(f));
+        self
+    }
+
+    /// Release the upstream at the deadline even when nobody polls the body: a proxy whose
+    /// client stopped reading (hyper polls a body only while the downstream socket takes
+    /// bytes), or a caller that holds the body and does something else.
+    ///
+    /// Without it, the upstream is dropped when the deadline is observed: by the body's
+    /// timer waking a task that waits on the body, or at the next poll or the drop. With
+    /// it, a watcher task on the runtime where `call` was made drops the upstream body at
+    /// the total or idle deadline (within one timer tick plus scheduling) and reports the
+    /// [`Outcome`] and the `tracing` event then; the next poll yields the error (or the
+    /// protocol ending) as always. The idle deadline counts only while the body waits on
+    /// upstream, as always: a caller that took a frame and stopped polling is not idle.
+    ///
+    /// It costs a lock per poll of the body (a few ns, uncontended), a task and two
+    /// allocations per response (see BENCHMARKS.md). Where there is no runtime with timers
+    /// at `call`, or it shuts down, the body is released by polls as without it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stream_deadline::StreamDeadlineLayer;
+    ///
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
+    ///     .idle(Duration::from_secs(5))
+    ///     .release_unpolled();
+    /// # let _ = layer;
+    /// ```
+    pub fn release_unpolled(mut self) -> Self {
+        self.release_unpolled = true;
+        self
+    }
+
+    /// End a `text/event-stream` response whose upstream fails after the head (a reset
+    /// connection or HTTP/2 stream, a truncated chunked body) with one last event saying so,
+    /// then a clean end, instead of passing the error on: a client sees every complete
+    /// event, then `event: error` and
+    /// `data: {"type":"error","error":{"type":"upstream_error","code":"upstream_failed","message":"upstream failed mid-stream: ...","param":null}}`,
+    /// which the `openai` and `anthropic` SDKs raise as an API error rather than a
+    /// connection error (which their users tend to retry blindly). As with
+    /// [`sse_endings`](Self::sse_endings), the bytes of an event not yet complete are held
+    /// back, and dropped at the failure.
+    ///
+    /// The upstream error is still what [`on_outcome`](Self::on_outcome) reports
+    /// (`Ending::UpstreamError`), and a `tracing` warning carries its text. Unset, upstream
+    /// errors pass through untouched. Other content types are not affected.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http_body_util::BodyExt;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_stream_deadline::StreamDeadlineLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // An upstream that sends one event and half of another, then fails.
+    /// let upstream = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let frames: Vec<Result<_, std::io::Error>> = vec![
+    ///         Ok(http_body::Frame::data(bytes::Bytes::from("data: one\n\ndata: tw"))),
+    ///         Err(std::io::ErrorKind::ConnectionReset.into()),
+    ///     ];
+    ///     let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    ///     let response = http::Response::builder()
+    ///         .header("content-type", "text/event-stream")
+    ///         .body(body)
+    ///         .unwrap();
+    ///     Ok::<_, std::convert::Infallible>(response)
+    /// });
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45)).sse_upstream_errors();
+    /// let mut svc = ServiceBuilder::new().layer(layer).service(upstream);
+    ///
+    /// let response = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+    /// let text = response.into_body().collect().await.unwrap().to_bytes();
+    /// let text = String::from_utf8(text.to_vec()).unwrap();
+    /// assert!(text.starts_with("data: one\n\nevent: error\n"));
+    /// assert!(text.contains(r#""type":"upstream_error""#));
+    /// # }
+    /// ```
+    pub fn sse_upstream_errors(mut self) -> Self {
+        self.protocol_mut().sse_upstream_errors = true;
         self
     }
 }

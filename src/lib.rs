@@ -118,6 +118,7 @@ mod deadline;
 mod error;
 mod future;
 mod grpc;
+mod grpc_frames;
 pub mod guide;
 mod layer;
 mod outcome;
@@ -129,6 +130,7 @@ mod service;
 mod sse;
 mod timeout_header;
 mod timer;
+mod watch;
 
 pub use body::DeadlineBody;
 pub use error::{DeadlineExceeded, DeadlineKind};

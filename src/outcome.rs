@@ -216,6 +216,13 @@ impl Recorder {
         }
     }
 
+    /// Reports the drop of a response before its end, unless something was reported already.
+    pub(crate) fn dropped_if_unreported(&mut self) {
+        if !self.reported {
+            self.report(Ending::Dropped, Instant::now(), None);
+        }
+    }
+
     pub(crate) fn upstream_error(&mut self) {
         self.report(Ending::UpstreamError, Instant::now(), None);
     }
@@ -255,9 +262,7 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if !self.reported {
-            self.report(Ending::Dropped, Instant::now(), None);
-        }
+        self.dropped_if_unreported();
     }
 }
 

@@ -1,9 +1,9 @@
 //! Opt-in protocol awareness, chosen per response by its content type: how a late stream
-//! ends (gRPC status trailers, a final SSE event), and which frames count as progress for
-//! the first-frame and idle budgets.
+//! ends (gRPC status trailers, a final SSE event), how an SSE stream whose upstream failed
+//! ends, and which frames count as progress for the first-frame and idle budgets.
 
 use std::any::Any;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -11,8 +11,9 @@ use http::header::CONTENT_TYPE;
 use http::response::Parts;
 use http_body::Frame;
 
+use crate::BoxError;
 use crate::error::DeadlineExceeded;
-use crate::grpc;
+use crate::{grpc, grpc_frames};
 use crate::sse::{self, Scanner};
 
 /// A user's judgement on data: does it count as progress?
@@ -24,8 +25,10 @@ pub(crate) type EventFn = Arc<dyn Fn(&DeadlineExceeded) -> Bytes + Send + Sync>;
 #[derive(Clone, Default)]
 pub(crate) struct ProtocolConfig {
     pub(crate) grpc_endings: bool,
-    /// `Some(None)`: the default OpenAI-style error event.
+    /// `Some(None)`: the default error event.
     pub(crate) sse_endings: Option<Option<EventFn>>,
+    /// End an SSE stream whose upstream fails after the head with an error event.
+    pub(crate) sse_upstream_errors: bool,
     /// `Some(None)`: count SSE events with data, unfiltered.
     pub(crate) sse_progress: Option<Option<Filter>>,
     pub(crate) progress: Option<Filter>,
@@ -36,6 +39,7 @@ impl fmt::Debug for ProtocolConfig {
         f.debug_struct("ProtocolConfig")
             .field("grpc_endings", &self.grpc_endings)
             .field("sse_endings", &self.sse_endings.is_some())
+            .field("sse_upstream_errors", &self.sse_upstream_errors)
             .field("sse_progress", &self.sse_progress.is_some())
             .field("progress", &self.progress.is_some())
             .finish()
@@ -49,28 +53,38 @@ impl ProtocolConfig {
             .headers
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let ending = if self.grpc_endings && grpc::is_grpc(&head.headers) {
+        let is_grpc = self.grpc_endings && grpc::is_grpc(&head.headers);
+        let ending = if is_grpc {
             Ending::Grpc
         } else if let (true, Some(event)) = (is_sse, &self.sse_endings) {
             Ending::Sse(event.clone())
         } else {
             Ending::Error
         };
+        let upstream_errors = is_sse && self.sse_upstream_errors;
         let sse_progress = self.sse_progress.as_ref().filter(|_| is_sse);
-        let sse =
-            (is_sse && (self.sse_endings.is_some() || sse_progress.is_some())).then(|| SseWatch {
-                scanner: Scanner::new(sse_progress.is_some_and(Option::is_some)),
-                hold_back: self.sse_endings.is_some(),
-                tail: BytesMut::new(),
-                progress: sse_progress.cloned(),
-            });
+        let framing = if is_grpc {
+            // A late call ends with trailers: hold back a message not yet whole.
+            Some(Framing::new(Boundaries::Grpc(grpc_frames::Scanner::default()), true))
+        } else if is_sse {
+            // An added event must not be spliced into one the upstream was half-way through.
+            let hold_back = self.sse_endings.is_some() || upstream_errors;
+            (hold_back || sse_progress.is_some()).then(|| {
+                let scanner = Scanner::new(sse_progress.is_some_and(Option::is_some));
+                let progress = sse_progress.cloned();
+                Framing::new(Boundaries::Sse { scanner, progress }, hold_back)
+            })
+        } else {
+            None
+        };
         let progress = self.progress.clone().filter(|_| sse_progress.is_none());
-        if matches!(ending, Ending::Error) && sse.is_none() && progress.is_none() {
+        if matches!(ending, Ending::Error) && framing.is_none() && progress.is_none() {
             return None;
         }
         Some(Box::new(Protocol {
             ending,
-            sse,
+            upstream_errors,
+            framing,
             progress,
         }))
     }
@@ -79,8 +93,10 @@ impl ProtocolConfig {
 /// What applies to one response.
 pub(crate) struct Protocol {
     ending: Ending,
-    sse: Option<SseWatch>,
-    /// For bodies other than SSE-with-progress: the user's predicate over data frames.
+    /// An upstream failure after the head ends the stream with an SSE error event.
+    upstream_errors: bool,
+    framing: Option<Framing>,
+    /// For bodies without SSE progress: the user's predicate over data frames.
     progress: Option<Filter>,
 }
 
@@ -90,14 +106,51 @@ enum Ending {
     Sse(Option<EventFn>),
 }
 
-struct SseWatch {
-    scanner: Scanner,
-    /// Hold back bytes after the last event boundary, so a final event is never spliced
-    /// into one the upstream was half-way through.
+/// Where the units of the body (SSE events, gRPC messages) end, and what is held back of
+/// one not yet whole.
+struct Framing {
+    boundaries: Boundaries,
+    /// Hold back bytes after the last boundary, so that an ending never follows half a
+    /// unit (a client would read it spliced with the ending, or as a broken message).
     hold_back: bool,
     tail: BytesMut,
-    /// `Some(filter)` when only (filtered) data events count as progress.
-    progress: Option<Option<Filter>>,
+}
+
+enum Boundaries {
+    Sse {
+        scanner: Scanner,
+        /// `Some(filter)` when only (filtered) data events count as progress.
+        progress: Option<Option<Filter>>,
+    },
+    Grpc(grpc_frames::Scanner),
+}
+
+impl Framing {
+    fn new(boundaries: Boundaries, hold_back: bool) -> Self {
+        Framing {
+            boundaries,
+            hold_back,
+            tail: BytesMut::new(),
+        }
+    }
+
+    /// Of `bytes`, the part to deliver now: what was held before and `bytes` up to the last
+    /// boundary at `end`; the rest is held.
+    fn split(&mut self, bytes: Bytes, end: Option<usize>) -> Option<Bytes> {
+        match end {
+            None => {
+                self.tail.extend_from_slice(&bytes);
+                None
+            }
+            Some(end) if self.tail.is_empty() && end == bytes.len() => Some(bytes),
+            Some(end) => {
+                let mut deliver = std::mem::take(&mut self.tail);
+                deliver.extend_from_slice(&bytes[..end]);
+                self.tail.extend_from_slice(&bytes[end..]);
+                Some(deliver.freeze())
+            }
+        }
+    }
 }
 
 impl Protocol {
@@ -110,71 +163,93 @@ impl Protocol {
         let Some(data) = frame.data_mut() else {
             return (Some(frame), true);
         };
-        let Some(sse) = &mut self.sse else {
-            let progress = self.progress.as_ref().is_none_or(|p| p(data.chunk()));
+        let user_progress = |chunk: &[u8]| self.progress.as_ref().is_none_or(|p| p(chunk));
+        let Some(framing) = &mut self.framing else {
+            let progress = user_progress(data.chunk());
             return (Some(frame), progress);
         };
         let Some(bytes) = as_bytes(data) else {
-            // SSE over a body whose data is not `Bytes`: passed through, unread.
+            // A body whose data is not `Bytes`: passed through, unread.
             return (Some(frame), true);
         };
-        let filter = sse.progress.as_ref().and_then(|f| f.as_deref());
-        let filter = filter.map(|f| f as &sse::DataFilter<'_>);
-        let scanned = sse.scanner.feed(&bytes[..], filter);
-        let progress = sse.progress.is_none() || scanned.data_event;
-        if !sse.hold_back {
+        let (end, progress) = match &mut framing.boundaries {
+            Boundaries::Sse { scanner, progress } => {
+                let filter = progress.as_ref().and_then(|f| f.as_deref());
+                let filter = filter.map(|f| f as &sse::DataFilter<'_>);
+                let scanned = scanner.feed(&bytes[..], filter);
+                let progress = match progress {
+                    Some(_) => scanned.data_event,
+                    None => user_progress(bytes),
+                };
+                (scanned.last_boundary, progress)
+            }
+            Boundaries::Grpc(scanner) => (scanner.feed(bytes), user_progress(bytes)),
+        };
+        if !framing.hold_back {
             return (Some(frame), progress);
         }
-        let bytes = std::mem::take(bytes);
-        let deliver = match scanned.last_boundary {
-            None => {
-                sse.tail.extend_from_slice(&bytes);
-                return (None, progress);
-            }
-            Some(end) if sse.tail.is_empty() && end == bytes.len() => bytes,
-            Some(end) => {
-                let mut deliver = std::mem::take(&mut sse.tail);
-                deliver.extend_from_slice(&bytes[..end]);
-                sse.tail.extend_from_slice(&bytes[end..]);
-                deliver.freeze()
-            }
-        };
-        (from_bytes(deliver).map(Frame::data), progress)
+        let deliver = framing.split(std::mem::take(bytes), end);
+        (deliver.and_then(from_bytes).map(Frame::data), progress)
     }
 
-    /// At the end of the stream: what was held back (an event the upstream never finished).
+    /// At the end of the stream: what was held back (a unit the upstream never finished).
     pub(crate) fn take_tail<D: 'static>(&mut self) -> Option<Frame<D>> {
-        let sse = self.sse.as_mut().filter(|sse| !sse.tail.is_empty())?;
-        from_bytes(std::mem::take(&mut sse.tail).freeze()).map(Frame::data)
+        let framing = self.framing.as_mut().filter(|f| !f.tail.is_empty())?;
+        from_bytes(std::mem::take(&mut framing.tail).freeze()).map(Frame::data)
     }
 
-    /// Whether the ending adds bytes the upstream never sent (so no exact size holds).
+    /// Whether an ending may add bytes the upstream never sent (so no exact size holds).
     pub(crate) fn extends_body(&self) -> bool {
-        matches!(self.ending, Ending::Sse(_))
+        matches!(self.ending, Ending::Sse(_)) || self.upstream_errors
     }
 
     /// The bytes held back, for `size_hint`.
     pub(crate) fn held(&self) -> u64 {
-        self.sse.as_ref().map_or(0, |sse| sse.tail.len() as u64)
+        self.framing.as_ref().map_or(0, |f| f.tail.len() as u64)
+    }
+
+    /// Drops a half-sent unit: what a client sees of it at an ending is nothing.
+    fn drop_tail(&mut self) {
+        if let Some(framing) = &mut self.framing {
+            framing.tail.clear();
+        }
     }
 
     /// The last frame of a stream cut at `expired`, or `None` to end it with the error.
     pub(crate) fn ending<D: 'static>(&mut self, expired: &DeadlineExceeded) -> Option<Frame<D>> {
-        match &self.ending {
-            Ending::Error => None,
-            Ending::Grpc => Some(Frame::trailers(grpc::status_trailers(expired))),
+        let ending = match &self.ending {
+            Ending::Error => return None,
+            Ending::Grpc => Frame::trailers(grpc::status_trailers(expired)),
             Ending::Sse(event) => {
-                if let Some(sse) = &mut self.sse {
-                    // What a client sees of a half-sent event: nothing.
-                    sse.tail.clear();
-                }
                 let event = match event {
                     Some(event) => event(expired),
-                    None => Bytes::from(sse::openai_error_event(&expired.to_string())),
+                    None => Bytes::from(sse::deadline_event(&expired.to_string())),
                 };
-                from_bytes(event).map(Frame::data)
+                Frame::data(from_bytes(event)?)
             }
+        };
+        self.drop_tail();
+        Some(ending)
+    }
+
+    /// The last frame of a stream whose upstream failed with `err` after the head, or
+    /// `None` to pass the error on.
+    #[cold]
+    pub(crate) fn upstream_ending<D: 'static>(&mut self, err: &BoxError) -> Option<Frame<D>> {
+        if !self.upstream_errors {
+            return None;
         }
+        let mut message = format!("upstream failed mid-stream: {err}");
+        let mut source = err.source();
+        while let Some(cause) = source {
+            let _ = write!(message, ": {cause}");
+            source = cause.source();
+        }
+        let event = from_bytes(Bytes::from(sse::upstream_error_event(&message)))?;
+        // The error no longer travels on: say here what it was.
+        tracing::warn!(error = %message, "ending the event stream with an error event");
+        self.drop_tail();
+        Some(Frame::data(event))
     }
 }
 

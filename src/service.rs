@@ -81,8 +81,8 @@ impl<S, ReqBody, B> Service<Request<ReqBody>> for StreamDeadline<S>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
-    B: Body,
-    B::Data: 'static,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<DeadlineBody<B>>;
@@ -121,6 +121,7 @@ where
             recorder,
             protocol,
             grpc_request,
+            self.layer.release_unpolled,
         )
     }
 }

@@ -146,9 +146,28 @@ impl Scanner {
     }
 }
 
-/// The default last event of a stream cut at its deadline: the JSON error shape that OpenAI
-/// clients raise as an API error.
-pub(crate) fn openai_error_event(message: &str) -> String {
+/// The default last event of a stream cut at its deadline. See [`error_event`].
+pub(crate) fn deadline_event(message: &str) -> String {
+    error_event("timeout", "deadline_exceeded", message)
+}
+
+/// The last event of a stream whose upstream failed after the head. See [`error_event`].
+pub(crate) fn upstream_error_event(message: &str) -> String {
+    error_event("upstream_error", "upstream_failed", message)
+}
+
+/// One error event that the OpenAI and Anthropic clients all raise as an API error:
+///
+/// ```text
+/// event: error
+/// data: {"type":"error","error":{"type":"timeout","code":"deadline_exceeded","message":"...","param":null}}
+/// ```
+///
+/// The `openai` SDK raises any event whose data has an `error` object (chat completions and
+/// the Responses API alike), whatever its name; the `anthropic` SDK skips events without a
+/// name and raises the one named `error`, reading Anthropic's own
+/// `{"type":"error","error":{"type":..,"message":..}}`. OpenAI's `code` and `param` ride along.
+fn error_event(kind: &str, code: &str, message: &str) -> String {
     let mut escaped = String::with_capacity(message.len());
     for c in message.chars() {
         match c {
@@ -159,7 +178,7 @@ pub(crate) fn openai_error_event(message: &str) -> String {
         }
     }
     format!(
-        "data: {{\"error\":{{\"message\":\"{escaped}\",\"type\":\"timeout\",\"param\":null,\"code\":\"deadline_exceeded\"}}}}\n\n"
+        "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"{kind}\",\"code\":\"{code}\",\"message\":\"{escaped}\",\"param\":null}}}}\n\n"
     )
 }
 
@@ -244,12 +263,24 @@ mod tests {
     }
 
     #[test]
-    fn the_error_event_is_one_openai_style_json_event() {
-        let event = openai_error_event("budget \"45s\" ran out\\");
+    fn the_error_event_is_named_error_and_carries_an_error_object() {
+        let event = deadline_event("budget \"45s\" ran out\\\n");
         assert_eq!(
             event,
-            "data: {\"error\":{\"message\":\"budget \\\"45s\\\" ran out\\\\\",\"type\":\"timeout\",\"param\":null,\"code\":\"deadline_exceeded\"}}\n\n"
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"timeout\",\"code\":\"deadline_exceeded\",\"message\":\"budget \\\"45s\\\" ran out\\\\\\u000a\",\"param\":null}}\n\n"
         );
+        let data = event.strip_prefix("event: error\ndata: ").unwrap();
+        let json: serde_json::Value = serde_json::from_str(data.trim_end()).unwrap();
+        assert_eq!(json["error"]["message"], "budget \"45s\" ran out\\\n");
+        let upstream: serde_json::Value = serde_json::from_str(
+            upstream_error_event("reset")
+                .strip_prefix("event: error\ndata: ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(upstream["type"], "error");
+        assert_eq!(upstream["error"]["type"], "upstream_error");
+        assert_eq!(upstream["error"]["code"], "upstream_failed");
     }
 
     proptest! {

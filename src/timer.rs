@@ -49,6 +49,14 @@ impl Timer {
         }
     }
 
+    /// The runtime of a timer not yet armed, if it has one.
+    pub(crate) fn runtime(&self) -> Option<Handle> {
+        match &self.state {
+            State::Unarmed(handle) => handle.clone(),
+            State::Armed { .. } | State::Unavailable => None,
+        }
+    }
+
     /// Leaves this timer spent and returns what it held, to hand it from future to body.
     pub(crate) fn take(&mut self) -> Timer {
         std::mem::replace(

@@ -14,9 +14,15 @@
 //! - a deadline before the head is a trailers-only response: the call itself fails with
 //!   `Code::DeadlineExceeded`;
 //! - without `grpc_endings()` the same late stream reaches the client as another code,
-//!   which is why the feature exists.
+//!   which is why the feature exists;
+//! - a deadline that falls inside a length-prefixed message sends nothing of it: tonic and a
+//!   raw HTTP/2 reader see the whole messages, then the status trailers.
 //!
 //! Every wait is bounded ([`within`]); nothing sleeps to let things settle.
+
+mod support;
+#[path = "support/sockets.rs"]
+mod sockets;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -545,4 +551,174 @@ async fn without_grpc_endings_a_tonic_client_sees_a_late_stream_as_some_other_co
     let called = wait_for(&mut events, Event::HandlerCalled, "no grpc_endings").await;
     let dropped = wait_for(&mut events, Event::StreamDropped, "no grpc_endings").await;
     assert_released_promptly(called + BUDGET, dropped);
+}
+
+// ---------------------------------------------------------------------------------------
+// Whole messages only: a deadline that falls inside a message.
+// ---------------------------------------------------------------------------------------
+
+/// `Word { seq }` as the babbling server sends it: the 5-byte prefix, then the message.
+fn framed(seq: u64) -> Vec<u8> {
+    let word = Word {
+        seq,
+        text: format!("word {seq} for test"),
+    };
+    let encoded = prost::Message::encode_to_vec(&word);
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    framed
+}
+
+/// Messages 0 and 1 whole, then the first `half` bytes of message 2, in one frame; then
+/// nothing, ever. (All of it is ASCII, so it fits a scripted `&'static str` frame.)
+fn two_and_a_half(half: usize) -> (&'static str, Vec<u8>) {
+    let whole = [framed(0), framed(1)].concat();
+    let frame = [whole.clone(), framed(2)[..half].to_vec()].concat();
+    let frame = String::from_utf8(frame).expect("ASCII").leak();
+    (frame, whole)
+}
+
+/// A hyper server (HTTP/2) on 127.0.0.1 behind `grpc_endings()` with the total [`BUDGET`],
+/// whose upstream answers every call with `frame`, then stalls.
+async fn serve_half_message(frame: &'static str) -> SocketAddr {
+    let upstream = support::Upstream::new(
+        Duration::ZERO,
+        [support::Step::Data(frame), support::Step::Stall],
+    )
+    .with_content_type("application/grpc");
+    let svc = ServiceBuilder::new()
+        .layer(StreamDeadlineLayer::new(BUDGET).grpc_endings())
+        .service(upstream.service());
+    sockets::serve(move |req| {
+        let svc = svc.clone();
+        async move {
+            let response = tower::ServiceExt::oneshot(svc, req).await;
+            response.expect("the head comes before the deadline")
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_inside_a_message_gives_a_tonic_client_every_whole_message_then_deadline_exceeded()
+ {
+    let (frame, _) = two_and_a_half(framed(2).len() - 3);
+    let addr = serve_half_message(frame).await;
+
+    let outcome = call_stream(channel(addr).await).await;
+
+    assert!(!outcome.from_call, "the head came at once: {outcome:?}");
+    assert_eq!(outcome.seqs, [0, 1], "the whole messages, in order");
+    assert_deadline_exceeded(&outcome.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_inside_a_message_sends_no_byte_of_it_before_the_status_trailers() {
+    // The measurement: a prefix announcing the message, two of its bytes sent.
+    let (frame, whole) = two_and_a_half(5 + 2);
+    let addr = serve_half_message(frame).await;
+
+    // A raw HTTP/2 reader: every byte of the body, then the trailers.
+    let tcp = within(
+        "the connection",
+        SIGNAL_WAIT,
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .expect("connect");
+    let (client, connection) = within("the h2 handshake", SIGNAL_WAIT, h2::client::handshake(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = within("the client to be ready", SIGNAL_WAIT, client.ready())
+        .await
+        .expect("h2 client ready");
+    let request = http::Request::post(format!("http://{addr}{PATH}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("send request");
+    let ask = prost::Message::encode_to_vec(&Ask { who: "test".into() });
+    let mut message = vec![0];
+    message.extend_from_slice(&(ask.len() as u32).to_be_bytes());
+    message.extend_from_slice(&ask);
+    send.send_data(message.into(), true).expect("send the request message");
+    let response = within("the response head", SIGNAL_WAIT, response)
+        .await
+        .expect("response head");
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while let Some(data) = within("the next DATA frame", SIGNAL_WAIT, body.data()).await {
+        let data = data.expect("a DATA frame, not a reset");
+        let _ = body.flow_control().release_capacity(data.len());
+        received.extend_from_slice(&data);
+    }
+    let trailers = within("the trailers", SIGNAL_WAIT, body.trailers())
+        .await
+        .expect("trailers, not a reset")
+        .expect("trailers");
+
+    assert_eq!(
+        received, whole,
+        "exactly the two whole messages, nothing of the third"
+    );
+    assert_eq!(trailers["grpc-status"], "4");
+    let message = trailers["grpc-message"].to_str().expect("ASCII");
+    assert!(message.contains("total budget of 300ms"), "{message}");
+}
+
+/// On tokio's paused clock: how the body holds back a message that is not yet whole.
+mod paused {
+    use super::*;
+    use support::{Step, Upstream, call, drain};
+    use tower::Layer;
+
+    const GRPC: &str = "application/grpc";
+
+    fn leaked(bytes: &[u8]) -> &'static str {
+        String::from_utf8(bytes.to_vec()).expect("ASCII").leak()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_split_across_frames_is_delivered_whole_once_complete() {
+        let (one, two) = (framed(1), framed(2));
+        let steps = [
+            Step::Data(leaked(&one[..3])),
+            Step::After(Duration::from_millis(10)),
+            Step::Data(leaked(&[&one[3..], &two[..]].concat())),
+            Step::Stall,
+        ];
+        let upstream = Upstream::new(Duration::ZERO, steps).with_content_type(GRPC);
+        let layer = StreamDeadlineLayer::new(Duration::from_secs(1)).grpc_endings();
+        let mut svc = layer.layer(upstream.service());
+
+        let mut body = call(&mut svc).await.unwrap().into_body();
+        let drained = drain(&mut body).await;
+
+        assert_eq!(
+            drained.data,
+            [bytes::Bytes::from([one, two].concat())],
+            "one frame, both messages whole"
+        );
+        assert_eq!(drained.trailers.expect("trailers")["grpc-status"], "4");
+        assert!(drained.error.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_body_that_ends_mid_message_in_time_delivers_every_byte() {
+        let (frame, _) = two_and_a_half(6);
+        let upstream =
+            Upstream::new(Duration::ZERO, [Step::Data(frame)]).with_content_type(GRPC);
+        let layer = StreamDeadlineLayer::new(Duration::from_secs(1)).grpc_endings();
+        let mut svc = layer.layer(upstream.service());
+
+        let mut body = call(&mut svc).await.unwrap().into_body();
+        let drained = drain(&mut body).await;
+
+        assert_eq!(drained.text(), frame, "the upstream's own truncation, as it is");
+        assert!(drained.trailers.is_none() && drained.error.is_none());
+    }
 }

@@ -1,5 +1,5 @@
-//! Server-sent events: progress that counts (keep-alives do not), and an ending a client
-//! can read, on tokio's paused clock.
+//! Server-sent events: progress that counts (keep-alives do not), and endings a client can
+//! read (at a deadline, and when the upstream fails mid-stream), on tokio's paused clock.
 
 mod support;
 
@@ -10,9 +10,9 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::Layer;
-use tower_stream_deadline::{DeadlineKind, StreamDeadlineLayer};
+use tower_stream_deadline::{DeadlineKind, Ending, StreamDeadlineLayer};
 
-use support::{MS, Step, Upstream, assert_fired, call, deadline_of, drain};
+use support::{MS, Step, Upstream, UpstreamError, assert_fired, call, deadline_of, drain};
 
 const SEC: Duration = Duration::from_secs(1);
 const SSE: &str = "text/event-stream";
@@ -186,14 +186,21 @@ async fn keep_alives_before_the_first_token_are_replayed_in_order_with_it() {
     assert_eq!(drained.text(), format!("{PING}{ROLE_ONLY}{TOKEN}"));
 }
 
+/// The last event, which must be named `error` (the `anthropic` SDK raises only those) and
+/// carry `{"type":"error","error":{...}}` (which the `openai` SDK raises whatever the name).
 fn error_event_of(text: &str) -> serde_json::Value {
     let event = text.rsplit("\n\n").nth(1).expect("a last event");
-    let data = event.strip_prefix("data: ").expect("a data event");
-    serde_json::from_str(data).expect("JSON")
+    let data = event
+        .strip_prefix("event: error\ndata: ")
+        .unwrap_or_else(|| panic!("an event named error: {event:?}"));
+    let event: serde_json::Value = serde_json::from_str(data).expect("JSON");
+    assert_eq!(event["type"], "error", "{event}");
+    assert!(event["error"]["message"].is_string(), "{event}");
+    event
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_late_sse_stream_ends_with_an_openai_error_event_and_a_clean_end() {
+async fn a_late_sse_stream_ends_with_an_error_event_openai_and_anthropic_clients_raise() {
     let upstream = Upstream::new(
         Duration::ZERO,
         [
@@ -356,4 +363,115 @@ async fn with_sse_endings_no_content_length_promises_a_size_the_last_event_would
     );
     assert_eq!(response.body().size_hint().upper(), None);
     assert_eq!(response.body().size_hint().lower(), 9);
+}
+
+/// Two events and half of a third, then the upstream fails.
+const DIES_MID_EVENT: [Step; 2] = [
+    Step::Data("data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: {\"n\""),
+    Step::Fail("connection reset by peer"),
+];
+
+/// The outcome reported for the one response through `layer`.
+fn reporting(
+    layer: StreamDeadlineLayer,
+) -> (StreamDeadlineLayer, std::sync::Arc<std::sync::Mutex<Vec<Ending>>>) {
+    let endings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = endings.clone();
+    let layer = layer.on_outcome(move |outcome| seen.lock().unwrap().push(outcome.ending));
+    (layer, endings)
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_sse_upstream_errors_a_failing_upstream_ends_with_whole_events_then_an_upstream_error_event()
+ {
+    let upstream = Upstream::new(Duration::ZERO, DIES_MID_EVENT).with_content_type(SSE);
+    let (layer, endings) = reporting(StreamDeadlineLayer::new(SEC).sse_upstream_errors());
+    let mut svc = layer.layer(upstream.service());
+
+    let mut body = call(&mut svc).await.unwrap().into_body();
+    let drained = drain(&mut body).await;
+
+    assert!(drained.error.is_none(), "a clean end: {:?}", drained.error);
+    let text = drained.text();
+    assert!(
+        text.starts_with("data: {\"n\":1}\n\ndata: {\"n\":2}\n\nevent: error\n"),
+        "every whole event, nothing of the half, then the error event: {text:?}"
+    );
+    let error = error_event_of(&text);
+    assert_eq!(error["error"]["type"], "upstream_error");
+    assert_eq!(error["error"]["code"], "upstream_failed");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("connection reset by peer"), "{message}");
+    assert!(body.is_end_stream());
+    assert_eq!(
+        *endings.lock().unwrap(),
+        [Ending::UpstreamError],
+        "on_outcome still reports the upstream error"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_sse_upstream_errors_an_upstream_failure_passes_through_untouched() {
+    let upstream = Upstream::new(Duration::ZERO, DIES_MID_EVENT).with_content_type(SSE);
+    let (layer, endings) = reporting(StreamDeadlineLayer::new(SEC));
+    let mut svc = layer.layer(upstream.service());
+
+    let mut body = call(&mut svc).await.unwrap().into_body();
+    let drained = drain(&mut body).await;
+
+    assert_eq!(
+        drained.text(),
+        "data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: {\"n\""
+    );
+    let err = drained.error.expect("the upstream error");
+    assert!(err.downcast_ref::<UpstreamError>().is_some(), "{err:?}");
+    assert_eq!(*endings.lock().unwrap(), [Ending::UpstreamError]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sse_upstream_errors_leave_other_content_types_alone() {
+    let upstream =
+        Upstream::new(Duration::ZERO, DIES_MID_EVENT).with_content_type("application/json");
+    let layer = StreamDeadlineLayer::new(SEC).sse_upstream_errors();
+    let mut svc = layer.layer(upstream.service());
+
+    let mut body = call(&mut svc).await.unwrap().into_body();
+    let drained = drain(&mut body).await;
+
+    let err = drained.error.expect("the upstream error");
+    assert!(err.downcast_ref::<UpstreamError>().is_some(), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sse_upstream_errors_alone_leave_a_late_stream_failing_with_the_deadline() {
+    let upstream =
+        Upstream::new(Duration::ZERO, [Step::Data(TOKEN), Step::Stall]).with_content_type(SSE);
+    let layer = StreamDeadlineLayer::new(SEC).sse_upstream_errors();
+    let mut svc = layer.layer(upstream.service());
+
+    let mut body = call(&mut svc).await.unwrap().into_body();
+    let drained = drain(&mut body).await;
+
+    assert_eq!(drained.text(), TOKEN);
+    assert_fired(drained.deadline(), DeadlineKind::Total, SEC);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_both_sse_settings_a_deadline_and_an_upstream_failure_each_get_their_event() {
+    let layer = StreamDeadlineLayer::new(SEC)
+        .sse_endings()
+        .sse_upstream_errors();
+    for (steps, kind) in [
+        (vec![Step::Data(TOKEN), Step::Stall], "timeout"),
+        (DIES_MID_EVENT.to_vec(), "upstream_error"),
+    ] {
+        let upstream = Upstream::new(Duration::ZERO, steps).with_content_type(SSE);
+        let mut svc = layer.clone().layer(upstream.service());
+
+        let mut body = call(&mut svc).await.unwrap().into_body();
+        let drained = drain(&mut body).await;
+
+        assert!(drained.error.is_none(), "{:?}", drained.error);
+        assert_eq!(error_event_of(&drained.text())["error"]["type"], kind);
+    }
 }

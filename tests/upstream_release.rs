@@ -1,6 +1,7 @@
 //! At a deadline the `DeadlineBody` lets go of the upstream at once, over real sockets:
 //! a hyper upstream on 127.0.0.1 sees the HTTP/1 connection close or the HTTP/2 stream
-//! reset within 100 ms of the deadline, while the caller still holds the `DeadlineBody`.
+//! reset within 100 ms of the deadline, while the caller still holds the `DeadlineBody`;
+//! with `release_unpolled`, also while nobody polls it.
 //!
 //! The client is a hyper_util legacy `Client` wrapped in `StreamDeadlineLayer`; the upstream
 //! babbles a 13-byte record every 5 ms (or stalls after a few) and reports the instant its
@@ -15,13 +16,14 @@ mod sockets;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::Body;
 use http_body_util::BodyExt;
 use sockets::*;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, StreamDeadlineLayer};
+use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, Ending, Outcome, StreamDeadlineLayer};
 
 const TOTAL: Duration = Duration::from_millis(300);
 const IDLE: Duration = Duration::from_millis(150);
@@ -227,6 +229,148 @@ async fn finished_stream_is_identical_with_and_without_the_layer(proto: Proto) {
         );
     }
     assert!(body.is_end_stream(), "{what}: ended");
+}
+
+/// The outcome callback of a layer, reporting the instant it ran.
+fn outcome_instants() -> (
+    StreamDeadlineLayer,
+    tokio::sync::mpsc::UnboundedReceiver<(Ending, Instant)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let layer = StreamDeadlineLayer::new(TOTAL).on_outcome(move |outcome: &Outcome| {
+        let _ = tx.send((outcome.ending, Instant::now()));
+    });
+    (layer, rx)
+}
+
+/// After the deadline the held body yields the deadline of `kind`, then ends.
+async fn assert_next_poll_yields_the_deadline<B>(body: &mut B, kind: DeadlineKind, what: &str)
+where
+    B: Body<Data = Bytes, Error = tower_stream_deadline::BoxError> + Unpin,
+{
+    assert!(!body.is_end_stream(), "{what}: the error is still to come");
+    let err = within(what, SIGNAL_WAIT, body.frame())
+        .await
+        .expect("the error, not the end")
+        .expect_err("the deadline error, not a frame");
+    let deadline = DeadlineExceeded::find(&*err)
+        .unwrap_or_else(|| panic!("{what}: expected DeadlineExceeded, got {err:?}"));
+    assert_eq!(deadline.kind(), kind, "{what}");
+    assert!(
+        body.frame().await.is_none(),
+        "{what}: nothing after the error"
+    );
+    assert!(body.is_end_stream(), "{what}: ended");
+}
+
+/// A babbling upstream whose body is polled for one frame and then held, unpolled: the
+/// upstream is released at the total deadline, and the outcome reported then.
+async fn total_deadline_releases_an_unpolled_body(proto: Proto) {
+    let what = format!("{proto:?} total deadline, body held unpolled");
+    let (addr, mut served) = serve_script(Script::babbling()).await;
+    let (layer, mut outcomes) = outcome_instants();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.release_unpolled())
+        .service(client(proto));
+
+    let svc = svc.ready().await.expect("the client is ready");
+    let start = Instant::now();
+    let response = svc
+        .call(get(addr, "/babble"))
+        .await
+        .expect("the head arrives well within the budget");
+    let deadline = Window::from_call(start, TOTAL);
+    let release = next_request(&mut served).await;
+    let mut body = response.into_body();
+    let first = within(&what, SIGNAL_WAIT, body.frame()).await;
+    let first = first.expect("a frame").expect("a frame, not an error");
+    assert_eq!(
+        first.into_data().ok(),
+        Some(record(0)),
+        "{what}: the first record"
+    );
+
+    // Nobody polls the body from here on.
+    let released = release.observed(&what).await;
+    assert_released_in_time(released, deadline, &what);
+    let (ending, reported) = within(&what, SIGNAL_WAIT, outcomes.recv())
+        .await
+        .expect("one outcome");
+    assert_eq!(ending, Ending::Deadline(DeadlineKind::Total), "{what}");
+    assert_near_deadline(
+        reported,
+        deadline,
+        &format!("{what}: the outcome was reported"),
+    );
+
+    assert_next_poll_yields_the_deadline(&mut body, DeadlineKind::Total, &what).await;
+}
+
+/// An upstream that stalls after a few records; the body is polled once more, finds nothing
+/// ready (the idle wait starts) and is held, unpolled: released at the idle deadline.
+async fn idle_deadline_releases_an_unpolled_body(proto: Proto) {
+    let what = format!("{proto:?} idle deadline, body held unpolled");
+    let (addr, mut served) = serve_script(Script::records(BEFORE_STALL, Then::Stall)).await;
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            StreamDeadlineLayer::new(Duration::from_secs(10))
+                .idle(IDLE)
+                .release_unpolled(),
+        )
+        .service(client(proto));
+
+    let svc = svc.ready().await.expect("the client is ready");
+    let response = svc
+        .call(get(addr, "/stall"))
+        .await
+        .expect("the head arrives well within the budget");
+    let release = next_request(&mut served).await;
+    let mut body = response.into_body();
+    for i in 0..BEFORE_STALL {
+        let frame = within(&what, SIGNAL_WAIT, body.frame()).await;
+        let frame = frame.expect("a frame").expect("a frame, not an error");
+        assert_eq!(
+            frame.into_data().ok(),
+            Some(record(i)),
+            "{what}: record {i}"
+        );
+    }
+    // One poll that finds nothing (the upstream has stalled), then no more.
+    let earliest = Instant::now();
+    assert!(
+        futures::poll!(body.frame()).is_pending(),
+        "{what}: nothing after the stall"
+    );
+    let deadline = Window {
+        earliest: earliest + IDLE,
+        latest: Instant::now() + IDLE,
+    };
+
+    let released = release.observed(&what).await;
+    assert_released_in_time(released, deadline, &what);
+    assert_next_poll_yields_the_deadline(&mut body, DeadlineKind::Idle, &what).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_body_held_unpolled_releases_the_upstream_within_100ms_of_the_total_deadline() {
+    total_deadline_releases_an_unpolled_body(Proto::Http1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_body_held_unpolled_releases_the_upstream_within_100ms_of_the_total_deadline() {
+    total_deadline_releases_an_unpolled_body(Proto::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_body_held_unpolled_while_waiting_releases_the_upstream_within_100ms_of_the_idle_deadline()
+ {
+    idle_deadline_releases_an_unpolled_body(Proto::Http1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_body_held_unpolled_while_waiting_releases_the_upstream_within_100ms_of_the_idle_deadline()
+ {
+    idle_deadline_releases_an_unpolled_body(Proto::Http2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

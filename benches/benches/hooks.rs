@@ -17,6 +17,8 @@ use tower_stream_deadline_benches::{Frames, LONG, drain, runtime};
 const FRAMES: u64 = 10_000;
 /// One OpenAI-style SSE event, as a model server sends per token.
 const EVENT: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"tok\"}}]}\n\n";
+/// One whole length-prefixed gRPC message (flag, 4-byte length, 59 bytes): 64 bytes.
+const MESSAGE: &[u8] = b"\0\0\0\0\x3bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// Wraps `body` through the layer, with the response's `content-type` set.
 fn wrap(
@@ -90,6 +92,13 @@ fn hooks(c: &mut Criterion) {
             base.clone().sse_endings(),
             "text/event-stream",
             EVENT,
+        ),
+        ("grpc/total", base.clone(), "application/grpc", MESSAGE),
+        (
+            "grpc/total+grpc_endings",
+            base.clone().grpc_endings(),
+            "application/grpc",
+            MESSAGE,
         ),
     ];
 

@@ -546,8 +546,10 @@ CHECKS = [
 ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(checks=CHECKS, doc=__doc__) -> int:
+    """Runs `checks` (name, function) against a fresh upstream and gateway; `doc` is the
+    calling script's docstring, for `--help`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--gateway", required=True, help="path to the built llm_gateway")
     args = parser.parse_args()
 
@@ -574,7 +576,7 @@ def main() -> int:
         else:
             print(f"upstream {servers.upstream_url}, gateway {servers.gateway_url} "
                   f"({' '.join(GATEWAY_FLAGS)})", flush=True)
-            for name, check in CHECKS:
+            for name, check in checks:
                 try:
                     detail = check(servers)
                 except CheckFailed as failed:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The llm_gateway example against the real Python clients (openai, langchain-openai).
+# The llm_gateway example against the real Python clients (openai, anthropic, langchain).
 #
 # Creates tests/python/.venv if it is missing, installs the pinned requirements (again only
-# when requirements.txt changes), builds the gateway once, and runs checks.py, which starts
-# the FastAPI upstream and the gateway and prints PASS/FAIL per check. Needs python3 (3.11+)
-# with venv and pip, cargo, and PyPI.
+# when requirements.txt changes), builds the gateway once, and runs checks.py and then
+# endings.py, each of which starts the FastAPI upstream and the gateway and prints PASS/FAIL
+# per check. Needs python3 (3.11+) with venv and pip, cargo, and PyPI.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -47,4 +47,8 @@ if [ -z "$gateway" ]; then
   exit 1
 fi
 
-exec "$venv/bin/python" "$here/checks.py" --gateway "$gateway"
+status=0
+"$venv/bin/python" "$here/checks.py" --gateway "$gateway" || status=$?
+# How streams end (deadlines, a failing upstream) for the OpenAI and Anthropic clients.
+"$venv/bin/python" "$here/endings.py" --gateway "$gateway" || status=$?
+exit "$status"

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible model server stand-in, for the gateway checks.
+"""A model server stand-in that speaks OpenAI's and Anthropic's APIs, for the gateway checks.
 
     python upstream.py PORT
 
@@ -10,9 +10,19 @@ by model name:
   ever; later ones stream `ANSWER` a word every 20 ms and finish with `data: [DONE]`.
 - `stuck-always`: headers, then nothing, ever.
 
+`POST /v1/chat/completions`, `POST /v1/responses` (OpenAI's Responses API) and
+`POST /v1/messages` (Anthropic's Messages API), streamed in each API's own wire format,
+also answer these models:
+
+- `babbler`: the API's opening events, then one text delta every 20 ms, forever.
+- `stalled`: the opening events and `STALL_AFTER` deltas, then nothing, ever.
+- `dying`: the opening events, `STALL_AFTER` deltas and the first half of one more, then
+  the server fails the response: uvicorn closes the connection before the last chunk of the
+  chunked body, as a crashed or reset upstream does.
+
 Every generator that is cancelled (the client went away: `asyncio.CancelledError` or
 `GeneratorExit`) is recorded with a wall-clock timestamp. `GET /stats` returns the requests,
-cancellations and completions seen so far, each with its `x-check` tag.
+cancellations, completions and failures (`dying`) seen so far, each with its `x-check` tag.
 """
 
 import asyncio
@@ -32,9 +42,12 @@ BABBLE = (
 ).split(" ")
 ANSWER = "Hello! Sorry for the wait: here is the whole answer, from the second attempt."
 MODELS = ("babbler", "stuck-once", "stuck-always")
+# The models of every API, and the deltas sent before a `stalled` or `dying` stream stops.
+API_MODELS = ("babbler", "stalled", "dying")
+STALL_AFTER = 3
 
 app = FastAPI()
-STATS: dict = {"requests": [], "cancellations": [], "completions": []}
+STATS: dict = {"requests": [], "cancellations": [], "completions": [], "failures": []}
 _stuck_tags: set = set()
 _ids = itertools.count(1)
 
@@ -66,6 +79,8 @@ async def stats() -> dict:
 async def chat_completions(request: Request):
     body = await request.json()
     model = body.get("model", "")
+    if model in ("stalled", "dying"):
+        return _api_stream(body, request, "chat")
     tag = request.headers.get("x-check", "")
     request_id = next(_ids)
     STATS["requests"].append(
@@ -126,6 +141,183 @@ async def _generate(request_id: int, tag: str, model: str, stuck: bool):
     STATS["completions"].append(
         {"id": request_id, "tag": tag, "model": model, "at": time.time(), "chunks": sent}
     )
+
+
+class UpstreamDied(Exception):
+    """Raised by a `dying` stream after its headers went out: uvicorn then cuts the body."""
+
+
+def _sse(event: str | None, data: dict) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n".encode()
+
+
+class ChatEvents:
+    """OpenAI chat completions: data-only chunks."""
+
+    def __init__(self, request_id: int, model: str):
+        self.request_id, self.model = request_id, model
+
+    def opening(self) -> list:
+        return [_chunk(self.request_id, self.model, {"role": "assistant", "content": ""})]
+
+    def delta(self, text: str) -> bytes:
+        return _chunk(self.request_id, self.model, {"content": text})
+
+
+class ResponsesEvents:
+    """OpenAI Responses API: named events, each data object naming its own type."""
+
+    def __init__(self, request_id: int, model: str):
+        self.request_id, self.model, self.seq = request_id, model, 0
+        self.item = f"msg_{request_id}"
+
+    def _event(self, kind: str, **fields) -> bytes:
+        data = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return _sse(kind, data)
+
+    def opening(self) -> list:
+        response = {
+            "id": f"resp_{self.request_id}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress",
+            "model": self.model,
+            "output": [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+        }
+        item = {
+            "id": self.item,
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        return [
+            self._event("response.created", response=response),
+            self._event("response.in_progress", response=response),
+            self._event("response.output_item.added", output_index=0, item=item),
+            self._event(
+                "response.content_part.added",
+                item_id=self.item,
+                output_index=0,
+                content_index=0,
+                part={"type": "output_text", "text": "", "annotations": []},
+            ),
+        ]
+
+    def delta(self, text: str) -> bytes:
+        return self._event(
+            "response.output_text.delta",
+            item_id=self.item,
+            output_index=0,
+            content_index=0,
+            delta=text,
+            logprobs=[],
+        )
+
+
+class MessagesEvents:
+    """Anthropic Messages API: named events, with pings."""
+
+    def __init__(self, request_id: int, model: str):
+        self.request_id, self.model = request_id, model
+
+    def opening(self) -> list:
+        message = {
+            "id": f"msg_{self.request_id}",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": self.model,
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 12, "output_tokens": 1},
+        }
+        return [
+            _sse("message_start", {"type": "message_start", "message": message}),
+            _sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0,
+                 "content_block": {"type": "text", "text": ""}},
+            ),
+            _sse("ping", {"type": "ping"}),
+        ]
+
+    def delta(self, text: str) -> bytes:
+        return _sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": text}},
+        )
+
+
+APIS = {"chat": ChatEvents, "responses": ResponsesEvents, "messages": MessagesEvents}
+
+
+def _api_stream(body: dict, request: Request, api: str):
+    model = body.get("model", "")
+    tag = request.headers.get("x-check", "")
+    request_id = next(_ids)
+    STATS["requests"].append(
+        {"id": request_id, "tag": tag, "model": model, "api": api, "at": time.time()}
+    )
+    if model not in API_MODELS:
+        return _error(404, f"unknown model {model!r}; try one of {', '.join(API_MODELS)}")
+    if not body.get("stream"):
+        return _error(400, "this stand-in only streams: set stream=true")
+    return StreamingResponse(
+        _generate_api(APIS[api](request_id, model), request_id, tag, model),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache"},
+    )
+
+
+@app.post("/v1/responses")
+async def responses(request: Request):
+    return _api_stream(await request.json(), request, "responses")
+
+
+@app.post("/v1/messages")
+async def messages(request: Request):
+    return _api_stream(await request.json(), request, "messages")
+
+
+async def _generate_api(events, request_id: int, tag: str, model: str):
+    sent = 0
+    try:
+        for event in events.opening():
+            yield event
+        for word in itertools.cycle(BABBLE):
+            if model != "babbler" and sent == STALL_AFTER:
+                break
+            await asyncio.sleep(TOKEN_EVERY)
+            yield events.delta(word + " ")
+            sent += 1
+        if model == "dying":
+            half = events.delta("half")
+            yield half[: len(half) // 2]
+            STATS["failures"].append(
+                {"id": request_id, "tag": tag, "model": model, "at": time.time(), "chunks": sent}
+            )
+            raise UpstreamDied(f"{model} gave up after {sent} deltas")
+        # `stalled`: the client or the gateway has to give up.
+        await asyncio.sleep(3600)
+    except (asyncio.CancelledError, GeneratorExit) as stopped:
+        STATS["cancellations"].append(
+            {
+                "id": request_id,
+                "tag": tag,
+                "model": model,
+                "at": time.time(),
+                "chunks": sent,
+                "how": type(stopped).__name__,
+            }
+        )
+        raise
 
 
 if __name__ == "__main__":

@@ -309,9 +309,18 @@ where
 /// A hyper server answering every request with a body scripted by `script`; the receiver
 /// yields one [`Release`] per request, as it is answered.
 pub async fn serve_script(script: Script) -> (SocketAddr, mpsc::UnboundedReceiver<Release>) {
+    serve_bodies(move || scripted(script.clone())).await
+}
+
+/// A hyper server answering every request with a body from `make`, as `text/event-stream`;
+/// the receiver yields the [`Release`] of each, as the request is answered.
+pub async fn serve_bodies<M>(make: M) -> (SocketAddr, mpsc::UnboundedReceiver<Release>)
+where
+    M: Fn() -> (UpstreamBody, Release) + Clone + Send + Sync + 'static,
+{
     let (tx, rx) = mpsc::unbounded_channel();
     let addr = serve(move |_req| {
-        let (body, release) = scripted(script.clone());
+        let (body, release) = make();
         let _ = tx.send(release);
         async move {
             Response::builder()
@@ -322,6 +331,26 @@ pub async fn serve_script(script: Script) -> (SocketAddr, mpsc::UnboundedReceive
     })
     .await;
     (addr, rx)
+}
+
+/// The size of each frame of a [`flood`].
+pub const FLOOD_FRAME: usize = 16 * 1024;
+
+/// An endless body of [`FLOOD_FRAME`]-byte frames, as fast as they are taken: whoever relays
+/// it fills every buffer on the way within milliseconds. `produced` counts frames.
+pub fn flood() -> (UpstreamBody, Release) {
+    let (guard, release, produced) = release_pair();
+    let frame = Bytes::from(vec![b'x'; FLOOD_FRAME]);
+    let stream = futures::stream::unfold((guard, produced), move |(guard, produced)| {
+        let frame = frame.clone();
+        async move {
+            // Let the server's other tasks run between frames, as a real producer would.
+            tokio::task::yield_now().await;
+            produced.fetch_add(1, Ordering::SeqCst);
+            Some((Ok(Frame::data(frame)), (guard, produced)))
+        }
+    });
+    (BodyExt::boxed(StreamBody::new(stream)), release)
 }
 
 /// The next [`Release`] from a server, within [`SIGNAL_WAIT`].

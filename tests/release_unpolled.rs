@@ -1,0 +1,221 @@
+//! `release_unpolled`: the upstream is dropped at the deadline while nobody polls the body,
+//! on tokio's paused clock; the next poll yields what it would have; and where no watcher
+//! can run (no runtime, no timers, a runtime shut down) the body works as without it.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tower::Layer;
+use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, Ending, Outcome, StreamDeadlineLayer};
+
+use support::{MS, Step, Upstream, call};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Every outcome reported, with the paused clock's time since the test began.
+#[derive(Clone, Default)]
+struct Outcomes(Arc<Mutex<Vec<Outcome>>>);
+
+impl Outcomes {
+    fn layer(&self, layer: StreamDeadlineLayer) -> StreamDeadlineLayer {
+        let seen = self.0.clone();
+        layer.on_outcome(move |outcome| seen.lock().unwrap().push(outcome.clone()))
+    }
+
+    fn endings(&self) -> Vec<Ending> {
+        self.0.lock().unwrap().iter().map(|o| o.ending).collect()
+    }
+}
+
+fn deadline_kind(
+    frame: Option<Result<http_body::Frame<Bytes>, tower_stream_deadline::BoxError>>,
+) -> DeadlineKind {
+    let err = frame
+        .expect("the error, not the end")
+        .expect_err("the error, not a frame");
+    err.downcast_ref::<DeadlineExceeded>()
+        .unwrap_or_else(|| panic!("expected a DeadlineExceeded, got {err:?}"))
+        .kind()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_held_unpolled_is_released_and_reported_at_the_total_deadline_and_yields_the_error_next()
+ {
+    let upstream = Upstream::new(Duration::ZERO, [Step::Babble { every: 10 * MS }]);
+    let outcomes = Outcomes::default();
+    let layer = outcomes.layer(StreamDeadlineLayer::new(SEC).release_unpolled());
+    let mut svc = layer.layer(upstream.service());
+    let mut body = call(&mut svc).await.unwrap().into_body();
+    body.frame().await.expect("a frame").expect("a frame");
+
+    tokio::time::sleep(SEC - MS).await;
+    assert!(
+        !upstream.body_dropped.is_dropped(),
+        "not before the deadline"
+    );
+    assert!(outcomes.endings().is_empty());
+    tokio::time::sleep(2 * MS).await;
+    assert!(
+        upstream.body_dropped.is_dropped(),
+        "released at the deadline, unpolled"
+    );
+    let reported = outcomes.0.lock().unwrap().clone();
+    assert_eq!(reported.len(), 1, "one outcome");
+    assert_eq!(reported[0].ending, Ending::Deadline(DeadlineKind::Total));
+    assert_eq!((reported[0].frames, reported[0].total_time), (1, SEC));
+
+    assert!(!body.is_end_stream(), "the error is still to come");
+    assert_eq!(deadline_kind(body.frame().await), DeadlineKind::Total);
+    assert!(body.frame().await.is_none());
+    assert!(body.is_end_stream());
+    assert_eq!(outcomes.endings().len(), 1, "still one outcome");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_deadline_of_an_unpolled_body_counts_only_while_it_waits_on_upstream() {
+    let upstream = Upstream::new(
+        Duration::ZERO,
+        [Step::Data("a"), Step::After(10 * SEC), Step::Data("b")],
+    );
+    let idle = 100 * MS;
+    let layer = StreamDeadlineLayer::new(60 * SEC)
+        .idle(idle)
+        .release_unpolled();
+    let mut svc = layer.layer(upstream.service());
+    let mut body = call(&mut svc).await.unwrap().into_body();
+    body.frame().await.expect("a").expect("a");
+
+    // The caller took a frame and went away: that is not the upstream being idle.
+    tokio::time::sleep(SEC).await;
+    assert!(
+        !upstream.body_dropped.is_dropped(),
+        "the caller's own time is not idle"
+    );
+
+    // One poll finds nothing ready: the idle wait starts; nobody polls again.
+    assert!(futures::poll!(body.frame()).is_pending());
+    tokio::time::sleep(idle - MS).await;
+    assert!(
+        !upstream.body_dropped.is_dropped(),
+        "not before the idle deadline"
+    );
+    tokio::time::sleep(2 * MS).await;
+    assert!(
+        upstream.body_dropped.is_dropped(),
+        "released at the idle deadline, unpolled"
+    );
+    assert_eq!(deadline_kind(body.frame().await), DeadlineKind::Idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_sse_stream_held_unpolled_still_ends_with_its_error_event() {
+    let upstream = Upstream::new(
+        Duration::ZERO,
+        [Step::Data("data: 1\n\n"), Step::After(10 * SEC)],
+    )
+    .with_content_type("text/event-stream");
+    let layer = StreamDeadlineLayer::new(SEC)
+        .sse_endings()
+        .release_unpolled();
+    let mut svc = layer.layer(upstream.service());
+    let mut body = call(&mut svc).await.unwrap().into_body();
+    body.frame().await.expect("a frame").expect("a frame");
+
+    tokio::time::sleep(SEC + MS).await;
+    assert!(
+        upstream.body_dropped.is_dropped(),
+        "released at the deadline"
+    );
+    let last = body
+        .frame()
+        .await
+        .expect("the error event")
+        .expect("an event, not an error");
+    let last = last.into_data().expect("data");
+    assert!(
+        String::from_utf8_lossy(&last).contains("deadline_exceeded"),
+        "the SSE error event, got {last:?}"
+    );
+    assert!(body.frame().await.is_none(), "then a clean end");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_ends_or_is_dropped_releases_its_watcher_and_reports_once() {
+    let upstream = Upstream::new(Duration::ZERO, [Step::Data("a"), Step::Data("b")]);
+    let outcomes = Outcomes::default();
+    let layer = outcomes.layer(StreamDeadlineLayer::new(SEC).release_unpolled());
+    let mut svc = layer.layer(upstream.service());
+
+    let body = call(&mut svc).await.unwrap().into_body();
+    let collected = body.collect().await.expect("a clean end").to_bytes();
+    assert_eq!(collected, "ab");
+
+    let mut dropped = call(&mut svc).await.unwrap().into_body();
+    dropped.frame().await.expect("a").expect("a");
+    drop(dropped);
+    assert_eq!(outcomes.endings(), [Ending::Completed, Ending::Dropped]);
+    // Past the deadline nothing more is reported: the watchers ended with their bodies.
+    tokio::time::sleep(2 * SEC).await;
+    assert_eq!(outcomes.endings(), [Ending::Completed, Ending::Dropped]);
+}
+
+#[test]
+fn without_a_runtime_with_timers_the_body_works_as_without_release_unpolled() {
+    let upstream = tower::service_fn(|_req: http::Request<()>| async {
+        let body =
+            http_body_util::StreamBody::new(futures::stream::iter(["a", "b"].map(|d| {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(d)))
+            })));
+        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    });
+    let layer = StreamDeadlineLayer::new(SEC).release_unpolled();
+
+    // No runtime at all.
+    let mut svc = layer.layer(upstream);
+    let read = futures::executor::block_on(async {
+        let body = call(&mut svc).await.unwrap().into_body();
+        body.collect().await.expect("a clean end").to_bytes()
+    });
+    assert_eq!(read, "ab");
+
+    // A runtime built without timers.
+    let no_timers = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let read = no_timers.block_on(async {
+        let body = call(&mut svc).await.unwrap().into_body();
+        body.collect().await.expect("a clean end").to_bytes()
+    });
+    assert_eq!(read, "ab");
+}
+
+#[test]
+fn a_body_whose_runtime_shut_down_still_meets_its_deadline_when_polled() {
+    let upstream = Upstream::new(Duration::ZERO, [Step::Data("a"), Step::Stall]);
+    let layer = StreamDeadlineLayer::new(50 * MS).release_unpolled();
+    let mut svc = layer.layer(upstream.service());
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut body = first.block_on(async { call(&mut svc).await.unwrap().into_body() });
+    drop(first);
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        body.frame().await.expect("a").expect("a");
+        // Without a timer of its own runtime, the body is woken by nothing: poll it after
+        // the deadline, as a caller on another runtime would on its next frame.
+        tokio::time::sleep(60 * MS).await;
+        assert_eq!(deadline_kind(body.frame().await), DeadlineKind::Total);
+    });
+    assert!(upstream.body_dropped.is_dropped());
+}
