@@ -37,9 +37,13 @@ pin_project! {
     ///   is whole and in order.
     /// - **After the error** the body is ended: `poll_frame` returns `None` and
     ///   `is_end_stream` is `true`. Polling after the end never panics.
-    /// - **Release is driven by polls.** The upstream is dropped the moment the deadline is
-    ///   observed: by the timer waking a task that waits on the body, or at the next poll. A
-    ///   body that nobody polls or drops keeps its upstream until someone does.
+    /// - **Release.** The upstream is dropped the moment the deadline is observed: by the
+    ///   timer waking a task that waits on the body, or at the next poll or the drop. A body
+    ///   that nobody polls (a proxy whose client stopped reading) keeps its upstream until
+    ///   someone does, unless the layer has
+    ///   [`release_unpolled`](crate::StreamDeadlineLayer::release_unpolled): then a watcher
+    ///   task drops it at the total or idle deadline, polled or not, while the runtime of
+    ///   `call` runs, and the next poll yields the error (or the protocol ending).
     /// - `size_hint`, `is_end_stream` and trailers pass through. An upstream error passes
     ///   through as it is (boxed, not relabelled) and ends the body.
     /// - **Protocol endings** (opt-in on the layer): a late gRPC stream ends with
@@ -188,9 +192,11 @@ where
         runtime: tokio::runtime::Handle,
     ) -> Self {
         let core = Core::new(replay, deadlines, timer, recorder, protocol);
-        let mode = match watch::spawn(upstream, core, runtime) {
-            Ok(shared) => Mode::Watched { shared },
-            Err((upstream, core)) => Mode::Local { upstream, core },
+        let mode = match watch::timer(&runtime, &upstream, &deadlines) {
+            Some(sleep) => Mode::Watched {
+                shared: watch::spawn(upstream, core, &runtime, sleep),
+            },
+            None => Mode::Local { upstream, core },
         };
         DeadlineBody { mode }
     }

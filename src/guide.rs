@@ -54,6 +54,12 @@
 //!
 //! Put the layer on the upstream client, so the upstream is released the moment a deadline
 //! fires, and the response streams back to the downstream client frame by frame. Turn on
+//! [`release_unpolled`](crate::StreamDeadlineLayer::release_unpolled): a proxy polls the
+//! body only while its downstream client takes bytes, so a client that stops reading
+//! without closing (a stuck browser tab, a full TCP window) stops the polls, and without
+//! it the upstream would keep generating until the client goes. With it the upstream is
+//! dropped at the deadline anyway, and the client gets the ending when it reads again.
+//! Turn on
 //! [`forward_grpc_timeout`](crate::StreamDeadlineLayer::forward_grpc_timeout) (or
 //! [`forward_timeout_header`](crate::StreamDeadlineLayer::forward_timeout_header)) with a
 //! [`forward_margin`](crate::StreamDeadlineLayer::forward_margin) so the next hop knows how

@@ -29,6 +29,13 @@
 //!   last. A frame taken at or after the deadline is not delivered: the upstream body is
 //!   dropped at once (closing the HTTP/1 connection or resetting the HTTP/2 stream, so the
 //!   server stops generating) and the body yields the error, then ends.
+//! - **Even unpolled** (opt-in, [`release_unpolled`](StreamDeadlineLayer::release_unpolled)):
+//!   without it the deadline is observed by a poll or by the timer waking a waiting task, so
+//!   a body nobody polls (a proxy whose client stopped reading) keeps its upstream. With it,
+//!   a watcher task on the runtime of `call` drops the upstream at the total or idle
+//!   deadline whether or not anyone polls, and reports the outcome then. It costs a lock per
+//!   poll and a task per response. (The layer's service takes `B: Send + 'static` bodies
+//!   for it, on or off: hyper's, axum's and tonic's are.)
 //! - **Anywhere.** The deadline is a property of the body, not of a task: it holds when each
 //!   frame is polled by a new task, on another thread, or on a thread with no runtime (the
 //!   timer belongs to the runtime where `call` was made). Where no timer can be had at all
@@ -143,10 +150,11 @@ pub use error::{DeadlineExceeded, DeadlineKind};
 pub use future::ResponseFuture;
 pub use layer::StreamDeadlineLayer;
 pub use outcome::{Ending, Outcome};
-pub use request::{Deadline, RequestBudgets};
+pub use request::{Deadline, OnRequestOutcome, RequestBudgets};
 #[cfg(feature = "retry")]
 pub use retry::RetryFirstFrame;
 pub use service::StreamDeadline;
+pub use sse::error_event as sse_error_event;
 
 // The README's Rust snippets are complete programs, compiled (not run) as doctests. They use
 // `RetryFirstFrame`, so they are compiled with the `retry` feature.

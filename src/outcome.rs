@@ -131,6 +131,17 @@ impl OnOutcome {
     pub(crate) fn new(f: impl Fn(&Outcome) + Send + Sync + 'static) -> Self {
         OnOutcome(Arc::new(f))
     }
+
+    /// The layer's callback (if any), then a request's own.
+    pub(crate) fn both(layer: Option<OnOutcome>, request: Arc<dyn Fn(&Outcome) + Send + Sync>) -> Self {
+        match layer {
+            None => OnOutcome(request),
+            Some(layer) => OnOutcome::new(move |outcome| {
+                (layer.0)(outcome);
+                request(outcome);
+            }),
+        }
+    }
 }
 
 impl fmt::Debug for OnOutcome {

@@ -116,3 +116,51 @@ impl RequestBudgets {
         budgets
     }
 }
+
+/// A callback for the [`Outcome`](crate::Outcome) of one request, carried in its extensions.
+///
+/// [`StreamDeadline`](crate::StreamDeadline) reports each response's outcome to the layer's
+/// [`on_outcome`](crate::StreamDeadlineLayer::on_outcome) callback and then to this one, if
+/// the request carries it: the way to tie an outcome to the request it belongs to (its log
+/// line, its caller) without building a layer per request. Under `tower::retry` the request
+/// is cloned with its extensions, so the callback hears every attempt, in order.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{Layer, Service, ServiceExt};
+/// use tower_stream_deadline::{Ending, OnRequestOutcome, StreamDeadlineLayer};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let upstream = tower::service_fn(|_req: http::Request<()>| async {
+///     let body = http_body_util::Full::new(bytes::Bytes::from_static(b"hello"));
+///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+/// });
+/// let mut svc = StreamDeadlineLayer::new(Duration::from_secs(45)).layer(upstream);
+///
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let mut req = http::Request::new(());
+/// req.extensions_mut()
+///     .insert(OnRequestOutcome::new(move |outcome| tx.send(outcome.ending).unwrap()));
+/// let response = svc.ready().await.unwrap().call(req).await.unwrap();
+/// http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+/// assert_eq!(rx.recv().unwrap(), Ending::Completed);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct OnRequestOutcome(pub(crate) std::sync::Arc<dyn Fn(&crate::Outcome) + Send + Sync>);
+
+impl OnRequestOutcome {
+    /// Calls `f` once with the outcome of each response made for this request.
+    pub fn new(f: impl Fn(&crate::Outcome) + Send + Sync + 'static) -> Self {
+        OnRequestOutcome(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for OnRequestOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnRequestOutcome(..)")
+    }
+}

@@ -14,8 +14,8 @@ use crate::deadline::Deadlines;
 use crate::future::ResponseFuture;
 use crate::grpc;
 use crate::layer::StreamDeadlineLayer;
-use crate::outcome::Recorder;
-use crate::request::{Deadline, RequestBudgets};
+use crate::outcome::{OnOutcome, Recorder};
+use crate::request::{Deadline, OnRequestOutcome, RequestBudgets};
 
 /// Puts a total budget (and optionally first-frame and idle budgets) on every response of
 /// the inner service, head and body alike.
@@ -111,7 +111,14 @@ where
                 headers.forward(req.headers_mut(), at.saturating_duration_since(now));
             }
         }
-        let recorder = Recorder::new(&deadlines, self.layer.on_outcome.clone());
+        let on_outcome = match req.extensions().get::<OnRequestOutcome>() {
+            None => self.layer.on_outcome.clone(),
+            Some(per_request) => Some(OnOutcome::both(
+                self.layer.on_outcome.clone(),
+                per_request.0.clone(),
+            )),
+        };
+        let recorder = Recorder::new(&deadlines, on_outcome);
         let protocol = self.layer.protocol.clone();
         let grpc_request =
             protocol.as_ref().is_some_and(|p| p.grpc_endings) && grpc::is_grpc(req.headers());

@@ -167,7 +167,23 @@ pub(crate) fn upstream_error_event(message: &str) -> String {
 /// the Responses API alike), whatever its name; the `anthropic` SDK skips events without a
 /// name and raises the one named `error`, reading Anthropic's own
 /// `{"type":"error","error":{"type":..,"message":..}}`. OpenAI's `code` and `param` ride along.
-fn error_event(kind: &str, code: &str, message: &str) -> String {
+///
+/// The crate's own endings use it; a proxy can send the same event for failures of its own
+/// (a graceful shutdown that cuts a stream, say), so every client reads them alike. The
+/// message is JSON-escaped; `error_type` and `code` are written as they are, so keep them
+/// to plain identifiers.
+///
+/// ```
+/// let event = tower_stream_deadline::sse_error_event(
+///     "server_error",
+///     "shutting_down",
+///     "the server is shutting down",
+/// );
+/// assert!(event.starts_with("event: error\ndata: {\"type\":\"error\",\"error\":{"));
+/// assert!(event.ends_with("\n\n"));
+/// ```
+pub fn error_event(error_type: &str, code: &str, message: &str) -> String {
+    let kind = error_type;
     let mut escaped = String::with_capacity(message.len());
     for c in message.chars() {
         match c {

@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
 use crate::body::{Core, Upstream};
-use crate::deadline::Phase;
+use crate::deadline::{Deadlines, Phase};
 use crate::error::DeadlineExceeded;
 
 /// The part of a body that its watcher shares.
@@ -74,34 +74,38 @@ impl<B: Body> State<B> {
     }
 }
 
-/// Moves `upstream` and `core` behind a watcher on the runtime of the body's timer; gives
-/// them back where no watcher can be had (no runtime, no timers, or no deadline to watch).
+/// The timer for a watcher of a body with these `deadlines` on `runtime`; `None` where no
+/// watcher is needed (no deadline to watch, the upstream already gone) or none can be had
+/// (a runtime without timers).
+pub(crate) fn timer<B: Body>(
+    runtime: &Handle,
+    upstream: &Upstream<B>,
+    deadlines: &Deadlines,
+) -> Option<Sleep> {
+    let first = deadlines.next(Phase::Streaming {
+        waiting_since: None,
+    });
+    if (first.is_none() && deadlines.idle().is_none()) || upstream.is_released() {
+        return None;
+    }
+    // tokio panics here when the runtime was built without `enable_time`; the body's own
+    // timer says so in a `tracing` event when it first has to wait.
+    let _entered = runtime.enter();
+    let now = Instant::now();
+    catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(now))).ok()
+}
+
+/// Moves `upstream` and `core` behind a watcher task on `runtime`, sleeping on `sleep`.
 pub(crate) fn spawn<B>(
     upstream: Upstream<B>,
     core: Core<B::Data>,
-    runtime: Handle,
-) -> Result<Arc<Watched<B>>, (Upstream<B>, Core<B::Data>)>
+    runtime: &Handle,
+    sleep: Sleep,
+) -> Arc<Watched<B>>
 where
     B: Body + Send + 'static,
     B::Data: Send,
 {
-    let first = core.deadlines.next(Phase::Streaming {
-        waiting_since: None,
-    });
-    let watches = first.is_some() || core.deadlines.idle().is_some();
-    if !watches || upstream.is_released() {
-        return Err((upstream, core));
-    }
-    // tokio panics here when the runtime was built without `enable_time`; the body's own
-    // timer has said so already, in a `tracing` event.
-    let sleep = {
-        let _entered = runtime.enter();
-        let far = Instant::now();
-        catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(far)))
-    };
-    let Ok(sleep) = sleep else {
-        return Err((upstream, core));
-    };
     let shared = Arc::new(Watched {
         state: Mutex::new(State {
             upstream: Box::pin(upstream),
@@ -118,7 +122,7 @@ where
         sleep,
         sleeping_until: None,
     }));
-    Ok(shared)
+    shared
 }
 
 impl<B: Body> Watched<B> {

@@ -6,7 +6,10 @@
 //!
 //! `cargo bench -p tower-stream-deadline-benches --bench fleet`
 //!
-//! Contenders: this crate (`StreamDeadlineLayer::new(300 ms)`), tower-http `DeadlineBody`
+//! Contenders: this crate (`StreamDeadlineLayer::new(300 ms)`); the same with
+//! `release_unpolled()` where each stream's task reads one frame and then holds its body
+//! without polling it (lateness: from the deadline to the drop of the upstream body, which
+//! the watcher does); tower-http `DeadlineBody`
 //! (300 ms), and as a floor, a task that sleeps with `tokio::time::sleep_until` to the same
 //! deadline (the lateness of tokio's timer and scheduler alone). A last row holds the same
 //! stalled streams with no deadline at all, to show the heap that is not the wrapper's.
@@ -30,6 +33,7 @@ const RUNS: usize = 3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contender {
     ThisCrate,
+    ThisCrateUnpolled,
     TowerHttpDeadline,
     TokioSleep,
     NoDeadline,
@@ -39,6 +43,9 @@ impl Contender {
     fn label(self) -> &'static str {
         match self {
             Contender::ThisCrate => "this crate, total 300 ms",
+            Contender::ThisCrateUnpolled => {
+                "this crate, total 300 ms, release_unpolled, body held unpolled (lateness of the upstream's drop)"
+            }
             Contender::TowerHttpDeadline => "tower-http DeadlineBody 300 ms",
             Contender::TokioSleep => "floor: tokio::time::sleep_until(t0 + 300 ms)",
             Contender::NoDeadline => "no deadline (stalls forever; memory only)",
@@ -100,6 +107,61 @@ async fn this_crate(mut fleet: Fleet) -> Seen {
     (late, right, t0)
 }
 
+/// An upstream body that reports the instant it is dropped.
+struct Reporting {
+    body: OneThenStall,
+    dropped: Option<tokio::sync::oneshot::Sender<Instant>>,
+}
+
+impl http_body::Body for Reporting {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+}
+
+impl Drop for Reporting {
+    fn drop(&mut self) {
+        if let Some(tx) = self.dropped.take() {
+            let _ = tx.send(Instant::now());
+        }
+    }
+}
+
+/// One stream through this crate with `release_unpolled`, its body held unpolled after the
+/// first frame: the lateness of the upstream's release, and whether the next poll then
+/// yields the right error.
+async fn this_crate_unpolled(mut fleet: Fleet) -> Seen {
+    let t0 = fleet.start().await;
+    let deadline = t0 + BUDGET;
+    let (tx, released) = tokio::sync::oneshot::channel();
+    let upstream = Reporting {
+        body: OneThenStall::default(),
+        dropped: Some(tx),
+    };
+    let call = StreamDeadlineLayer::new(BUDGET)
+        .release_unpolled()
+        .layer(Echo)
+        .call(Request::new(upstream));
+    let response = call.await;
+    let mut body = pin!(response.unwrap().into_body());
+    body.frame().await.unwrap().unwrap();
+    fleet.stalled.fetch_add(1, Relaxed);
+    let released_at = released.await.unwrap();
+    let late = released_at.saturating_duration_since(deadline).as_nanos() as i64
+        - deadline.saturating_duration_since(released_at).as_nanos() as i64;
+    let err = body.frame().await.unwrap().unwrap_err();
+    let right = DeadlineExceeded::find(&*err).is_some_and(|d| {
+        d.kind() == DeadlineKind::Total && d.budget() == BUDGET && d.elapsed() >= BUDGET
+    });
+    (late, right, t0)
+}
+
 async fn tower_http_deadline(mut fleet: Fleet) -> Seen {
     let t0 = fleet.start().await;
     let deadline = t0 + BUDGET;
@@ -137,6 +199,7 @@ async fn no_deadline(mut fleet: Fleet) -> Seen {
 fn spawn(contender: Contender, fleet: Fleet) -> tokio::task::JoinHandle<Seen> {
     match contender {
         Contender::ThisCrate => tokio::spawn(this_crate(fleet)),
+        Contender::ThisCrateUnpolled => tokio::spawn(this_crate_unpolled(fleet)),
         Contender::TowerHttpDeadline => tokio::spawn(tower_http_deadline(fleet)),
         Contender::TokioSleep => tokio::spawn(tokio_sleep(fleet)),
         Contender::NoDeadline => tokio::spawn(no_deadline(fleet)),
@@ -242,6 +305,7 @@ fn main() {
         for _ in 0..RUNS {
             for contender in [
                 Contender::ThisCrate,
+                Contender::ThisCrateUnpolled,
                 Contender::TowerHttpDeadline,
                 Contender::TokioSleep,
             ] {

@@ -213,6 +213,8 @@ fn allocations() {
             Config::Total,
             Config::TotalIdle,
             Config::TotalIdleFirstFrame,
+            Config::TotalReleased,
+            Config::TotalIdleReleased,
         ] {
             both!(&format!("this crate, {}", config.label()), config.layer());
         }

@@ -73,6 +73,8 @@ fn per_frame(c: &mut Criterion) {
             Config::Total,
             Config::TotalIdle,
             Config::TotalIdleFirstFrame,
+            Config::TotalReleased,
+            Config::TotalIdleReleased,
         ],
     );
     // The same when every frame has to be waited for (the body is `Pending` once before each
@@ -81,7 +83,12 @@ fn per_frame(c: &mut Criterion) {
         c,
         "per_frame_after_a_wait",
         Frames::each_after_a_wait,
-        &[Config::Total, Config::TotalIdle],
+        &[
+            Config::Total,
+            Config::TotalIdle,
+            Config::TotalReleased,
+            Config::TotalIdleReleased,
+        ],
     );
 
     // The fixed cost of one response: call, head, one ready frame, end, drop.
@@ -91,6 +98,8 @@ fn per_frame(c: &mut Criterion) {
         Config::Total,
         Config::TotalIdle,
         Config::TotalIdleFirstFrame,
+        Config::TotalReleased,
+        Config::TotalIdleReleased,
     ] {
         let mut svc = config.layer().layer(Echo);
         group.bench_function(format!("this_crate/{}", config.label()), |b| {
@@ -159,6 +168,8 @@ fn allocations_per_frame() {
         Config::Total,
         Config::TotalIdle,
         Config::TotalIdleFirstFrame,
+        Config::TotalReleased,
+        Config::TotalIdleReleased,
     ] {
         let name = format!("this crate, {}", config.label());
         row(&name, Box::pin(wrap(&config.layer(), Frames::new(FRAMES))));
@@ -167,6 +178,8 @@ fn allocations_per_frame() {
         Config::Total,
         Config::TotalIdle,
         Config::TotalIdleFirstFrame,
+        Config::TotalReleased,
+        Config::TotalIdleReleased,
     ] {
         // Every frame waited for: the timer is armed on the first wait and reused after.
         let name = format!("this crate, {}, a wait before every frame", config.label());

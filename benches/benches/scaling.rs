@@ -58,7 +58,7 @@ type Boxed = Pin<Box<dyn Body<Data = bytes::Bytes, Error = Box<dyn std::fmt::Deb
 /// for every contender.
 fn boxed<B>(contender: Contender, body: B) -> Boxed
 where
-    B: Body<Data = bytes::Bytes> + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: std::fmt::Debug + Into<tower_stream_deadline::BoxError> + 'static,
 {
     use http_body_util::BodyExt;

@@ -279,6 +279,10 @@ pub enum Config {
     TotalIdle,
     /// `.first_frame(LONG / 2).idle(IDLE)` as well.
     TotalIdleFirstFrame,
+    /// [`Total`](Self::Total) with `.release_unpolled()`.
+    TotalReleased,
+    /// [`TotalIdle`](Self::TotalIdle) with `.release_unpolled()`.
+    TotalIdleReleased,
 }
 
 impl Config {
@@ -289,6 +293,8 @@ impl Config {
             Config::Total => layer,
             Config::TotalIdle => layer.idle(IDLE),
             Config::TotalIdleFirstFrame => layer.first_frame(LONG / 2).idle(IDLE),
+            Config::TotalReleased => layer.release_unpolled(),
+            Config::TotalIdleReleased => layer.idle(IDLE).release_unpolled(),
         }
     }
 
@@ -298,6 +304,8 @@ impl Config {
             Config::Total => "total",
             Config::TotalIdle => "total+idle",
             Config::TotalIdleFirstFrame => "total+idle+first_frame",
+            Config::TotalReleased => "total, release_unpolled",
+            Config::TotalIdleReleased => "total+idle, release_unpolled",
         }
     }
 }
@@ -306,8 +314,8 @@ impl Config {
 /// as a user's service would (call in a runtime context to have a timer).
 pub fn wrap<B>(layer: &StreamDeadlineLayer, body: B) -> DeadlineBody<B>
 where
-    B: Body,
-    B::Data: 'static,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
     B::Error: Into<tower_stream_deadline::BoxError>,
 {
     use tower::Layer;

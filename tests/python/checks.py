@@ -1,6 +1,6 @@
-"""The llm_gateway example against the real Python clients (`openai`, `langchain-openai`).
+"""The gateway against the real Python clients (`openai`, `langchain-openai`).
 
-    python checks.py --gateway PATH/TO/llm_gateway
+    python checks.py --gateway PATH/TO/stream-deadline-gateway
 
 Starts `upstream.py` (FastAPI/uvicorn, an OpenAI-compatible stand-in) and the gateway in
 front of it, each on a free port of 127.0.0.1 in its own process group, then runs the
@@ -33,6 +33,7 @@ import queue
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -101,23 +102,44 @@ def free_port() -> int:
 
 
 class Servers:
-    """The upstream and the gateway, each in its own process group, logging to files."""
+    """The upstream and the gateway, each in its own process group, logging to files.
 
-    def __init__(self, gateway_bin: str):
+    `tls` is `(certfile, keyfile, ca_file)`: the upstream then serves https://localhost and
+    the gateway trusts `ca_file` through `SSL_CERT_FILE`."""
+
+    def __init__(self, gateway_bin: str, gateway_flags=GATEWAY_FLAGS, tls=None):
         self.gateway_bin = gateway_bin
-        self.logs = Path(tempfile.mkdtemp(prefix="llm-gateway-checks-"))
+        self.gateway_flags = list(gateway_flags)
+        self.tls = tls
+        self.logs = Path(tempfile.mkdtemp(prefix="stream-deadline-gateway-checks-"))
         self.procs: list[subprocess.Popen] = []
         self.upstream_url = ""
         self.gateway_url = ""
+        self.gateway_admin = ""
+        self.gateway = None
 
     def start(self):
         port = free_port()
-        upstream = self._spawn(
-            [sys.executable, str(HERE / "upstream.py"), str(port)], "upstream.log"
-        )
-        self.upstream_url = f"http://127.0.0.1:{port}"
-        wait_until_serving(f"{self.upstream_url}/stats", upstream, "the upstream")
+        argv = [sys.executable, str(HERE / "upstream.py"), str(port)]
+        if self.tls:
+            argv += [self.tls[0], self.tls[1]]
+            self.upstream_url = f"https://localhost:{port}"
+        else:
+            self.upstream_url = f"http://127.0.0.1:{port}"
+        upstream = self._spawn(argv, "upstream.log")
+        wait_until_serving(f"{self.upstream_url}/stats", upstream, "the upstream", self.ssl())
+        self.gateway, self.gateway_url, self.gateway_admin = self.start_gateway(self.gateway_flags)
 
+    def ssl(self):
+        """The client TLS context that trusts the upstream, if it speaks TLS."""
+        return ssl.create_default_context(cafile=self.tls[2]) if self.tls else None
+
+    def start_gateway(self, flags, ca_file=None, log_name="gateway.log"):
+        """Starts a gateway in front of the upstream: (process, URL, admin URL), once it
+        answers on its admin port."""
+        env = {}
+        if self.tls:
+            env["SSL_CERT_FILE"] = ca_file or self.tls[2]
         gateway = self._spawn(
             [
                 self.gateway_bin,
@@ -125,16 +147,19 @@ class Servers:
                 "127.0.0.1:0",
                 "--upstream",
                 self.upstream_url,
-                *GATEWAY_FLAGS,
+                "--admin-listen",
+                "127.0.0.1:0",
+                *flags,
             ],
-            "gateway.log",
+            log_name,
             stdout=subprocess.PIPE,
+            env=env,
         )
-        self.gateway_url = read_listen_address(gateway)
-        # Through the gateway to the upstream and back: both are up.
-        wait_until_serving(f"{self.gateway_url}/stats", gateway, "the gateway")
+        url, admin = read_listen_address(gateway)
+        wait_until_serving(f"{admin}/readyz", gateway, "the gateway")
+        return gateway, url, admin
 
-    def _spawn(self, argv, log_name, stdout=None) -> subprocess.Popen:
+    def _spawn(self, argv, log_name, stdout=None, env=None) -> subprocess.Popen:
         log = open(self.logs / log_name, "w")
         proc = subprocess.Popen(
             argv,
@@ -143,7 +168,7 @@ class Servers:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.procs.append(proc)
         return proc
@@ -172,14 +197,14 @@ class Servers:
             return ""
 
 
-def wait_until_serving(url: str, proc: subprocess.Popen, what: str):
+def wait_until_serving(url: str, proc: subprocess.Popen, what: str, context=None):
     deadline = time.monotonic() + STARTUP_WITHIN
     last_error = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 if response.status == 200:
                     return
         except OSError as err:
@@ -188,8 +213,9 @@ def wait_until_serving(url: str, proc: subprocess.Popen, what: str):
     raise RuntimeError(f"{what} did not serve {url} within {STARTUP_WITHIN} s: {last_error}")
 
 
-def read_listen_address(proc: subprocess.Popen) -> str:
-    """The gateway prints `llm_gateway listening on http://ADDR` on stdout when it is ready."""
+def read_listen_address(proc: subprocess.Popen) -> tuple:
+    """The gateway prints `... admin on http://ADDR`, then `... listening on http://ADDR`,
+    on stdout when it is ready: (URL, admin URL)."""
     lines: queue.Queue = queue.Queue()
 
     def pump():
@@ -199,6 +225,7 @@ def read_listen_address(proc: subprocess.Popen) -> str:
 
     threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + STARTUP_WITHIN
+    admin = None
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -209,13 +236,17 @@ def read_listen_address(proc: subprocess.Popen) -> str:
             continue
         if line is None:
             raise RuntimeError(f"the gateway exited with status {proc.wait()} before listening")
+        found = re.search(r"admin on (http://\S+)", line)
+        if found:
+            admin = found.group(1)
         found = re.search(r"listening on (http://\S+)", line)
         if found:
-            return found.group(1)
+            return found.group(1), admin
 
 
 def upstream_stats(servers: Servers) -> dict:
-    with urllib.request.urlopen(f"{servers.upstream_url}/stats", timeout=5) as response:
+    url = f"{servers.upstream_url}/stats"
+    with urllib.request.urlopen(url, timeout=5, context=servers.ssl()) as response:
         return json.load(response)
 
 
@@ -546,14 +577,9 @@ CHECKS = [
 ]
 
 
-def main(checks=CHECKS, doc=__doc__) -> int:
-    """Runs `checks` (name, function) against a fresh upstream and gateway; `doc` is the
-    calling script's docstring, for `--help`."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--gateway", required=True, help="path to the built llm_gateway")
-    args = parser.parse_args()
-
-    servers = Servers(args.gateway)
+def run_checks(servers: Servers, checks: list, banner: str) -> int:
+    """Starts `servers`, runs `checks` (name, function of the servers), prints PASS/FAIL
+    for each and the gateway's log, and stops the servers however the run ends."""
     results = {"passed": 0, "failed": 0}
     # Terminated from outside (a CI timeout): unwind, so that `finally` stops the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -574,8 +600,8 @@ def main(checks=CHECKS, doc=__doc__) -> int:
             print(f"FAIL startup: {err}")
             results["failed"] += 1
         else:
-            print(f"upstream {servers.upstream_url}, gateway {servers.gateway_url} "
-                  f"({' '.join(GATEWAY_FLAGS)})", flush=True)
+            print(f"upstream {servers.upstream_url}, gateway {servers.gateway_url} ({banner})",
+                  flush=True)
             for name, check in checks:
                 try:
                     detail = check(servers)
@@ -591,14 +617,25 @@ def main(checks=CHECKS, doc=__doc__) -> int:
     finally:
         timer.cancel()
         servers.stop()
-    gateway_log = servers.log("gateway.log").strip()
-    print("\ngateway log (one line per request):")
-    print("\n".join("  " + line for line in gateway_log.splitlines()))
+    for log in sorted(servers.logs.glob("gateway*.log")):
+        print(f"\n{log.name} (one line per request):")
+        print("\n".join("  " + line for line in log.read_text().strip().splitlines()))
     if results["failed"]:
         print("\nupstream log:")
         print(servers.log("upstream.log").strip() or "  (empty)")
     print(f"\n{results['passed']} passed, {results['failed']} failed")
     return 1 if results["failed"] else 0
+
+
+def gateway_argument(description: str) -> str:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--gateway", required=True, help="path to the built stream-deadline-gateway")
+    return parser.parse_args().gateway
+
+
+def main() -> int:
+    servers = Servers(gateway_argument(__doc__.splitlines()[0]))
+    return run_checks(servers, CHECKS, " ".join(GATEWAY_FLAGS))
 
 
 if __name__ == "__main__":

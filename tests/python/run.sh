@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The llm_gateway example against the real Python clients (openai, anthropic, langchain).
+# The stream-deadline-gateway binary against the real Python clients (openai,
+# langchain-openai).
 #
 # Creates tests/python/.venv if it is missing, installs the pinned requirements (again only
-# when requirements.txt changes), builds the gateway once, and runs checks.py and then
-# endings.py, each of which starts the FastAPI upstream and the gateway and prints PASS/FAIL
-# per check. Needs python3 (3.11+) with venv and pip, cargo, and PyPI.
+# when requirements.txt changes), builds the gateway once, and runs each checks*.py, which
+# start the FastAPI upstream and the gateway and print PASS/FAIL per check. Needs python3 (3.11+)
+# with venv and pip, cargo, and PyPI.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -33,22 +34,23 @@ fi
 echo "tests/python: building the gateway"
 cd "$root"
 gateway="$(
-  cargo build --example llm_gateway --message-format=json-render-diagnostics |
+  cargo build -p stream-deadline-gateway --message-format=json-render-diagnostics |
     "$venv/bin/python" -c '
 import json, sys
 for line in sys.stdin:
     msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "llm_gateway" and msg.get("executable"):
+    if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "stream-deadline-gateway" and msg.get("executable"):
         print(msg["executable"])
 '
 )"
 if [ -z "$gateway" ]; then
-  echo "tests/python: cargo did not report the llm_gateway executable" >&2
+  echo "tests/python: cargo did not report the stream-deadline-gateway executable" >&2
   exit 1
 fi
 
 status=0
-"$venv/bin/python" "$here/checks.py" --gateway "$gateway" || status=$?
-# How streams end (deadlines, a failing upstream) for the OpenAI and Anthropic clients.
-"$venv/bin/python" "$here/endings.py" --gateway "$gateway" || status=$?
+for checks in "$here"/checks*.py; do
+  echo "tests/python: $(basename "$checks")"
+  "$venv/bin/python" "$checks" --gateway "$gateway" || status=1
+done
 exit "$status"

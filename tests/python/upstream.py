@@ -1,6 +1,8 @@
 """A model server stand-in that speaks OpenAI's and Anthropic's APIs, for the gateway checks.
 
-    python upstream.py PORT
+    python upstream.py PORT [CERTFILE KEYFILE]
+
+With a certificate (and its key), it serves HTTPS.
 
 `POST /v1/chat/completions` (always streamed, as server-sent events) chooses its behaviour
 by model name:
@@ -321,8 +323,11 @@ async def _generate_api(events, request_id: int, tag: str, model: str):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python upstream.py PORT")
+    if len(sys.argv) not in (2, 4):
+        sys.exit("usage: python upstream.py PORT [CERTFILE KEYFILE]")
+    tls = {}
+    if len(sys.argv) == 4:
+        tls = {"ssl_certfile": sys.argv[2], "ssl_keyfile": sys.argv[3]}
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -331,4 +336,5 @@ if __name__ == "__main__":
         lifespan="off",
         log_level="warning",
         access_log=False,
+        **tls,
     )

@@ -1,6 +1,6 @@
 """How streams end through the gateway, as the real OpenAI and Anthropic clients read them.
 
-    python endings.py --gateway PATH/TO/the gateway executable
+    python checks_endings.py --gateway PATH/TO/stream-deadline-gateway
 
 Starts `upstream.py` (which speaks OpenAI chat completions, OpenAI's Responses API and
 Anthropic's Messages API) and the gateway in front of it, as `checks.py` does, with the same
@@ -31,17 +31,20 @@ from langchain_anthropic import ChatAnthropic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.dont_write_bytecode = True  # no __pycache__ next to the sources
-import checks  # noqa: E402
 from checks import (  # noqa: E402
     CANCEL_WITHIN,
+    GATEWAY_FLAGS,
     IDLE,
     PROMPT,
     STALL_GUARD,
     STOP_WITHIN,
     TOTAL,
+    Servers,
+    gateway_argument,
     expect,
     poll_stats,
     run_async,
+    run_checks,
     tagged,
 )
 from upstream import STALL_AFTER  # noqa: E402
@@ -309,4 +312,5 @@ CHECKS = [
 
 
 if __name__ == "__main__":
-    sys.exit(checks.main(CHECKS, __doc__))
+    servers = Servers(gateway_argument(__doc__.splitlines()[0]))
+    sys.exit(run_checks(servers, CHECKS, " ".join(GATEWAY_FLAGS)))

@@ -1,0 +1,291 @@
+//! The flags, each also read from `STREAM_DEADLINE_<FLAG>` (a flag on the command line wins).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use http::Uri;
+use tower_stream_deadline::StreamDeadlineLayer;
+
+use crate::duration;
+
+const AFTER_HELP: &str = "\
+DURATIONS: a number and a unit (500ms, 45s, 1.5s, 2m, 1h); a bare number is seconds.
+
+Every flag can also be set from the environment: STREAM_DEADLINE_ and the flag in capitals,
+dashes as underscores (STREAM_DEADLINE_UPSTREAM, STREAM_DEADLINE_FIRST_FRAME, ...). A flag
+given on the command line wins.
+
+A client may shorten (never lengthen) the total budget of its request with the header
+`x-request-timeout`, in the same grammar (`x-request-timeout: 5` is five seconds). A value
+that cannot be read is ignored and named in that request's log line, at warn.
+
+The upstream's https:// certificates are checked against the system's roots, or against the
+PEM bundle named by SSL_CERT_FILE when it is set. One line per request is logged on stderr;
+RUST_LOG takes targets and levels (default: stream_deadline_gateway=info,warn).";
+
+/// A deadline gateway in front of an OpenAI-compatible model server: every streamed answer
+/// gets a hard time budget, whichever client reads it.
+#[derive(Parser, Clone)]
+#[command(name = "stream-deadline-gateway", version, after_help = AFTER_HELP)]
+pub struct Flags {
+    /// Where to serve HTTP/1.1 and h2c (port 0 picks a free port; the address is printed on stdout).
+    #[arg(long, env = "STREAM_DEADLINE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The model server: http:// or https://, with an optional path prefix kept before every path.
+    // Read as text and checked in `from_args`: clap would echo a bad value, credentials and all.
+    #[arg(long = "upstream", value_name = "URL", env = "STREAM_DEADLINE_UPSTREAM", default_value = DEFAULT_UPSTREAM, hide_env_values = true)]
+    upstream_url: String,
+
+    #[arg(skip)]
+    pub upstream: Upstream,
+
+    /// Talk HTTP/2 with prior knowledge to an http:// upstream.
+    #[arg(long, env = "STREAM_DEADLINE_H2C")]
+    pub h2c: bool,
+
+    /// Budget of the whole response, head and body.
+    #[arg(long, env = "STREAM_DEADLINE_TOTAL", default_value = "45s", value_parser = duration::parse)]
+    pub total: Duration,
+
+    /// Budget until the first body frame, or `off`.
+    #[arg(long, env = "STREAM_DEADLINE_FIRST_FRAME", default_value = "10s", value_parser = Budget::parse)]
+    pub first_frame: Budget,
+
+    /// Longest wait between two frames, or `off`.
+    #[arg(long, env = "STREAM_DEADLINE_IDLE", default_value = "5s", value_parser = Budget::parse)]
+    pub idle: Budget,
+
+    /// Retries of a request stuck before its first frame (only request bodies up to 1 MiB are replayed).
+    #[arg(long, env = "STREAM_DEADLINE_RETRIES", default_value_t = 2)]
+    pub retries: usize,
+
+    /// Where to serve /metrics, /healthz and /readyz, or `off`.
+    #[arg(long, env = "STREAM_DEADLINE_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = AdminListen::parse)]
+    pub admin_listen: AdminListen,
+
+    /// On SIGTERM or SIGINT, how long responses in flight may still run.
+    #[arg(long, env = "STREAM_DEADLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
+    pub shutdown_grace: Duration,
+
+    /// Client connections served at once; more wait in the listen queue.
+    #[arg(long, env = "STREAM_DEADLINE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Length of the listen queue (the kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "STREAM_DEADLINE_BACKLOG", default_value_t = 4096)]
+    pub backlog: u32,
+
+    /// How long a client may take to send a request head.
+    #[arg(long, env = "STREAM_DEADLINE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    pub header_read_timeout: Duration,
+
+    /// Longest wait for the next piece of a request body (answered 408 when nothing was sent yet).
+    #[arg(long, env = "STREAM_DEADLINE_REQUEST_BODY_IDLE", default_value = "30s", value_parser = duration::parse)]
+    pub request_body_idle: Duration,
+}
+
+const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
+
+impl Flags {
+    /// The flags of this process; exits with clap's usage error (status 2) on a bad one.
+    pub fn from_args() -> Flags {
+        Flags::try_from_iter(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// The flags in `args` (the program name first).
+    pub fn try_from_iter<I, T>(args: I) -> Result<Flags, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut flags = Flags::try_parse_from(args)?;
+        flags.upstream = Upstream::parse(&flags.upstream_url).map_err(|why| {
+            <Flags as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::ValueValidation, format!("--upstream {why}"))
+        })?;
+        Ok(flags)
+    }
+
+    /// The deadline layer these flags describe: SSE endings for deadlines and upstream
+    /// failures, and the upstream released at the deadline even while a client stops reading.
+    pub fn layer(&self) -> StreamDeadlineLayer {
+        let mut layer = StreamDeadlineLayer::new(self.total)
+            .sse_endings()
+            .sse_upstream_errors()
+            .release_unpolled();
+        if let Some(first_frame) = self.first_frame.0 {
+            layer = layer.first_frame(first_frame);
+        }
+        if let Some(idle) = self.idle.0 {
+            layer = layer.idle(idle);
+        }
+        layer
+    }
+}
+
+/// A budget that may be `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(pub Option<Duration>);
+
+impl Budget {
+    fn parse(text: &str) -> Result<Budget, String> {
+        duration::parse_optional(text).map(Budget)
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(budget) => write!(f, "{budget:?}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// The admin listener's address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl AdminListen {
+    fn parse(text: &str) -> Result<AdminListen, String> {
+        match text.trim() {
+            "off" | "none" => Ok(AdminListen(None)),
+            text => text
+                .parse()
+                .map(|addr| AdminListen(Some(addr)))
+                .map_err(|err| format!("`{text}`: {err} (an address such as 127.0.0.1:9464, or off)")),
+        }
+    }
+}
+
+/// The upstream's scheme and authority, and a path prefix put before every request's path.
+#[derive(Clone)]
+pub struct Upstream {
+    /// `scheme://host:port`, with any credentials.
+    origin: String,
+    prefix: String,
+    /// The same, for logs: credentials replaced by `***`.
+    shown: String,
+    pub https: bool,
+}
+
+impl Upstream {
+    pub fn parse(text: &str) -> Result<Upstream, String> {
+        // Errors echo the URL with its credentials hidden, like the logs.
+        let uri: Uri = text
+            .parse()
+            .map_err(|err| format!("`{}`: {err}", redact(text)))?;
+        let shown_input = redact(text);
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("`{shown_input}`: an http:// or https:// URL is needed")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or(format!("`{shown_input}`: no host"))?;
+        if uri.query().is_some() {
+            return Err(format!("`{shown_input}`: a query is not allowed here"));
+        }
+        let scheme = if https { "https" } else { "http" };
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream {
+            origin: format!("{scheme}://{authority}"),
+            shown: format!("{scheme}://{}{prefix}", redact(authority.as_str())),
+            prefix,
+            https,
+        })
+    }
+
+    /// The upstream URI for a request's path and query.
+    pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::uri::InvalidUri> {
+        let path = incoming.path_and_query().map_or("/", |pq| pq.as_str());
+        format!("{}{}{}", self.origin, self.prefix, path).parse()
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    /// The URL without its credentials: the only way an upstream is ever printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// `user:pw@host` and `scheme://user:pw@host/...` become `***@host...`.
+fn redact(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, text),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => format!("***{}", &rest[at..]),
+        None => rest.to_owned(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest,
+    }
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream::parse(DEFAULT_UPSTREAM).unwrap_or(Upstream {
+            origin: DEFAULT_UPSTREAM.to_owned(),
+            prefix: String::new(),
+            shown: DEFAULT_UPSTREAM.to_owned(),
+            https: false,
+        })
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upstream({})", self.shown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_keep_their_names_and_defaults() {
+        let flags = Flags::try_from_iter(["gw"]).unwrap();
+        assert_eq!(flags.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(flags.upstream.to_string(), "http://127.0.0.1:8000");
+        assert_eq!(flags.total, Duration::from_secs(45));
+        assert_eq!(flags.first_frame, Budget(Some(Duration::from_secs(10))));
+        assert_eq!(flags.idle, Budget(Some(Duration::from_secs(5))));
+        assert_eq!(flags.retries, 2);
+        assert_eq!(flags.admin_listen, AdminListen(Some("127.0.0.1:9464".parse().unwrap())));
+
+        let args = "gw --listen 127.0.0.1:0 --upstream=http://10.0.0.1:8000/base/ --total 2s \
+                    --first-frame 500ms --idle off --retries 1 --h2c --admin-listen off";
+        let flags = Flags::try_from_iter(args.split_whitespace()).unwrap();
+        assert_eq!(flags.listen.port(), 0);
+        assert_eq!(flags.total, Duration::from_secs(2));
+        assert_eq!(flags.first_frame, Budget(Some(Duration::from_millis(500))));
+        assert_eq!(flags.idle, Budget(None));
+        assert_eq!((flags.retries, flags.h2c), (1, true));
+        assert_eq!(flags.admin_listen, AdminListen(None));
+        let uri = flags.upstream.uri_for(&"/v1/models?x=1".parse().unwrap());
+        assert_eq!(uri.unwrap(), "http://10.0.0.1:8000/base/v1/models?x=1");
+        assert!(Flags::try_from_iter(["gw", "--bogus"]).is_err());
+        assert!(Flags::try_from_iter(["gw", "--upstream", "ftp://x"]).is_err());
+    }
+
+    #[test]
+    fn credentials_in_the_upstream_are_never_shown() {
+        let upstream = Upstream::parse("https://user:s3cret@api.example.com:8443/v1").unwrap();
+        assert!(upstream.https);
+        assert_eq!(upstream.to_string(), "https://***@api.example.com:8443/v1");
+        assert!(!format!("{upstream:?}").contains("s3cret"));
+        let err = Upstream::parse("ftp://user:s3cret@host/").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert_eq!(redact("user:pw@host:1"), "***@host:1");
+        assert_eq!(redact("http://host/a@b"), "http://host/a@b");
+    }
+}

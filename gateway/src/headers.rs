@@ -1,0 +1,90 @@
+//! What changes in the heads that pass through: hop-by-hop headers stay behind, the caller
+//! is added to `x-forwarded-for`, event streams lose a length they can no longer keep.
+
+use std::net::SocketAddr;
+
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110, section 7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP.map(HeaderName::from_static)) {
+        headers.remove(name);
+    }
+    // `te: trailers` is end-to-end in practice (gRPC needs it); anything else is not.
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
+    }
+}
+
+pub fn prepare_request(parts: &mut Parts, peer: SocketAddr) {
+    // The client speaks HTTP/1.1 or HTTP/2 to the upstream, whatever the caller spoke.
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    // The upstream's own authority goes in `Host` (HTTP/1) or `:authority` (HTTP/2), and so
+    // matches the name the TLS connection was made for.
+    parts.headers.remove(HOST);
+    let forwarded_for = match parts.headers.get("x-forwarded-for") {
+        Some(previous) => format!("{}, {}", previous.to_str().unwrap_or(""), peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert("x-forwarded-for", value);
+    }
+}
+
+/// Prepares a response head; whether the response is an event stream.
+pub fn prepare_response(headers: &mut HeaderMap) -> bool {
+    strip_hop_by_hop(headers);
+    let event_stream = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("text/event-stream"));
+    if event_stream {
+        // At a deadline or a shutdown an event stream gets one more event: its length is no
+        // longer known.
+        headers.remove(CONTENT_LENGTH);
+        // A buffering proxy in front (nginx) would hold tokens back.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    event_stream
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer sk"));
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "te"]);
+    }
+}

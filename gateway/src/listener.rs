@@ -1,0 +1,126 @@
+//! The proxied port: a listen queue sized for bursts, at most `--max-connections` served at
+//! once, a limit on reading request heads, and an accept loop that neither spins nor floods
+//! the log when the process runs out of file descriptors.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::Flags;
+use crate::log::TARGET;
+use crate::proxy::Gateway;
+
+/// Waits between accept attempts while out of file descriptors, doubling up to the cap;
+/// a connection that closes ends the wait at once.
+const BACKOFF_START: Duration = Duration::from_millis(5);
+const BACKOFF_CAP: Duration = Duration::from_millis(200);
+
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Serves connections until `stop` resolves, then closes the listening socket (new
+/// connections are refused from then on) and hands back the connections still open.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    flags: &Flags,
+    stop: impl Future<Output = ()>,
+) -> GracefulShutdown {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(flags.header_read_timeout);
+    server.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(flags.max_connections as usize));
+    let freed = Arc::new(Notify::new());
+    let mut backoff = BACKOFF_START;
+    let mut exhausted = false;
+    tokio::pin!(stop);
+
+    loop {
+        // Beyond the limit, connections wait in the kernel's listen queue.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut stop => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) if out_of_descriptors(&err) => {
+                    if !exhausted {
+                        tracing::warn!(target: TARGET, %err, "out of file descriptors: accepting more connections as they free up");
+                        exhausted = true;
+                    }
+                    tokio::select! {
+                        () = freed.notified() => {}
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut stop => break,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_CAP);
+                    continue;
+                }
+                Err(err) => {
+                    // The peer reset the connection before it was accepted, say: nothing to
+                    // wait for.
+                    tracing::debug!(target: TARGET, %err, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        if exhausted {
+            tracing::info!(target: TARGET, "accepting connections again");
+            exhausted = false;
+        }
+        backoff = BACKOFF_START;
+        // Tokens are small writes that should leave at once.
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let service = service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+        });
+        let connection = server
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watcher().watch(connection);
+        let freed = freed.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(target: TARGET, %peer, %err, "connection ended with an error");
+            }
+            drop(slot);
+            freed.notify_one();
+        });
+    }
+    drop(listener);
+    graceful
+}
+
+/// EMFILE or ENFILE (the same numbers on Linux and the BSDs): the process or the system has
+/// no file descriptor left for a new connection. ENOMEM is the same kind of shortage.
+fn out_of_descriptors(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(23 | 24)) || err.kind() == io::ErrorKind::OutOfMemory
+}

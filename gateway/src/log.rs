@@ -1,0 +1,155 @@
+//! One log line per request, written when the request is over, and the metrics it adds to.
+
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Method, Uri};
+use tower_stream_deadline::Outcome;
+
+use crate::metrics::{Finished, Metrics};
+
+/// The target of the gateway's own `tracing` events.
+pub const TARGET: &str = "stream_deadline_gateway";
+
+/// What one request did. Logged and counted once, when dropped: after the handler has
+/// answered and the response body (which holds the outcome callback) has ended or been
+/// dropped.
+pub struct RequestLog {
+    method: Method,
+    path: String,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    status: AtomicU16,
+    attempts: AtomicU32,
+    forwarded: AtomicBool,
+    /// The outcome of the last attempt, and when its first frame came, counted from the
+    /// request's arrival (so across retries: what the client waited for its first token).
+    last: Mutex<Option<(Outcome, Option<Duration>)>>,
+    note: Mutex<Option<String>>,
+    /// Something the caller sent that was ignored: the line goes out at warn.
+    warning: Mutex<Option<String>>,
+}
+
+impl RequestLog {
+    pub fn new(method: &Method, uri: &Uri, metrics: Arc<Metrics>) -> Self {
+        metrics.started();
+        RequestLog {
+            method: method.clone(),
+            path: uri.path().to_owned(),
+            started: Instant::now(),
+            metrics,
+            status: AtomicU16::new(0),
+            attempts: AtomicU32::new(0),
+            forwarded: AtomicBool::new(false),
+            last: Mutex::new(None),
+            note: Mutex::new(None),
+            warning: Mutex::new(None),
+        }
+    }
+
+    /// The request goes to the upstream: it will end with an outcome.
+    pub fn forwarding(&self) {
+        self.forwarded.store(true, Ordering::Relaxed);
+    }
+
+    /// Called once per attempt, from the deadline layer, as it ends.
+    pub fn record(&self, outcome: &Outcome) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        // The outcome's times count from the attempt's `call`, which was `total_time` ago.
+        let first_frame = outcome.time_to_first_frame.and_then(|first_frame| {
+            let call = Instant::now().checked_sub(outcome.total_time)?;
+            Some((call + first_frame).saturating_duration_since(self.started))
+        });
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((outcome.clone(), first_frame));
+        }
+    }
+
+    pub fn status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    pub fn note(&self, note: String) {
+        if let Ok(mut slot) = self.note.lock() {
+            *slot = Some(note);
+        }
+    }
+
+    pub fn warn(&self, warning: String) {
+        if let Ok(mut slot) = self.warning.lock() {
+            *slot = Some(warning);
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let last = self.last.get_mut().ok().and_then(|last| last.take());
+        let note = self.note.get_mut().ok().and_then(|note| note.take());
+        let warning = self.warning.get_mut().ok().and_then(|w| w.take());
+        let elapsed = self.started.elapsed();
+        let attempts = *self.attempts.get_mut();
+        let (outcome, first_frame, frames, bytes) = match &last {
+            Some((o, first_frame)) => (o.ending.as_str(), *first_frame, o.frames, o.bytes),
+            None => ("not-sent", None, 0, 0),
+        };
+        if *self.forwarded.get_mut() {
+            let ending = outcome.replace('-', "_");
+            self.metrics.finished(Finished {
+                // Forwarded, yet no attempt reported: the caller left before the first call.
+                ending: if last.is_some() { &ending } else { "dropped" },
+                attempts,
+                time_to_first_frame: first_frame,
+                longest_idle: last.as_ref().and_then(|(o, _)| o.longest_idle),
+                duration: elapsed,
+            });
+        } else {
+            self.metrics.not_forwarded();
+        }
+        // No status: the client went away before the response was ready.
+        let status = match *self.status.get_mut() {
+            0 => "-".to_owned(),
+            status => status.to_string(),
+        };
+        let notes = [warning.as_deref(), note.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+        let notes = if notes.is_empty() { notes } else { format!(" ({notes})") };
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: TARGET,
+                    method = %self.method,
+                    path = %self.path,
+                    status = %status,
+                    attempts,
+                    first_frame = %ms(first_frame),
+                    frames,
+                    bytes,
+                    outcome,
+                    elapsed = %ms(Some(elapsed)),
+                    "request{notes}",
+                )
+            };
+        }
+        if warning.is_some() {
+            line!(warn);
+        } else {
+            line!(info);
+        }
+    }
+}
+
+fn ms(duration: Option<Duration>) -> String {
+    match duration {
+        Some(duration) => format!("{:.1}ms", duration.as_secs_f64() * 1000.0),
+        None => "-".to_owned(),
+    }
+}

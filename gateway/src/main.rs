@@ -1,0 +1,150 @@
+//! # stream-deadline-gateway
+//!
+//! A reverse proxy for teams that cannot link a Rust crate: point the `openai` SDK's or
+//! LangChain's `base_url` at it instead of at the model server (vLLM, TGI, llama.cpp, a
+//! hosted API over https://), and every streamed answer gets a hard time budget, whichever
+//! client reads it. The budgets are `tower-stream-deadline`'s layer on the upstream client;
+//! `--help` lists the flags.
+//!
+//! - Every request (method, path, query, headers minus hop-by-hop ones, body) goes to the
+//!   upstream through one pooled client; the response streams back frame by frame.
+//! - After the head, a late `text/event-stream` answer ends with an OpenAI-style error event
+//!   and a clean end (the `openai` SDK raises `APIError`), and the upstream connection is
+//!   closed at once, so the model server stops generating. Before the head: `504` (or `502`
+//!   when the upstream cannot be reached), with an OpenAI-shaped JSON error.
+//! - Request bodies up to 1 MiB are buffered so that a request stuck before its first frame
+//!   can be retried with fresh budgets.
+//! - One log line per request on stderr, written when its response has ended; metrics and
+//!   health on the admin listener; SIGTERM drains within `--shutdown-grace`.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod config;
+mod duration;
+mod errors;
+mod headers;
+mod listener;
+mod log;
+mod metrics;
+mod proxy;
+mod request_body;
+mod shutdown;
+mod upstream;
+
+use std::io::{IsTerminal, Write as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+use crate::config::Flags;
+use crate::log::TARGET;
+
+/// After the grace, how long the cut responses get to flush their last event and close.
+const AFTER_CUT: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
+    let flags = Flags::from_args();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("stream-deadline-gateway: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("stream-deadline-gateway: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let default = "stream_deadline_gateway=info,tower_stream_deadline=error,warn";
+    let targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or_default());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(targets)
+        .init();
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
+    let listener = listener::bind(flags.listen, flags.backlog)
+        .map_err(|err| format!("--listen {}: {err}", flags.listen))?;
+    let addr = listener.local_addr().map_err(|err| err.to_string())?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let draining = Arc::new(AtomicBool::new(false));
+    let cut = CancellationToken::new();
+    let gateway = Arc::new(proxy::Gateway::new(&flags, metrics.clone(), cut.clone())?);
+
+    // Scripts wait for the `listening` line on stdout and read the addresses from it.
+    let mut stdout = std::io::stdout();
+    if let Some(admin_addr) = flags.admin_listen.0 {
+        let admin_listener = listener::bind(admin_addr, 128)
+            .map_err(|err| format!("--admin-listen {admin_addr}: {err}"))?;
+        let admin_addr = admin_listener.local_addr().map_err(|err| err.to_string())?;
+        let _ = writeln!(stdout, "stream-deadline-gateway admin on http://{admin_addr}");
+        let admin = Arc::new(admin::Admin {
+            metrics,
+            draining: draining.clone(),
+        });
+        tokio::spawn(admin::serve(admin_listener, admin));
+    }
+    let _ = writeln!(stdout, "stream-deadline-gateway listening on http://{addr}");
+    let _ = stdout.flush();
+    tracing::info!(
+        target: TARGET,
+        upstream = %flags.upstream,
+        h2c = flags.h2c,
+        total = ?flags.total,
+        first_frame = %flags.first_frame,
+        idle = %flags.idle,
+        retries = flags.retries,
+        max_connections = flags.max_connections,
+        "gateway ready"
+    );
+
+    let stop = async {
+        let signal = shutdown::signal().await;
+        draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            target: TARGET,
+            signal,
+            grace = ?flags.shutdown_grace,
+            "shutting down: no new connections; responses in flight may run for the grace"
+        );
+    };
+    let open = listener::serve(listener, gateway, &flags, stop).await;
+    let drained = open.shutdown();
+    tokio::pin!(drained);
+    tokio::select! {
+        () = &mut drained => {}
+        () = tokio::time::sleep(flags.shutdown_grace) => {
+            tracing::info!(target: TARGET, "shutdown grace over: ending the responses still in flight");
+            cut.cancel();
+            if tokio::time::timeout(AFTER_CUT, &mut drained).await.is_err() {
+                tracing::warn!(target: TARGET, "connections still open after the cut; closing them");
+            }
+        }
+    }
+    tracing::info!(target: TARGET, "gateway stopped");
+    Ok(())
+}

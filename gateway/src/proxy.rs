@@ -1,0 +1,215 @@
+//! Forwarding one request: the deadline layer (and first-frame retries) on the upstream
+//! client, the client's `x-request-timeout`, and the gateway's own error answers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tower::retry::RetryLayer;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_stream_deadline::{
+    Deadline, DeadlineBody, DeadlineExceeded, OnRequestOutcome, RetryFirstFrame,
+    StreamDeadlineLayer,
+};
+
+use crate::config::{Flags, Upstream};
+use crate::errors::{error_chain, json_error, request_timeout};
+use crate::headers;
+use crate::log::RequestLog;
+use crate::metrics::Metrics;
+use crate::request_body::{self, BodyIdle, ReadError, RequestBody};
+use crate::shutdown::DrainBody;
+use crate::upstream::{self, UpstreamClient};
+
+/// The header a client may use to shorten its request's total budget.
+const TIMEOUT_HEADER: &str = "x-request-timeout";
+
+/// What the gateway answers with: the upstream's body under its deadlines, or its own error.
+pub type GatewayBody = Either<DrainBody<DeadlineBody<Incoming>>, Full<Bytes>>;
+
+pub struct Gateway {
+    client: UpstreamClient,
+    upstream: Upstream,
+    layer: StreamDeadlineLayer,
+    retries: usize,
+    request_body_idle: std::time::Duration,
+    metrics: Arc<Metrics>,
+    /// Cancelled at the end of the shutdown grace: live responses end then.
+    cut: CancellationToken,
+}
+
+impl Gateway {
+    pub fn new(
+        flags: &Flags,
+        metrics: Arc<Metrics>,
+        cut: CancellationToken,
+    ) -> Result<Gateway, String> {
+        Ok(Gateway {
+            client: upstream::client(flags)?,
+            upstream: flags.upstream.clone(),
+            layer: flags.layer(),
+            retries: flags.retries,
+            request_body_idle: flags.request_body_idle,
+            metrics,
+            cut,
+        })
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
+        let log = Arc::new(RequestLog::new(
+            request.method(),
+            request.uri(),
+            self.metrics.clone(),
+        ));
+        let response = match self.forward(request, peer, &log).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                let event_stream = headers::prepare_response(&mut parts.headers);
+                let body = DrainBody::new(body, &self.cut, event_stream, log.clone());
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(answer) => answer.map(Either::Right),
+        };
+        log.status(response.status().as_u16());
+        // `log` is written when its last holder lets go: this function, and the response
+        // body, whose outcome callback runs when it ends (or is dropped).
+        response
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        log: &Arc<RequestLog>,
+    ) -> Result<Response<DeadlineBody<Incoming>>, Response<Full<Bytes>>> {
+        let (mut parts, body) = request.into_parts();
+        if let Some(deadline) = client_deadline(&parts.headers, log) {
+            parts.extensions.insert(deadline);
+        }
+        parts.uri = self.upstream.uri_for(&parts.uri).map_err(|err| {
+            log.note(format!("bad request URI: {err}"));
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "bad_request",
+                &format!("cannot forward this URI: {err}"),
+            )
+        })?;
+        headers::prepare_request(&mut parts, peer);
+        parts.extensions.insert(OnRequestOutcome::new({
+            let log = log.clone();
+            move |outcome| log.record(outcome)
+        }));
+
+        let body = match request_body::read(&parts.headers, body, self.request_body_idle).await {
+            Ok(body) => body,
+            Err(ReadError::Idle(idle)) => {
+                let why = BodyIdle(idle).to_string();
+                log.note(why.clone());
+                return Err(request_timeout(&why));
+            }
+            Err(ReadError::Failed(err)) => {
+                let why = format!("reading the request body failed: {err}");
+                log.note(why.clone());
+                return Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "bad_request_body",
+                    &why,
+                ));
+            }
+        };
+        log.forwarding();
+        let result = match body {
+            RequestBody::Replayable(bytes) => {
+                ServiceBuilder::new()
+                    // Outside the deadline layer: each attempt gets the full budgets.
+                    .layer(RetryLayer::new(RetryFirstFrame::new(self.retries)))
+                    .layer(self.layer.clone())
+                    .map_request(|request: Request<Full<Bytes>>| request.map(Either::Left))
+                    .service(self.client.clone())
+                    .oneshot(Request::from_parts(parts, Full::new(bytes)))
+                    .await
+            }
+            RequestBody::Streamed(body) => {
+                ServiceBuilder::new()
+                    .layer(self.layer.clone())
+                    .service(self.client.clone())
+                    .oneshot(Request::from_parts(parts, Either::Right(body)))
+                    .await
+            }
+        };
+        result.map_err(|err| self.failure(&*err, log))
+    }
+
+    /// The answer to a request that got no response head from upstream in time.
+    fn failure(
+        &self,
+        err: &(dyn std::error::Error + 'static),
+        log: &RequestLog,
+    ) -> Response<Full<Bytes>> {
+        let attempts = log.attempts();
+        if let Some(deadline) = DeadlineExceeded::find(err) {
+            let plural = if attempts == 1 { "attempt" } else { "attempts" };
+            let mut response = json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "deadline_exceeded",
+                &format!("{deadline}, before any of the response was sent ({attempts} {plural})"),
+            );
+            if attempts > 1 {
+                // The gateway has retried already: the `openai` SDK reads this and does not
+                // retry on top (3 x 3 attempts).
+                response
+                    .headers_mut()
+                    .insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            return response;
+        }
+        if let Some(idle) = crate::errors::find::<BodyIdle>(err) {
+            log.note(idle.to_string());
+            return request_timeout(&idle.to_string());
+        }
+        let chain = error_chain(err);
+        log.note(chain.clone());
+        match upstream::tls_error(err) {
+            Some(tls) => json_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_tls_error",
+                &format!("the TLS connection to the upstream failed: {tls}"),
+            ),
+            None => json_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unavailable",
+                &format!("the upstream request failed: {chain}"),
+            ),
+        }
+    }
+}
+
+/// The deadline a client asks for with `x-request-timeout` (same grammar as the flags): it
+/// caps the total of every attempt of the request, counted from its arrival, and can only
+/// shorten the gateway's budget. A value that cannot be read is ignored, and named in the
+/// request's log line.
+fn client_deadline(headers: &http::HeaderMap, log: &RequestLog) -> Option<Deadline> {
+    let value = headers.get(TIMEOUT_HEADER)?;
+    let parsed = value
+        .to_str()
+        .map_err(|_| "not visible ASCII".to_owned())
+        .and_then(crate::duration::parse);
+    match parsed {
+        Ok(budget) => tokio::time::Instant::now()
+            .checked_add(budget)
+            .map(Deadline::new),
+        Err(why) => {
+            log.warn(format!("ignored {TIMEOUT_HEADER}: {value:?}: {why}"));
+            None
+        }
+    }
+}

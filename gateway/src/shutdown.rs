@@ -1,0 +1,122 @@
+//! Graceful shutdown: the signals that start it, and the body that ends a response cut at
+//! the end of the grace the way a deadline would (an error event, then a clean end, for an
+//! event stream; an error for anything else, which the server turns into a reset).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::errors::shutdown_event;
+use crate::log::RequestLog;
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+/// The response body was cut because the gateway is shutting down.
+#[derive(Debug)]
+pub struct ShuttingDown;
+
+impl std::fmt::Display for ShuttingDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the gateway is shutting down")
+    }
+}
+
+impl std::error::Error for ShuttingDown {}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends when `cut` is cancelled: the upstream body is dropped at
+    /// once (releasing the upstream), then an event stream gets one last error event and
+    /// ends cleanly; any other body fails.
+    ///
+    /// The inner body must deliver event streams in whole events (the deadline layer's SSE
+    /// endings do), so that the last event never lands inside another.
+    pub struct DrainBody<B> {
+        #[pin]
+        inner: Option<B>,
+        #[pin]
+        cut: WaitForCancellationFutureOwned,
+        event_stream: bool,
+        log: Arc<RequestLog>,
+    }
+}
+
+impl<B> DrainBody<B> {
+    pub fn new(inner: B, cut: &CancellationToken, event_stream: bool, log: Arc<RequestLog>) -> Self {
+        DrainBody {
+            inner: Some(inner),
+            cut: cut.clone().cancelled_owned(),
+            event_stream,
+            log,
+        }
+    }
+}
+
+impl<B> Body for DrainBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        if this.cut.as_mut().poll(cx).is_ready() {
+            this.inner.set(None);
+            this.log
+                .note("cut at the end of the shutdown grace".to_owned());
+            if *this.event_stream {
+                return Poll::Ready(Some(Ok(Frame::data(shutdown_event()))));
+            }
+            return Poll::Ready(Some(Err(Box::new(ShuttingDown))));
+        }
+        inner
+            .poll_frame(cx)
+            .map(|frame| frame.map(|frame| frame.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Some(inner) => inner.is_end_stream(),
+            None => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(inner) => inner.size_hint(),
+            None => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Flags, their environment variables, and the `x-request-timeout` header in the same grammar.
+
+mod support;
+
+use std::process::Command;
+
+use support::{Gateway, post, send, upstream};
+
+fn ready_line(gateway: &Gateway) -> String {
+    let log = gateway.log();
+    log.lines()
+        .find(|line| line.contains("gateway ready"))
+        .unwrap_or_else(|| panic!("no ready line in:\n{log}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_flag_also_comes_from_the_environment_and_the_command_line_wins() {
+    let env = [
+        ("STREAM_DEADLINE_TOTAL", "1.5s"),
+        ("STREAM_DEADLINE_IDLE", "off"),
+        ("STREAM_DEADLINE_RETRIES", "7"),
+        ("STREAM_DEADLINE_UPSTREAM", "http://127.0.0.1:9/base"),
+    ];
+    let from_env = Gateway::start(&[], &env);
+    from_env.wait_for_log("ready line", |log| log.contains("gateway ready")).await;
+    let line = ready_line(&from_env);
+    for expected in ["total=1.5s", "idle=off", "retries=7", "upstream=http://127.0.0.1:9/base"] {
+        assert!(line.contains(expected), "{expected} missing: {line}");
+    }
+
+    let flag_wins = Gateway::start(&["--total", "2m", "--retries", "0"], &env);
+    flag_wins.wait_for_log("ready line", |log| log.contains("gateway ready")).await;
+    let line = ready_line(&flag_wins);
+    for expected in ["total=120s", "idle=off", "retries=0"] {
+        assert!(line.contains(expected), "{expected} missing: {line}");
+    }
+}
+
+#[test]
+fn help_names_the_environment_and_what_a_bare_number_means() {
+    let output = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "a bare number is seconds",
+        "STREAM_DEADLINE_UPSTREAM",
+        "[env: STREAM_DEADLINE_SHUTDOWN_GRACE=]",
+        "x-request-timeout",
+        "[default: 45s]",
+    ] {
+        assert!(help.contains(expected), "--help lacks {expected:?}:\n{help}");
+    }
+}
+
+#[test]
+fn a_malformed_duration_flag_is_refused_with_its_value_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
+        .args(["--total", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("`soon` is not a duration"), "{stderr}");
+}
+
+/// A babbling stream under a 30 s budget, shortened by the header: the deadline's error
+/// event names the header's budget.
+async fn cut_by_header(value: &str) -> String {
+    let (upstream, _) = upstream::start().await;
+    let gateway = Gateway::start(
+        &["--upstream", &format!("http://{upstream}"), "--total", "30s"],
+        &[],
+    );
+    let answer = send(gateway.addr, post("/v1/babble", &[("x-request-timeout", value)])).await;
+    assert_eq!(answer.status, 200);
+    answer.body
+}
+
+/// The budget counts from the request's arrival, so the layer sees a hair less than 300 ms.
+fn within_300ms(body: &str) -> bool {
+    body.contains("total budget of 300ms") || body.contains("total budget of 299.")
+}
+
+#[tokio::test]
+async fn x_request_timeout_takes_units_and_fractions_like_the_flags() {
+    for value in ["300ms", "0.3s"] {
+        let body = cut_by_header(value).await;
+        assert!(body.contains("\"code\":\"deadline_exceeded\""), "{value}: {body}");
+        assert!(within_300ms(&body), "{value}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_bare_number_in_x_request_timeout_is_seconds() {
+    let body = cut_by_header("0.3").await;
+    assert!(within_300ms(&body), "{body}");
+}
+
+#[tokio::test]
+async fn an_ignored_header_value_is_named_in_its_request_line_at_warn() {
+    let (upstream, _) = upstream::start().await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    let answer = send(
+        gateway.addr,
+        post("/v1/complete", &[("x-request-timeout", "soonish")]),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+    let log = gateway
+        .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
+        .await;
+    let line = log.lines().find(|l| l.contains("path=/v1/complete")).unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("\"soonish\""), "{line}");
+}

@@ -1,0 +1,154 @@
+//! Limits for a process facing many clients: connections, file descriptors, slow request
+//! heads and bodies, and credentials that never reach a log.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{Gateway, PATIENCE, get, post, send, upstream};
+
+/// Reads what the gateway sends on `stream` until it closes the connection.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection")
+        .expect("reads");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn beyond_max_connections_a_connection_waits_and_is_served_when_a_slot_frees() {
+    let (upstream, _) = upstream::start().await;
+    let gateway = Gateway::start(
+        &["--upstream", &format!("http://{upstream}"), "--max-connections", "1"],
+        &[],
+    );
+    // Holds the one slot: connected, with no request yet.
+    let holder = TcpStream::connect(gateway.addr).await.unwrap();
+    let waiting = tokio::spawn(get(gateway.addr, "/v1/waiting"));
+    // Not answered while the slot is held (a bound on a negative, not a wait to settle).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served beyond --max-connections 1");
+    drop(holder);
+    let answer = tokio::time::timeout(PATIENCE, waiting).await.unwrap().unwrap();
+    assert_eq!(answer.body, "upstream /v1/waiting");
+}
+
+/// CPU time (user + system, in clock ticks) the process has used, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_it_neither_spins_nor_floods_and_serves_once_one_frees() {
+    let (upstream, _) = upstream::start().await;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(["--upstream", &format!("http://{upstream}")])
+        .args(["--header-read-timeout", "60s"]);
+    let gateway = Gateway::spawn(command, &[]);
+
+    // Idle connections until the gateway has no descriptor left to accept with.
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(TcpStream::connect(gateway.addr).await.unwrap());
+    }
+    gateway
+        .wait_for_log("out-of-descriptors warning", |log| log.contains("out of file descriptors"))
+        .await;
+    let request = tokio::spawn(get(gateway.addr, "/v1/after"));
+    let before = cpu_ticks(gateway.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spent = cpu_ticks(gateway.pid()) - before;
+    // A spinning accept loop burns the whole half second (50 ticks at 100 Hz).
+    assert!(spent <= 10, "{spent} ticks of CPU in 500 ms while out of descriptors");
+    assert!(!request.is_finished());
+
+    drop(idle);
+    let answer = tokio::time::timeout(PATIENCE, request).await.unwrap().unwrap();
+    assert_eq!(answer.body, "upstream /v1/after");
+    let log = gateway
+        .wait_for_log("recovery line", |log| log.contains("accepting connections again"))
+        .await;
+    assert_eq!(log.matches("out of file descriptors").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn a_request_head_sent_too_slowly_is_cut() {
+    let gateway = Gateway::start(&["--header-read-timeout", "300ms"], &[]);
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/complete HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(
+        &["--upstream", &format!("http://{upstream}"), "--request-body-idle", "300ms"],
+        &[],
+    );
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/complete HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"stream\":")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert_eq!(upstream::Counts::get(&counts.requests), 0, "nothing went upstream");
+}
+
+#[tokio::test]
+async fn credentials_in_the_upstream_are_never_printed() {
+    let (upstream, _) = upstream::start().await;
+    let gateway = Gateway::start(
+        &["--upstream", &format!("http://user:s3cret@{upstream}/base")],
+        &[],
+    );
+    let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+    assert_eq!(answer.status, 200);
+    let log = gateway
+        .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
+        .await;
+    assert!(log.contains("upstream=http://***@127.0.0.1"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+
+    let unreachable = Gateway::start(&["--upstream", "http://user:s3cret@127.0.0.1:1"], &[]);
+    let answer = send(unreachable.addr, post("/v1/complete", &[])).await;
+    assert_eq!(answer.status, 502);
+    let log = unreachable
+        .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
+        .await;
+    assert!(!answer.body.contains("s3cret") && !log.contains("s3cret"), "{answer:?}\n{log}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
+        .args(["--upstream", "ftp://user:s3cret@host"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("s3cret"));
+
+    let help = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
+        .arg("--help")
+        .env("STREAM_DEADLINE_UPSTREAM", "https://user:s3cret@host")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("s3cret"));
+}

@@ -1,0 +1,159 @@
+//! A model-server stand-in on 127.0.0.1: event streams chosen by path, each stream's end
+//! (completed or cancelled) counted.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// A token every this often.
+pub const TOKEN_EVERY: Duration = Duration::from_millis(20);
+
+#[derive(Default)]
+pub struct Counts {
+    pub requests: AtomicUsize,
+    pub completed: AtomicUsize,
+    pub cancelled: AtomicUsize,
+    stuck_once: AtomicUsize,
+    /// Each request's HTTP version and the authority it named (`Host` or `:authority`).
+    pub seen: std::sync::Mutex<Vec<(http::Version, String)>>,
+}
+
+impl Counts {
+    pub fn get(counter: &AtomicUsize) -> usize {
+        counter.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts the upstream; its address and counts.
+pub async fn start() -> (SocketAddr, Arc<Counts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(Counts::default());
+    let shared = counts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            serve(TokioIo::new(stream), shared.clone());
+        }
+    });
+    (addr, counts)
+}
+
+/// Serves one connection (plain or TLS) with the routes below.
+pub fn serve<I>(io: I, counts: Arc<Counts>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = service_fn(move |request| {
+            let counts = counts.clone();
+            async move { Ok::<_, Infallible>(route(request, &counts).await) }
+        });
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await;
+    });
+}
+
+/// - `/v1/complete`: three tokens, then `[DONE]`; `/v1/slow`: 25 (half a second);
+/// - `/v1/babble`: a token every 20 ms, forever;
+/// - `/v1/idle`: one token, then silence;
+/// - `/v1/stuck-once`: the first request gets nothing at all; later ones are `/v1/complete`;
+/// - anything else: `200 upstream <path>` in plain text.
+async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tokens> {
+    counts.requests.fetch_add(1, Ordering::SeqCst);
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.to_string(),
+        None => request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    counts.seen.lock().unwrap().push((request.version(), authority));
+    let path = request.uri().path().to_owned();
+    let tokens: Option<usize> = match path.as_str() {
+        "/v1/complete" => Some(3),
+        "/v1/slow" => Some(25),
+        "/v1/babble" => Some(usize::MAX),
+        "/v1/idle" => Some(1),
+        "/v1/stuck-once" if counts.stuck_once.fetch_add(1, Ordering::SeqCst) == 0 => {
+            std::future::pending::<()>().await;
+            None
+        }
+        "/v1/stuck-once" => Some(3),
+        _ => None,
+    };
+    let Some(tokens) = tokens else {
+        let (tx, body) = Tokens::channel();
+        let _ = tx.try_send(Bytes::from(format!("upstream {path}")));
+        return Response::new(body);
+    };
+    let (tx, body) = Tokens::channel();
+    let counts = counts.clone();
+    let idle_after_one = path == "/v1/idle";
+    tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < tokens {
+            tokio::time::sleep(TOKEN_EVERY).await;
+            let event = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{sent} \"}}}}]}}\n\n");
+            if tx.send(Bytes::from(event)).await.is_err() {
+                counts.cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            sent += 1;
+        }
+        if idle_after_one {
+            tx.closed().await;
+            counts.cancelled.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        counts.completed.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+/// A body fed by a channel; dropping it tells the sender.
+pub struct Tokens(mpsc::Receiver<Bytes>);
+
+impl Tokens {
+    fn channel() -> (mpsc::Sender<Bytes>, Tokens) {
+        let (tx, rx) = mpsc::channel(4);
+        (tx, Tokens(rx))
+    }
+}
+
+impl Body for Tokens {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|data| data.map(|data| Ok(Frame::data(data))))
+    }
+}
