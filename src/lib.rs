@@ -62,6 +62,12 @@
 //!   `tower_stream_deadline`): WARN with kind, budget, elapsed, frames and bytes when a
 //!   deadline fires, DEBUG otherwise. Nothing is emitted per frame.
 //!
+//! The layer's builder methods come in groups, each for one concern:
+//! [budgets](StreamDeadlineLayer#budgets), [propagation](StreamDeadlineLayer#propagation)
+//! across hops, [protocol endings](StreamDeadlineLayer#protocol-endings),
+//! [progress](StreamDeadlineLayer#progress) filters and
+//! [observability](StreamDeadlineLayer#observability).
+//!
 //! The [`guide`] tells where to place the layer (client, server, proxy, with retries) and
 //! what each kind of client sees when a deadline fires.
 //!
