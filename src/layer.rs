@@ -28,6 +28,46 @@ use crate::timeout_header::HeaderRules;
 /// A first-frame budget no shorter than the total budget is ignored: the total budget wins.
 /// A budget of `Duration::ZERO` has run out before anything can arrive.
 ///
+/// # Builder methods, by concern
+///
+/// Every layer starts from [`new`](Self::new); the rest are opt-in, in five groups (one
+/// `impl` block each in the list of methods below).
+///
+/// ## Budgets
+///
+/// How long a response may take: [`new`](Self::new) (in all),
+/// [`first_frame`](Self::first_frame) and [`idle`](Self::idle) for streams that can stall,
+/// and [`release_unpolled`](Self::release_unpolled) where the body may sit unpolled (a
+/// proxy whose client stops reading).
+///
+/// ## Propagation
+///
+/// When one deadline should hold across hops: a client's header may shorten the budget
+/// ([`read_grpc_timeout`](Self::read_grpc_timeout),
+/// [`read_timeout_header`](Self::read_timeout_header)), and the next hop learns how long it
+/// has left ([`forward_grpc_timeout`](Self::forward_grpc_timeout),
+/// [`forward_timeout_header`](Self::forward_timeout_header),
+/// [`forward_margin`](Self::forward_margin)).
+///
+/// ## Protocol endings
+///
+/// When the client should learn of a deadline in its own protocol's terms instead of a cut
+/// stream: [`grpc_endings`](Self::grpc_endings), [`sse_endings`](Self::sse_endings),
+/// [`sse_ending_event`](Self::sse_ending_event), and
+/// [`sse_upstream_errors`](Self::sse_upstream_errors) for an upstream that fails
+/// mid-stream.
+///
+/// ## Progress
+///
+/// When keep-alives (SSE comments, empty frames, role-only chunks) would make a stuck stream
+/// look alive to the first-frame and idle budgets: [`sse_progress`](Self::sse_progress),
+/// [`sse_progress_filter`](Self::sse_progress_filter), [`progress`](Self::progress).
+///
+/// ## Observability
+///
+/// When you want numbers per response (metrics, logs, tuning the budgets) beyond the
+/// `tracing` event each deadline emits: [`on_outcome`](Self::on_outcome).
+///
 /// # Example
 ///
 /// ```
@@ -254,9 +294,14 @@ impl StreamDeadlineLayer {
     /// protocol ending) as always. The idle deadline counts only while the body waits on
     /// upstream, as always: a caller that took a frame and stopped polling is not idle.
     ///
-    /// It costs a lock per poll of the body (a few ns, uncontended), a task and two
-    /// allocations per response (see BENCHMARKS.md). Where there is no runtime with timers
-    /// at `call`, or it shuts down, the body is released by polls as without it.
+    /// Before the response is handed over (the head, and under a first-frame budget the first
+    /// frame), the response future holds the upstream and releases it when it is polled or
+    /// dropped, as a future awaited by its caller always is.
+    ///
+    /// It costs an uncontended lock per poll of the body, and per response a task and three
+    /// allocations (about 860 bytes, see BENCHMARKS.md): worth it in a proxy, not in a client
+    /// that always reads its own stream. Where there is no runtime with timers at `call`, or
+    /// it shuts down, the body is released by polls as without it.
     ///
     /// ```
     /// use std::time::Duration;

@@ -57,9 +57,16 @@
 //! - **Protocol endings and progress** (opt-in): gRPC streams end with `grpc-status: 4`,
 //!   SSE streams with a final error event; keep-alives need not count as progress.
 //! - **Observability.** Every response ends with one [`Outcome`] (to a callback set with
-//!   [`on_outcome`](StreamDeadlineLayer::on_outcome)) and one `tracing` event (target
+//!   [`on_outcome`](StreamDeadlineLayer::on_outcome), and to the request's own
+//!   [`OnRequestOutcome`], if it carries one) and one `tracing` event (target
 //!   `tower_stream_deadline`): WARN with kind, budget, elapsed, frames and bytes when a
 //!   deadline fires, DEBUG otherwise. Nothing is emitted per frame.
+//!
+//! The layer's builder methods come in groups, each for one concern:
+//! [budgets](StreamDeadlineLayer#budgets), [propagation](StreamDeadlineLayer#propagation)
+//! across hops, [protocol endings](StreamDeadlineLayer#protocol-endings),
+//! [progress](StreamDeadlineLayer#progress) filters and
+//! [observability](StreamDeadlineLayer#observability).
 //!
 //! The [`guide`] tells where to place the layer (client, server, proxy, with retries) and
 //! what each kind of client sees when a deadline fires.

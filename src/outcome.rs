@@ -133,7 +133,10 @@ impl OnOutcome {
     }
 
     /// The layer's callback (if any), then a request's own.
-    pub(crate) fn both(layer: Option<OnOutcome>, request: Arc<dyn Fn(&Outcome) + Send + Sync>) -> Self {
+    pub(crate) fn both(
+        layer: Option<OnOutcome>,
+        request: Arc<dyn Fn(&Outcome) + Send + Sync>,
+    ) -> Self {
         match layer {
             None => OnOutcome(request),
             Some(layer) => OnOutcome::new(move |outcome| {

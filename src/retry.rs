@@ -17,6 +17,18 @@ use crate::error::{DeadlineExceeded, DeadlineKind};
 /// Place the `Retry` layer *outside* the [`StreamDeadlineLayer`](crate::StreamDeadlineLayer),
 /// so that each attempt gets its own budgets. Needs the `retry` feature.
 ///
+/// # The request must be `Clone`
+///
+/// A retry sends the request again, so `RetryFirstFrame` is a `Policy` only for requests
+/// that are `Clone`: `http::Request<B>` with a `Clone` body such as `String`, `Bytes` or
+/// `http_body_util::Full<Bytes>`. A body that streams in (hyper's `Incoming`,
+/// `axum::body::Body`) is not, and calling the `Retry` service then fails to compile with
+/// `E0599`: "the method ... exists ... but its trait bounds were not satisfied". The way
+/// out is to buffer the body before the retry layer, as a proxy in front of a model server
+/// can (a chat request is small): collect it into `Bytes` and send a `Full<Bytes>`, as the
+/// second example below does. Bound what you buffer (`http_body_util::Limited`), or let
+/// large bodies stream through without retry.
+///
 /// # Example
 ///
 /// ```
@@ -32,6 +44,50 @@ use crate::error::{DeadlineExceeded, DeadlineKind};
 ///     .layer(StreamDeadlineLayer::new(Duration::from_secs(60)).first_frame(Duration::from_secs(10)))
 ///     .service(upstream);
 /// # let _ = svc;
+/// ```
+///
+/// A proxy whose incoming body streams (here a boxed body, like `axum::body::Body`) buffers
+/// it into a `Full<Bytes>`, which is `Clone`, before the retry layer:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+/// use tower::{BoxError, ServiceBuilder, ServiceExt, retry::RetryLayer};
+/// use tower_stream_deadline::{RetryFirstFrame, StreamDeadlineLayer};
+///
+/// /// Buffers a request body of at most 1 MiB, so that the request can be sent again.
+/// async fn buffered<B>(request: Request<B>) -> Result<Request<Full<Bytes>>, BoxError>
+/// where
+///     B: http_body::Body,
+///     B::Error: Into<BoxError>,
+/// {
+///     let (parts, body) = request.into_parts();
+///     let bytes = Limited::new(body, 1 << 20).collect().await?.to_bytes();
+///     Ok(Request::from_parts(parts, Full::new(bytes)))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let upstream = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+///     let prompt = request.into_body().collect().await?.to_bytes();
+///     Ok::<_, BoxError>(Response::new(Full::new(prompt)))
+/// });
+/// let svc = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryFirstFrame::new(2)))
+///     .layer(StreamDeadlineLayer::new(Duration::from_secs(60)).first_frame(Duration::from_secs(10)))
+///     .service(upstream);
+///
+/// // What a server hands the proxy: a body that streams in, and is not `Clone`.
+/// let incoming: Request<BoxBody<Bytes, BoxError>> =
+///     Request::new(Full::new(Bytes::from("{\"stream\":true}")).map_err(Into::into).boxed());
+/// let response = svc.oneshot(buffered(incoming).await?).await?;
+/// let answer = response.into_body().collect().await?.to_bytes();
+/// assert_eq!(answer, "{\"stream\":true}");
+/// # Ok(())
+/// # }
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 #[derive(Clone, Debug)]

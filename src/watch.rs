@@ -146,9 +146,11 @@ impl<B: Body> Watched<B> {
         if let Some(expired) = state.expired.take() {
             return state.core.ending(expired);
         }
-        let before = state.core.waiting_since;
+        let was_waiting = state.core.waiting_since.is_some();
         let polled = state.core.poll_frame(state.upstream.as_mut(), cx);
-        if state.core.waiting_since == before && !state.upstream.is_released() {
+        // Only a wait that starts can bring the next deadline earlier (a frame ending a wait
+        // moves it later: the watcher finds that out when it wakes).
+        if (was_waiting || state.core.waiting_since.is_none()) && !state.upstream.is_released() {
             return polled;
         }
         let watcher = state.watcher_to_wake();

@@ -615,7 +615,7 @@ async fn a_deadline_inside_a_message_gives_a_tonic_client_every_whole_message_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_inside_a_message_sends_no_byte_of_it_before_the_status_trailers() {
-    // The measurement: a prefix announcing the message, two of its bytes sent.
+    // A message cut early: the prefix announcing it, and two of its bytes, sent.
     let (frame, whole) = two_and_a_half(5 + 2);
     let addr = serve_half_message(frame).await;
 

@@ -38,12 +38,26 @@ async fn each_request_hears_its_own_outcome_after_the_layers() {
 
     let mut req = Request::new(());
     req.extensions_mut().insert(tagged(&heard, "first"));
-    let mut body = completed.ready().await.unwrap().call(req).await.unwrap().into_body();
+    let mut body = completed
+        .ready()
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .unwrap()
+        .into_body();
     assert!(drain(&mut body).await.error.is_none());
 
     let mut req = Request::new(());
     req.extensions_mut().insert(tagged(&heard, "second"));
-    let mut body = cut.ready().await.unwrap().call(req).await.unwrap().into_body();
+    let mut body = cut
+        .ready()
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .unwrap()
+        .into_body();
     assert!(drain(&mut body).await.error.is_some());
 
     let total = Ending::Deadline(DeadlineKind::Total);

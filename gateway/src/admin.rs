@@ -47,9 +47,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 let answer = admin.answer(&request);
                 async move { Ok::<_, Infallible>(answer) }
             });
-            let _ = server
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = server.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
@@ -75,7 +73,10 @@ impl Admin {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             }
             "/readyz" => text(StatusCode::OK, "ready\n"),
-            _ => text(StatusCode::NOT_FOUND, "not found: /metrics, /healthz, /readyz\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: /metrics, /healthz, /readyz\n",
+            ),
         }
     }
 }

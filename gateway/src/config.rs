@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use http::Uri;
 use tower_stream_deadline::StreamDeadlineLayer;
 
 use crate::duration;
+use crate::upstream_url::{DEFAULT_UPSTREAM, Upstream};
 
 const AFTER_HELP: &str = "\
 DURATIONS: a number and a unit (500ms, 45s, 1.5s, 2m, 1h); a bare number is seconds.
@@ -22,7 +22,8 @@ that cannot be read is ignored and named in that request's log line, at warn.
 
 The upstream's https:// certificates are checked against the system's roots, or against the
 PEM bundle named by SSL_CERT_FILE when it is set. One line per request is logged on stderr;
-RUST_LOG takes targets and levels (default: stream_deadline_gateway=info,warn).";
+RUST_LOG takes targets and levels
+(default: stream_deadline_gateway=info,tower_stream_deadline=error,warn).";
 
 /// A deadline gateway in front of an OpenAI-compatible model server: every streamed answer
 /// gets a hard time budget, whichever client reads it.
@@ -30,10 +31,16 @@ RUST_LOG takes targets and levels (default: stream_deadline_gateway=info,warn)."
 #[command(name = "stream-deadline-gateway", version, after_help = AFTER_HELP)]
 pub struct Flags {
     /// Where to serve HTTP/1.1 and h2c (port 0 picks a free port; the address is printed on stdout).
-    #[arg(long, env = "STREAM_DEADLINE_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "STREAM_DEADLINE_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
-    /// The model server: http:// or https://, with an optional path prefix kept before every path.
+    /// The model server: http:// or https://, with an optional path prefix kept before every path
+    /// (`user:password@` in it goes as Basic auth where a request has no Authorization).
     // Read as text and checked in `from_args`: clap would echo a bad value, credentials and all.
     #[arg(long = "upstream", value_name = "URL", env = "STREAM_DEADLINE_UPSTREAM", default_value = DEFAULT_UPSTREAM, hide_env_values = true)]
     upstream_url: String,
@@ -46,47 +53,55 @@ pub struct Flags {
     pub h2c: bool,
 
     /// Budget of the whole response, head and body.
-    #[arg(long, env = "STREAM_DEADLINE_TOTAL", default_value = "45s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_TOTAL", default_value = "45s", value_parser = duration::parse)]
     pub total: Duration,
 
     /// Budget until the first body frame, or `off`.
-    #[arg(long, env = "STREAM_DEADLINE_FIRST_FRAME", default_value = "10s", value_parser = Budget::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_FIRST_FRAME", default_value = "10s", value_parser = Budget::parse)]
     pub first_frame: Budget,
 
     /// Longest wait between two frames, or `off`.
-    #[arg(long, env = "STREAM_DEADLINE_IDLE", default_value = "5s", value_parser = Budget::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_IDLE", default_value = "5s", value_parser = Budget::parse)]
     pub idle: Budget,
 
     /// Retries of a request stuck before its first frame (only request bodies up to 1 MiB are replayed).
-    #[arg(long, env = "STREAM_DEADLINE_RETRIES", default_value_t = 2)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "STREAM_DEADLINE_RETRIES",
+        default_value_t = 2
+    )]
     pub retries: usize,
 
     /// Where to serve /metrics, /healthz and /readyz, or `off`.
-    #[arg(long, env = "STREAM_DEADLINE_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = AdminListen::parse)]
+    #[arg(long, value_name = "ADDR", env = "STREAM_DEADLINE_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = AdminListen::parse)]
     pub admin_listen: AdminListen,
 
-    /// On SIGTERM or SIGINT, how long responses in flight may still run.
-    #[arg(long, env = "STREAM_DEADLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
+    /// On SIGTERM or SIGINT, how long responses in flight may still run (a second signal ends it).
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
     pub shutdown_grace: Duration,
 
     /// Client connections served at once; more wait in the listen queue.
-    #[arg(long, env = "STREAM_DEADLINE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", env = "STREAM_DEADLINE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
     /// Length of the listen queue (the kernel caps it at net.core.somaxconn).
-    #[arg(long, env = "STREAM_DEADLINE_BACKLOG", default_value_t = 4096)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "STREAM_DEADLINE_BACKLOG",
+        default_value_t = 4096
+    )]
     pub backlog: u32,
 
     /// How long a client may take to send a request head.
-    #[arg(long, env = "STREAM_DEADLINE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
     pub header_read_timeout: Duration,
 
     /// Longest wait for the next piece of a request body (answered 408 when nothing was sent yet).
-    #[arg(long, env = "STREAM_DEADLINE_REQUEST_BODY_IDLE", default_value = "30s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_REQUEST_BODY_IDLE", default_value = "30s", value_parser = duration::parse)]
     pub request_body_idle: Duration,
 }
-
-const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
 
 impl Flags {
     /// The flags of this process; exits with clap's usage error (status 2) on a bad one.
@@ -102,8 +117,10 @@ impl Flags {
     {
         let mut flags = Flags::try_parse_from(args)?;
         flags.upstream = Upstream::parse(&flags.upstream_url).map_err(|why| {
-            <Flags as clap::CommandFactory>::command()
-                .error(clap::error::ErrorKind::ValueValidation, format!("--upstream {why}"))
+            <Flags as clap::CommandFactory>::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--upstream {why}"),
+            )
         })?;
         Ok(flags)
     }
@@ -155,95 +172,10 @@ impl AdminListen {
             text => text
                 .parse()
                 .map(|addr| AdminListen(Some(addr)))
-                .map_err(|err| format!("`{text}`: {err} (an address such as 127.0.0.1:9464, or off)")),
+                .map_err(|err| {
+                    format!("`{text}`: {err} (an address such as 127.0.0.1:9464, or off)")
+                }),
         }
-    }
-}
-
-/// The upstream's scheme and authority, and a path prefix put before every request's path.
-#[derive(Clone)]
-pub struct Upstream {
-    /// `scheme://host:port`, with any credentials.
-    origin: String,
-    prefix: String,
-    /// The same, for logs: credentials replaced by `***`.
-    shown: String,
-    pub https: bool,
-}
-
-impl Upstream {
-    pub fn parse(text: &str) -> Result<Upstream, String> {
-        // Errors echo the URL with its credentials hidden, like the logs.
-        let uri: Uri = text
-            .parse()
-            .map_err(|err| format!("`{}`: {err}", redact(text)))?;
-        let shown_input = redact(text);
-        let https = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err(format!("`{shown_input}`: an http:// or https:// URL is needed")),
-        };
-        let authority = uri
-            .authority()
-            .ok_or(format!("`{shown_input}`: no host"))?;
-        if uri.query().is_some() {
-            return Err(format!("`{shown_input}`: a query is not allowed here"));
-        }
-        let scheme = if https { "https" } else { "http" };
-        let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream {
-            origin: format!("{scheme}://{authority}"),
-            shown: format!("{scheme}://{}{prefix}", redact(authority.as_str())),
-            prefix,
-            https,
-        })
-    }
-
-    /// The upstream URI for a request's path and query.
-    pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::uri::InvalidUri> {
-        let path = incoming.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("{}{}{}", self.origin, self.prefix, path).parse()
-    }
-}
-
-impl std::fmt::Display for Upstream {
-    /// The URL without its credentials: the only way an upstream is ever printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.shown)
-    }
-}
-
-/// `user:pw@host` and `scheme://user:pw@host/...` become `***@host...`.
-fn redact(text: &str) -> String {
-    let (scheme, rest) = match text.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, text),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let rest = match rest[..authority_end].rfind('@') {
-        Some(at) => format!("***{}", &rest[at..]),
-        None => rest.to_owned(),
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{rest}"),
-        None => rest,
-    }
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Upstream::parse(DEFAULT_UPSTREAM).unwrap_or(Upstream {
-            origin: DEFAULT_UPSTREAM.to_owned(),
-            prefix: String::new(),
-            shown: DEFAULT_UPSTREAM.to_owned(),
-            https: false,
-        })
-    }
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Upstream({})", self.shown)
     }
 }
 
@@ -260,7 +192,10 @@ mod tests {
         assert_eq!(flags.first_frame, Budget(Some(Duration::from_secs(10))));
         assert_eq!(flags.idle, Budget(Some(Duration::from_secs(5))));
         assert_eq!(flags.retries, 2);
-        assert_eq!(flags.admin_listen, AdminListen(Some("127.0.0.1:9464".parse().unwrap())));
+        assert_eq!(
+            flags.admin_listen,
+            AdminListen(Some("127.0.0.1:9464".parse().unwrap()))
+        );
 
         let args = "gw --listen 127.0.0.1:0 --upstream=http://10.0.0.1:8000/base/ --total 2s \
                     --first-frame 500ms --idle off --retries 1 --h2c --admin-listen off";
@@ -275,17 +210,5 @@ mod tests {
         assert_eq!(uri.unwrap(), "http://10.0.0.1:8000/base/v1/models?x=1");
         assert!(Flags::try_from_iter(["gw", "--bogus"]).is_err());
         assert!(Flags::try_from_iter(["gw", "--upstream", "ftp://x"]).is_err());
-    }
-
-    #[test]
-    fn credentials_in_the_upstream_are_never_shown() {
-        let upstream = Upstream::parse("https://user:s3cret@api.example.com:8443/v1").unwrap();
-        assert!(upstream.https);
-        assert_eq!(upstream.to_string(), "https://***@api.example.com:8443/v1");
-        assert!(!format!("{upstream:?}").contains("s3cret"));
-        let err = Upstream::parse("ftp://user:s3cret@host/").unwrap_err();
-        assert!(!err.contains("s3cret"), "{err}");
-        assert_eq!(redact("user:pw@host:1"), "***@host:1");
-        assert_eq!(redact("http://host/a@b"), "http://host/a@b");
     }
 }

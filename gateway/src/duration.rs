@@ -41,7 +41,16 @@ mod tests {
 
     #[test]
     fn malformed_and_huge_values_are_errors_not_panics() {
-        for bad in ["", "s", "5d x", "-1s", "1..5s", "abc", ".", "99999999999999999999999s"] {
+        for bad in [
+            "",
+            "s",
+            "5d x",
+            "-1s",
+            "1..5s",
+            "abc",
+            ".",
+            "99999999999999999999999s",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
     }

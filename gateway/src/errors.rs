@@ -10,7 +10,12 @@ use http_body_util::Full;
 use serde_json::json;
 
 /// `{"error": {"message", "type", "param", "code"}}` with `status`.
-pub fn json_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<Full<Bytes>> {
+pub fn json_error(
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    message: &str,
+) -> Response<Full<Bytes>> {
     let body = json!({
         "error": { "message": message, "type": kind, "param": null, "code": code }
     });
@@ -43,7 +48,7 @@ pub fn shutdown_event() -> Bytes {
     Bytes::from(tower_stream_deadline::sse_error_event(
         "server_error",
         "gateway_shutting_down",
-        "the gateway is shutting down; the answer was cut at the end of its shutdown grace",
+        "the gateway is shutting down; the answer was cut before its end",
     ))
 }
 

@@ -87,4 +87,21 @@ mod tests {
         left.sort();
         assert_eq!(left, ["authorization", "te"]);
     }
+
+    #[test]
+    fn event_streams_are_marked_unbuffered_for_a_proxy_in_front() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("1024"));
+        assert!(prepare_response(&mut headers));
+        // nginx reads this header and passes the stream on as it comes, without any
+        // `proxy_buffering off` in its configuration.
+        assert_eq!(headers.get("x-accel-buffering").unwrap(), "no");
+        assert!(headers.get(CONTENT_LENGTH).is_none());
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        assert!(!prepare_response(&mut headers));
+        assert!(headers.get("x-accel-buffering").is_none());
+    }
 }

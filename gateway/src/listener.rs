@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,6 +24,9 @@ use crate::proxy::Gateway;
 /// a connection that closes ends the wait at once.
 const BACKOFF_START: Duration = Duration::from_millis(5);
 const BACKOFF_CAP: Duration = Duration::from_millis(200);
+/// A shortage episode ends with an accept this long after its last failure: under sustained
+/// pressure, accepts that succeed between failures do not start a new episode (and log line).
+const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
 pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = match addr {
@@ -53,7 +56,8 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(flags.max_connections as usize));
     let freed = Arc::new(Notify::new());
     let mut backoff = BACKOFF_START;
-    let mut exhausted = false;
+    // While out of descriptors: when the last accept failed, and how many failed.
+    let mut shortage: Option<(Instant, u64)> = None;
     tokio::pin!(stop);
 
     loop {
@@ -69,10 +73,14 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) if out_of_descriptors(&err) => {
-                    if !exhausted {
-                        tracing::warn!(target: TARGET, %err, "out of file descriptors: accepting more connections as they free up");
-                        exhausted = true;
-                    }
+                    let failed = match shortage {
+                        Some((_, failed)) => failed + 1,
+                        None => {
+                            tracing::warn!(target: TARGET, %err, "out of file descriptors: accepting more connections as they free up");
+                            1
+                        }
+                    };
+                    shortage = Some((Instant::now(), failed));
                     tokio::select! {
                         () = freed.notified() => {}
                         () = tokio::time::sleep(backoff) => {}
@@ -90,9 +98,11 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        if exhausted {
-            tracing::info!(target: TARGET, "accepting connections again");
-            exhausted = false;
+        if let Some((last, failed)) = shortage {
+            if last.elapsed() >= EPISODE_QUIET {
+                tracing::info!(target: TARGET, failed_accepts = failed, "file descriptors available again");
+                shortage = None;
+            }
         }
         backoff = BACKOFF_START;
         // Tokens are small writes that should leave at once.

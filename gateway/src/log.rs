@@ -121,7 +121,11 @@ impl Drop for RequestLog {
             .flatten()
             .collect::<Vec<_>>()
             .join("; ");
-        let notes = if notes.is_empty() { notes } else { format!(" ({notes})") };
+        let notes = if notes.is_empty() {
+            notes
+        } else {
+            format!(" ({notes})")
+        };
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(

@@ -31,6 +31,7 @@ mod proxy;
 mod request_body;
 mod shutdown;
 mod upstream;
+mod upstream_url;
 
 use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
@@ -101,7 +102,10 @@ async fn run(flags: Flags) -> Result<(), String> {
         let admin_listener = listener::bind(admin_addr, 128)
             .map_err(|err| format!("--admin-listen {admin_addr}: {err}"))?;
         let admin_addr = admin_listener.local_addr().map_err(|err| err.to_string())?;
-        let _ = writeln!(stdout, "stream-deadline-gateway admin on http://{admin_addr}");
+        let _ = writeln!(
+            stdout,
+            "stream-deadline-gateway admin on http://{admin_addr}"
+        );
         let admin = Arc::new(admin::Admin {
             metrics,
             draining: draining.clone(),
@@ -135,14 +139,17 @@ async fn run(flags: Flags) -> Result<(), String> {
     let open = listener::serve(listener, gateway, &flags, stop).await;
     let drained = open.shutdown();
     tokio::pin!(drained);
-    tokio::select! {
-        () = &mut drained => {}
-        () = tokio::time::sleep(flags.shutdown_grace) => {
-            tracing::info!(target: TARGET, "shutdown grace over: ending the responses still in flight");
-            cut.cancel();
-            if tokio::time::timeout(AFTER_CUT, &mut drained).await.is_err() {
-                tracing::warn!(target: TARGET, "connections still open after the cut; closing them");
-            }
+    // A second signal ends the grace early, as operators expect of a second Ctrl-C.
+    let cut_because = tokio::select! {
+        () = &mut drained => None,
+        () = tokio::time::sleep(flags.shutdown_grace) => Some("the shutdown grace is over"),
+        signal = shutdown::signal() => Some(signal),
+    };
+    if let Some(because) = cut_because {
+        tracing::info!(target: TARGET, because, "ending the responses still in flight");
+        cut.cancel();
+        if tokio::time::timeout(AFTER_CUT, &mut drained).await.is_err() {
+            tracing::warn!(target: TARGET, "connections still open after the cut; closing them");
         }
     }
     tracing::info!(target: TARGET, "gateway stopped");

@@ -14,6 +14,16 @@ const BUCKETS: [f64; 16] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
+/// How a forwarded request's response ends: the crate's `Ending`, as a label.
+const ENDINGS: [&str; 6] = [
+    "completed",
+    "deadline_total",
+    "deadline_first_frame",
+    "deadline_idle",
+    "upstream_error",
+    "dropped",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndingLabel {
     /// `completed`, `deadline_total`, `deadline_first_frame`, `deadline_idle`,
@@ -44,6 +54,12 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<EndingLabel, Counter>::default();
+        // Every ending from the start, at zero, so that rates and alerts see each series.
+        for ending in ENDINGS {
+            let _ = requests.get_or_create(&EndingLabel {
+                ending: ending.to_owned(),
+            });
+        }
         registry.register(
             "stream_deadline_requests",
             "Requests forwarded, by how their response ended",

@@ -16,7 +16,7 @@ use tower_stream_deadline::{
     StreamDeadlineLayer,
 };
 
-use crate::config::{Flags, Upstream};
+use crate::config::Flags;
 use crate::errors::{error_chain, json_error, request_timeout};
 use crate::headers;
 use crate::log::RequestLog;
@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::request_body::{self, BodyIdle, ReadError, RequestBody};
 use crate::shutdown::DrainBody;
 use crate::upstream::{self, UpstreamClient};
+use crate::upstream_url::Upstream;
 
 /// The header a client may use to shorten its request's total budget.
 const TIMEOUT_HEADER: &str = "x-request-timeout";
@@ -59,7 +60,11 @@ impl Gateway {
         })
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<GatewayBody> {
         let log = Arc::new(RequestLog::new(
             request.method(),
             request.uri(),
@@ -100,6 +105,13 @@ impl Gateway {
             )
         })?;
         headers::prepare_request(&mut parts, peer);
+        if let Some(authorization) = &self.upstream.authorization {
+            // The URL's credentials, unless the client sent its own.
+            parts
+                .headers
+                .entry(http::header::AUTHORIZATION)
+                .or_insert_with(|| authorization.clone());
+        }
         parts.extensions.insert(OnRequestOutcome::new({
             let log = log.clone();
             move |outcome| log.record(outcome)

@@ -54,7 +54,11 @@ pub async fn read(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > REPLAY_LIMIT as u64) {
-        return Ok(RequestBody::Streamed(Streamed::new(VecDeque::new(), body, idle)));
+        return Ok(RequestBody::Streamed(Streamed::new(
+            VecDeque::new(),
+            body,
+            idle,
+        )));
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut length = 0;

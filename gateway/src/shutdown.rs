@@ -1,5 +1,5 @@
 //! Graceful shutdown: the signals that start it, and the body that ends a response cut at
-//! the end of the grace the way a deadline would (an error event, then a clean end, for an
+//! the end of the grace (or at a second signal) the way a deadline would (an error event, then a clean end, for an
 //! event stream; an error for anything else, which the server turns into a reset).
 
 use std::pin::Pin;
@@ -66,7 +66,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> DrainBody<B> {
-    pub fn new(inner: B, cut: &CancellationToken, event_stream: bool, log: Arc<RequestLog>) -> Self {
+    pub fn new(
+        inner: B,
+        cut: &CancellationToken,
+        event_stream: bool,
+        log: Arc<RequestLog>,
+    ) -> Self {
         DrainBody {
             inner: Some(inner),
             cut: cut.clone().cancelled_owned(),
@@ -94,8 +99,7 @@ where
         };
         if this.cut.as_mut().poll(cx).is_ready() {
             this.inner.set(None);
-            this.log
-                .note("cut at the end of the shutdown grace".to_owned());
+            this.log.note("cut by the shutdown".to_owned());
             if *this.event_stream {
                 return Poll::Ready(Some(Ok(Frame::data(shutdown_event()))));
             }

@@ -23,14 +23,23 @@ async fn every_flag_also_comes_from_the_environment_and_the_command_line_wins() 
         ("STREAM_DEADLINE_UPSTREAM", "http://127.0.0.1:9/base"),
     ];
     let from_env = Gateway::start(&[], &env);
-    from_env.wait_for_log("ready line", |log| log.contains("gateway ready")).await;
+    from_env
+        .wait_for_log("ready line", |log| log.contains("gateway ready"))
+        .await;
     let line = ready_line(&from_env);
-    for expected in ["total=1.5s", "idle=off", "retries=7", "upstream=http://127.0.0.1:9/base"] {
+    for expected in [
+        "total=1.5s",
+        "idle=off",
+        "retries=7",
+        "upstream=http://127.0.0.1:9/base",
+    ] {
         assert!(line.contains(expected), "{expected} missing: {line}");
     }
 
     let flag_wins = Gateway::start(&["--total", "2m", "--retries", "0"], &env);
-    flag_wins.wait_for_log("ready line", |log| log.contains("gateway ready")).await;
+    flag_wins
+        .wait_for_log("ready line", |log| log.contains("gateway ready"))
+        .await;
     let line = ready_line(&flag_wins);
     for expected in ["total=120s", "idle=off", "retries=0"] {
         assert!(line.contains(expected), "{expected} missing: {line}");
@@ -52,7 +61,10 @@ fn help_names_the_environment_and_what_a_bare_number_means() {
         "x-request-timeout",
         "[default: 45s]",
     ] {
-        assert!(help.contains(expected), "--help lacks {expected:?}:\n{help}");
+        assert!(
+            help.contains(expected),
+            "--help lacks {expected:?}:\n{help}"
+        );
     }
 }
 
@@ -72,10 +84,19 @@ fn a_malformed_duration_flag_is_refused_with_its_value_named() {
 async fn cut_by_header(value: &str) -> String {
     let (upstream, _) = upstream::start().await;
     let gateway = Gateway::start(
-        &["--upstream", &format!("http://{upstream}"), "--total", "30s"],
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--total",
+            "30s",
+        ],
         &[],
     );
-    let answer = send(gateway.addr, post("/v1/babble", &[("x-request-timeout", value)])).await;
+    let answer = send(
+        gateway.addr,
+        post("/v1/babble", &[("x-request-timeout", value)]),
+    )
+    .await;
     assert_eq!(answer.status, 200);
     answer.body
 }
@@ -89,7 +110,10 @@ fn within_300ms(body: &str) -> bool {
 async fn x_request_timeout_takes_units_and_fractions_like_the_flags() {
     for value in ["300ms", "0.3s"] {
         let body = cut_by_header(value).await;
-        assert!(body.contains("\"code\":\"deadline_exceeded\""), "{value}: {body}");
+        assert!(
+            body.contains("\"code\":\"deadline_exceeded\""),
+            "{value}: {body}"
+        );
         assert!(within_300ms(&body), "{value}: {body}");
     }
 }
@@ -114,7 +138,10 @@ async fn an_ignored_header_value_is_named_in_its_request_line_at_warn() {
     let log = gateway
         .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
         .await;
-    let line = log.lines().find(|l| l.contains("path=/v1/complete")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("path=/v1/complete"))
+        .unwrap();
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("\"soonish\""), "{line}");
 }

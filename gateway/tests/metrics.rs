@@ -16,7 +16,11 @@ async fn metrics_once(gateway: &Gateway, ready: impl Fn(&str) -> bool) -> String
         if ready(&answer.body) {
             return answer.body;
         }
-        assert!(Instant::now() < deadline, "metrics never settled:\n{}", answer.body);
+        assert!(
+            Instant::now() < deadline,
+            "metrics never settled:\n{}",
+            answer.body
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -45,9 +49,17 @@ async fn after_a_known_mix_each_counter_holds_exactly_what_happened() {
         send(addr, post("/v1/idle", &[])),
     );
     assert!(completed.body.ends_with("data: [DONE]\n\n"));
-    assert!(babbled.body.contains("total budget of 600ms"), "{}", babbled.body);
+    assert!(
+        babbled.body.contains("total budget of 600ms"),
+        "{}",
+        babbled.body
+    );
     assert!(retried.body.ends_with("data: [DONE]\n\n"));
-    assert!(idled.body.contains("idle budget of 200ms"), "{}", idled.body);
+    assert!(
+        idled.body.contains("idle budget of 200ms"),
+        "{}",
+        idled.body
+    );
     // A client that leaves mid-stream.
     let left = send_head(addr, post("/v1/babble", &[])).await;
     drop(left);
@@ -58,8 +70,14 @@ async fn after_a_known_mix_each_counter_holds_exactly_what_happened() {
     .await;
     let expected = [
         ("stream_deadline_requests_total{ending=\"completed\"}", 2.0),
-        ("stream_deadline_requests_total{ending=\"deadline_total\"}", 1.0),
-        ("stream_deadline_requests_total{ending=\"deadline_idle\"}", 1.0),
+        (
+            "stream_deadline_requests_total{ending=\"deadline_total\"}",
+            1.0,
+        ),
+        (
+            "stream_deadline_requests_total{ending=\"deadline_idle\"}",
+            1.0,
+        ),
         ("stream_deadline_requests_total{ending=\"dropped\"}", 1.0),
         // One each, and two for the request stuck once.
         ("stream_deadline_attempts_total", 6.0),
@@ -68,15 +86,27 @@ async fn after_a_known_mix_each_counter_holds_exactly_what_happened() {
         ("stream_deadline_in_flight", 0.0),
     ];
     for (series, value) in expected {
-        assert_eq!(sample(&exposition, series), Some(value), "{series}:\n{exposition}");
+        assert_eq!(
+            sample(&exposition, series),
+            Some(value),
+            "{series}:\n{exposition}"
+        );
     }
-    for absent in ["deadline_first_frame", "upstream_error"] {
-        let series = format!("stream_deadline_requests_total{{ending=\"{absent}\"}}");
-        assert_eq!(sample(&exposition, &series), None, "{series}:\n{exposition}");
+    // Endings that did not happen are there, at zero.
+    for none in ["deadline_first_frame", "upstream_error"] {
+        let series = format!("stream_deadline_requests_total{{ending=\"{none}\"}}");
+        assert_eq!(
+            sample(&exposition, &series),
+            Some(0.0),
+            "{series}:\n{exposition}"
+        );
     }
     // The retried request waited through its stuck attempt for its first frame.
     assert_eq!(
-        sample(&exposition, "stream_deadline_time_to_first_frame_seconds_bucket{le=\"0.1\"}"),
+        sample(
+            &exposition,
+            "stream_deadline_time_to_first_frame_seconds_bucket{le=\"0.1\"}"
+        ),
         Some(4.0),
         "{exposition}"
     );
@@ -93,9 +123,15 @@ async fn health_readiness_and_the_proxied_port_keeps_every_path() {
     assert_eq!(get(admin, "/readyz").await.status, 200);
     assert_eq!(get(admin, "/nothing").await.status, 404);
     let forwarded = get(gateway.addr, "/metrics").await;
-    assert_eq!((forwarded.status.as_u16(), forwarded.body.as_str()), (200, "upstream /metrics"));
+    assert_eq!(
+        (forwarded.status.as_u16(), forwarded.body.as_str()),
+        (200, "upstream /metrics")
+    );
     let exposition = get(admin, "/metrics").await.body;
-    assert!(exposition.contains("# TYPE stream_deadline_requests counter"), "{exposition}");
+    assert!(
+        exposition.contains("# TYPE stream_deadline_requests counter"),
+        "{exposition}"
+    );
     assert!(exposition.ends_with("# EOF\n"), "{exposition}");
 }
 
@@ -103,13 +139,15 @@ async fn health_readiness_and_the_proxied_port_keeps_every_path() {
 async fn admin_listen_off_serves_no_admin_port() {
     let (upstream, _) = upstream::start().await;
     let command = {
-        let mut command =
-            std::process::Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"));
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"));
         command.args(["--listen", "127.0.0.1:0", "--admin-listen", "off"]);
         command.args(["--upstream", &format!("http://{upstream}")]);
         command
     };
     let gateway = Gateway::spawn(command, &[]);
     assert_eq!(gateway.admin, None);
-    assert_eq!(get(gateway.addr, "/healthz").await.body, "upstream /healthz");
+    assert_eq!(
+        get(gateway.addr, "/healthz").await.body,
+        "upstream /healthz"
+    );
 }

@@ -69,29 +69,87 @@ async fn sigterm_drains_then_ends_event_streams_with_an_error_event_and_exits_0(
     let (text, clean) = babbling.await.unwrap();
     assert!(clean, "not a clean end: {text}");
     assert!(text.contains("t0 "), "{text}");
-    let last_event = text.strip_suffix("\n\n").and_then(|t| t.rsplit("\n\n").next());
+    let last_event = text
+        .strip_suffix("\n\n")
+        .and_then(|t| t.rsplit("\n\n").next());
     assert!(
-        last_event.is_some_and(|e| e.starts_with("event: error\ndata: {\"type\":\"error\",\"error\"")
-            && e.contains("\"code\":\"gateway_shutting_down\"")),
+        last_event.is_some_and(
+            |e| e.contains("data: {") && e.contains("\"code\":\"gateway_shutting_down\"")
+        ),
         "{last_event:?}"
     );
     let status = gateway.exit_within(Duration::from_secs(3)).await;
     assert!(status.success(), "{status:?}\n{}", gateway.log());
-    assert!(signalled.elapsed() >= Duration::from_secs(1), "cut before the grace");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(1),
+        "cut before the grace"
+    );
     while Counts::get(&counts.cancelled) != 1 {
-        assert!(Instant::now() < deadline, "the babbling upstream was never released");
+        assert!(
+            Instant::now() < deadline,
+            "the babbling upstream was never released"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let log = gateway.log();
     assert_eq!(log.matches("path=/v1/babble").count(), 1, "{log}");
-    assert!(log.contains("cut at the end of the shutdown grace"), "{log}");
+    assert!(log.contains("cut by the shutdown"), "{log}");
+}
+
+#[tokio::test]
+async fn a_second_signal_ends_the_grace_at_once() {
+    let (upstream, counts) = upstream::start().await;
+    let mut gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--total",
+            "60s",
+            "--shutdown-grace",
+            "60s",
+        ],
+        &[],
+    );
+    let babbling = send_head(gateway.addr, post("/v1/babble", &[])).await;
+    let babbling = tokio::spawn(read_all(babbling.into_body()));
+    gateway.signal("TERM");
+    gateway
+        .wait_for_log("draining line", |log| log.contains("shutting down"))
+        .await;
+    gateway.signal("INT");
+
+    let (text, clean) = tokio::time::timeout(PATIENCE, babbling)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(clean && text.contains("gateway_shutting_down"), "{text}");
+    let status = gateway.exit_within(PATIENCE).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        gateway.log().contains("because=\"SIGINT\""),
+        "{}",
+        gateway.log()
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while Counts::get(&counts.cancelled) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the babbling upstream was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
 async fn with_nothing_in_flight_sigterm_exits_0_at_once() {
     let (upstream, _) = upstream::start().await;
     let mut gateway = Gateway::start(
-        &["--upstream", &format!("http://{upstream}"), "--shutdown-grace", "30s"],
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--shutdown-grace",
+            "30s",
+        ],
         &[],
     );
     // An idle keep-alive connection does not hold the process.

@@ -4,7 +4,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -47,7 +47,10 @@ fn pki(name: &str) -> Pki {
 }
 
 /// The upstream over TLS, offering `alpn`; its address, counts and the SNI names it saw.
-async fn tls_upstream(pki: &Pki, alpn: &[&[u8]]) -> (SocketAddr, Arc<Counts>, Arc<Mutex<Vec<String>>>) {
+async fn tls_upstream(
+    pki: &Pki,
+    alpn: &[&[u8]],
+) -> (SocketAddr, Arc<Counts>, Arc<Mutex<Vec<String>>>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -64,8 +67,12 @@ async fn tls_upstream(pki: &Pki, alpn: &[&[u8]]) -> (SocketAddr, Arc<Counts>, Ar
     let (shared, seen) = (counts.clone(), names.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let Ok(tls) = acceptor.accept(stream).await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(tls) = acceptor.accept(stream).await else {
+                continue;
+            };
             let sni = tls.get_ref().1.server_name().unwrap_or("-").to_owned();
             seen.lock().unwrap().push(sni);
             upstream::serve(hyper_util::rt::TokioIo::new(tls), shared.clone());
@@ -74,7 +81,7 @@ async fn tls_upstream(pki: &Pki, alpn: &[&[u8]]) -> (SocketAddr, Arc<Counts>, Ar
     (addr, counts, names)
 }
 
-fn gateway_for(upstream: SocketAddr, ca_file: &PathBuf) -> Gateway {
+fn gateway_for(upstream: SocketAddr, ca_file: &Path) -> Gateway {
     let url = format!("https://localhost:{}", upstream.port());
     Gateway::start(
         &["--upstream", &url, "--total", "500ms"],
@@ -91,9 +98,16 @@ async fn an_https_upstream_streams_over_http2_with_sni_and_authority_right() {
     let answer = send(gateway.addr, post("/v1/babble", &[])).await;
     assert_eq!(answer.status, 200);
     assert!(answer.body.contains("t0 "), "{}", answer.body);
-    assert!(answer.body.contains("total budget of 500ms"), "{}", answer.body);
+    assert!(
+        answer.body.contains("total budget of 500ms"),
+        "{}",
+        answer.body
+    );
     let authority = format!("localhost:{}", upstream.port());
-    assert_eq!(*counts.seen.lock().unwrap(), [(http::Version::HTTP_2, authority)]);
+    assert_eq!(
+        *counts.seen.lock().unwrap(),
+        [(http::Version::HTTP_2, authority)]
+    );
     assert_eq!(*names.lock().unwrap(), ["localhost"]);
 }
 
@@ -106,7 +120,10 @@ async fn an_https_upstream_without_h2_gets_http1_with_its_host() {
     let answer = send(gateway.addr, post("/v1/complete", &[])).await;
     assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
     let authority = format!("localhost:{}", upstream.port());
-    assert_eq!(*counts.seen.lock().unwrap(), [(http::Version::HTTP_11, authority)]);
+    assert_eq!(
+        *counts.seen.lock().unwrap(),
+        [(http::Version::HTTP_11, authority)]
+    );
 }
 
 #[tokio::test]
@@ -120,6 +137,9 @@ async fn a_certificate_that_fails_verification_answers_502_naming_the_reason() {
     let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(error["error"]["code"], "upstream_tls_error");
     let message = error["error"]["message"].as_str().unwrap();
-    assert!(message.contains("invalid peer certificate: UnknownIssuer"), "{message}");
+    assert!(
+        message.contains("invalid peer certificate: UnknownIssuer"),
+        "{message}"
+    );
     assert_eq!(Counts::get(&counts.requests), 0);
 }

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The stream-deadline-gateway binary against the real Python clients (openai,
-# langchain-openai).
+# The stream-deadline-gateway command, installed from its wheel with pip, against the real
+# Python clients (openai, langchain-openai), directly and behind nginx.
 #
 # Creates tests/python/.venv if it is missing, installs the pinned requirements (again only
-# when requirements.txt changes), builds the gateway once, and runs each checks*.py, which
-# start the FastAPI upstream and the gateway and print PASS/FAIL per check. Needs python3 (3.11+)
-# with venv and pip, cargo, and PyPI.
+# when requirements.txt changes), builds the gateway's wheel with maturin (dev profile, into
+# the workspace's target directory, so a gateway cargo has built already is not compiled
+# again), installs that wheel into a fresh venv of its own without a package index, installs
+# nginx with apt-get when it is missing, and runs each checks*.py against the command found
+# on that venv's PATH. The checks start the FastAPI upstream and the gateway and print
+# PASS/FAIL per check. Needs python3 (3.11+) with venv and pip, cargo, and PyPI.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -31,21 +34,41 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   echo "$wanted" >"$stamp"
 fi
 
-echo "tests/python: building the gateway"
-cd "$root"
-gateway="$(
-  cargo build -p stream-deadline-gateway --message-format=json-render-diagnostics |
-    "$venv/bin/python" -c '
-import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "stream-deadline-gateway" and msg.get("executable"):
-        print(msg["executable"])
-'
-)"
-if [ -z "$gateway" ]; then
-  echo "tests/python: cargo did not report the stream-deadline-gateway executable" >&2
+work="$(mktemp -d "${TMPDIR:-/tmp}/stream-deadline-gateway-wheel.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+echo "tests/python: building the gateway's wheel"
+"$venv/bin/maturin" build --profile dev --manifest-path "$root/gateway/Cargo.toml" \
+  --out "$work/dist"
+wheels=("$work"/dist/stream_deadline_gateway-*.whl)
+if [ "${#wheels[@]}" -ne 1 ] || [ ! -f "${wheels[0]}" ]; then
+  echo "tests/python: maturin did not leave exactly one stream_deadline_gateway wheel" >&2
   exit 1
+fi
+
+echo "tests/python: installing $(basename "${wheels[0]}") into a fresh venv"
+"$python" -m venv "$work/venv"
+"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+  --no-index --no-deps "${wheels[0]}"
+gateway="$(PATH="$work/venv/bin" command -v stream-deadline-gateway || true)"
+if [ "$gateway" != "$work/venv/bin/stream-deadline-gateway" ]; then
+  echo "tests/python: the wheel did not put stream-deadline-gateway on its venv's PATH" >&2
+  exit 1
+fi
+# The wheel's version is the one in gateway/Cargo.toml, which the binary reports.
+installed="$("$work/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("stream-deadline-gateway"))')"
+reported="$("$gateway" --version)"
+if [ "$reported" != "stream-deadline-gateway $installed" ]; then
+  echo "tests/python: the wheel is version $installed but the command says: $reported" >&2
+  exit 1
+fi
+echo "tests/python: using $gateway ($reported)"
+
+if ! PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null; then
+  echo "tests/python: installing nginx"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q nginx-light >/dev/null ||
+    { apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; }
 fi
 
 status=0

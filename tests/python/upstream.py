@@ -8,6 +8,8 @@ With a certificate (and its key), it serves HTTPS.
 by model name:
 
 - `babbler`: a role chunk, then one content token every 20 ms, forever.
+- `firehose`: like `babbler`, but each token is `FIREHOSE_TOKEN` bytes of text: enough to
+  fill a client's socket buffers within a fraction of a second when it stops reading.
 - `stuck-once`: the first request of each `x-check` tag sends its headers and then nothing,
   ever; later ones stream `ANSWER` a word every 20 ms and finish with `data: [DONE]`.
 - `stuck-always`: headers, then nothing, ever.
@@ -44,7 +46,8 @@ BABBLE = (
     "Moreover, it is worth noting that "
 ).split(" ")
 ANSWER = "Hello! Sorry for the wait: here is the whole answer, from the second attempt."
-MODELS = ("babbler", "stuck-once", "stuck-always")
+MODELS = ("babbler", "firehose", "stuck-once", "stuck-always")
+FIREHOSE_TOKEN = 256 * 1024
 # The models of every API, and the deltas sent before a `stalled` or `dying` stream stops.
 API_MODELS = ("babbler", "stalled", "dying")
 STALL_AFTER = 3
@@ -129,10 +132,13 @@ async def _generate(request_id: int, tag: str, model: str, stuck: bool):
             await asyncio.sleep(3600)
         yield _chunk(request_id, model, {"role": "assistant", "content": ""})
         sent += 1
-        if model == "babbler":
+        if model in ("babbler", "firehose"):
             for word in itertools.cycle(BABBLE):
+                token = word + " "
+                if model == "firehose":
+                    token *= FIREHOSE_TOKEN // len(token)
                 await asyncio.sleep(TOKEN_EVERY)
-                yield _chunk(request_id, model, {"content": word + " "})
+                yield _chunk(request_id, model, {"content": token})
                 sent += 1
         words = ANSWER.split(" ")
         for i, word in enumerate(words):

@@ -63,7 +63,10 @@ impl Gateway {
         let addr = loop {
             let Some(Ok(line)) = lines.next() else {
                 let status = child.wait();
-                panic!("the gateway exited ({status:?}) before listening: {}", stderr.lock().unwrap());
+                panic!(
+                    "the gateway exited ({status:?}) before listening: {}",
+                    stderr.lock().unwrap()
+                );
             };
             let addr = line.rsplit("http://").next().map(str::parse::<SocketAddr>);
             match addr {
@@ -96,7 +99,10 @@ impl Gateway {
             if found(&log) {
                 return log;
             }
-            assert!(Instant::now() < deadline, "no {what} in the gateway's log:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "no {what} in the gateway's log:\n{log}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -117,7 +123,11 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "still running after {within:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "still running after {within:?}:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

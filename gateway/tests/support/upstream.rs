@@ -30,6 +30,8 @@ pub struct Counts {
     stuck_once: AtomicUsize,
     /// Each request's HTTP version and the authority it named (`Host` or `:authority`).
     pub seen: std::sync::Mutex<Vec<(http::Version, String)>>,
+    /// Each request's `Authorization`, if any.
+    pub authorizations: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 impl Counts {
@@ -46,7 +48,9 @@ pub async fn start() -> (SocketAddr, Arc<Counts>) {
     let shared = counts.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             serve(TokioIo::new(stream), shared.clone());
         }
     });
@@ -85,7 +89,18 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
             .unwrap_or_default()
             .to_owned(),
     };
-    counts.seen.lock().unwrap().push((request.version(), authority));
+    counts
+        .seen
+        .lock()
+        .unwrap()
+        .push((request.version(), authority));
+    let authorization = request.headers().get(http::header::AUTHORIZATION);
+    let authorization = authorization.and_then(|value| value.to_str().ok());
+    counts
+        .authorizations
+        .lock()
+        .unwrap()
+        .push(authorization.map(str::to_owned));
     let path = request.uri().path().to_owned();
     let tokens: Option<usize> = match path.as_str() {
         "/v1/complete" => Some(3),
@@ -111,7 +126,8 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         let mut sent = 0;
         while sent < tokens {
             tokio::time::sleep(TOKEN_EVERY).await;
-            let event = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{sent} \"}}}}]}}\n\n");
+            let event =
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{sent} \"}}}}]}}\n\n");
             if tx.send(Bytes::from(event)).await.is_err() {
                 counts.cancelled.fetch_add(1, Ordering::SeqCst);
                 return;
