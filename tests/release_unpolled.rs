@@ -230,12 +230,13 @@ fn a_response_whose_call_runtime_shut_down_before_the_head_still_streams_and_mee
         .build()
         .unwrap();
     // `call` in the first runtime; the head comes only once the second one polls.
-    let future = first.block_on(async {
-        tower::ServiceExt::ready(&mut svc)
-            .await
-            .unwrap()
-            .call(http::Request::new(()))
-    });
+    first
+        .block_on(tower::ServiceExt::ready(&mut svc))
+        .expect("ready");
+    let future = {
+        let _entered = first.enter();
+        svc.call(http::Request::new(()))
+    };
     drop(first);
 
     let second = tokio::runtime::Builder::new_current_thread()
