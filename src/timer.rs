@@ -36,7 +36,7 @@ enum State {
         sleep: Pin<Box<Sleep>>,
         at: Instant,
     },
-    /// No timer can be had: the deadline is still checked on every frame.
+    /// No timer can be had: the deadline is still checked on every poll.
     Unavailable,
 }
 
