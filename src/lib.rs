@@ -40,7 +40,7 @@
 //!   frame is polled by a new task, on another thread, or on a thread with no runtime (the
 //!   timer belongs to the runtime where `call` was made). Where no timer can be had at all
 //!   (no runtime, a runtime without timers, or one that has shut down), the clock is still
-//!   checked on every frame, and no panic escapes (in a runtime built without timers,
+//!   checked on every poll, and no panic escapes (in a runtime built without timers,
 //!   tokio's own timer constructor panics: the crate catches it, but the panic hook still
 //!   prints it once per response).
 //! - **Errors** are `Box<dyn Error + Send + Sync>`. Deadlines are [`DeadlineExceeded`], with

@@ -36,7 +36,7 @@ enum State {
         sleep: Pin<Box<Sleep>>,
         at: Instant,
     },
-    /// No timer can be had: the deadline is still checked on every frame.
+    /// No timer can be had: the deadline is still checked on every poll.
     Unavailable,
 }
 
@@ -86,7 +86,7 @@ impl Timer {
     }
 
     /// `Ready` once the clock has reached `at`; otherwise `Pending`, with the task in `cx` to be
-    /// woken no later than `at` (unless no timer can be had).
+    /// woken no later than `at` (unless no timer can be had: then only a later poll sees it).
     fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let State::Unarmed(handle) = &mut self.state {
             self.state = arm(handle.take(), at);
@@ -96,7 +96,11 @@ impl Timer {
             at: armed_at,
         } = &mut self.state
         else {
-            return Poll::Pending;
+            // No timer: nothing will wake the task, but a poll past the deadline still sees it.
+            return match Instant::now() >= at {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            };
         };
         if *armed_at > at {
             sleep.as_mut().reset(at);
@@ -119,7 +123,7 @@ impl Timer {
                 tracing::debug!(
                     target: "tower_stream_deadline",
                     "the runtime that held the deadline timer shut down; \
-                     the deadline is now checked only when a frame arrives"
+                     the deadline is now checked only when the body is polled"
                 );
                 self.state = State::Unavailable;
                 return Poll::Pending;
@@ -138,7 +142,7 @@ fn arm(handle: Option<Handle>, at: Instant) -> State {
         tracing::debug!(
             target: "tower_stream_deadline",
             "no tokio runtime to hold a deadline timer; \
-             the deadline is checked only when a frame arrives"
+             the deadline is checked only when the body is polled"
         );
         return State::Unavailable;
     };
@@ -155,7 +159,7 @@ fn arm(handle: Option<Handle>, at: Instant) -> State {
             tracing::warn!(
                 target: "tower_stream_deadline",
                 "the tokio runtime has no timers (built without `enable_time`); \
-                 the deadline is checked only when a frame arrives"
+                 the deadline is checked only when the body is polled"
             );
             State::Unavailable
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tower::Layer;
+use tower::{Layer, Service};
 use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, Ending, Outcome, StreamDeadlineLayer};
 
 use support::{MS, Step, Upstream, call};
@@ -214,6 +214,41 @@ fn a_body_whose_runtime_shut_down_still_meets_its_deadline_when_polled() {
         body.frame().await.expect("a").expect("a");
         // Without a timer of its own runtime, the body is woken by nothing: poll it after
         // the deadline, as a caller on another runtime would on its next frame.
+        tokio::time::sleep(60 * MS).await;
+        assert_eq!(deadline_kind(body.frame().await), DeadlineKind::Total);
+    });
+    assert!(upstream.body_dropped.is_dropped());
+}
+
+#[test]
+fn a_response_whose_call_runtime_shut_down_before_the_head_still_streams_and_meets_its_deadline() {
+    let upstream = Upstream::new(10 * MS, [Step::Data("a"), Step::Stall]);
+    let layer = StreamDeadlineLayer::new(50 * MS).release_unpolled();
+    let mut svc = layer.layer(upstream.service());
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // `call` in the first runtime; the head comes only once the second one polls.
+    first
+        .block_on(tower::ServiceExt::ready(&mut svc))
+        .expect("ready");
+    let future = {
+        let _entered = first.enter();
+        svc.call(http::Request::new(()))
+    };
+    drop(first);
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let mut body = future
+            .await
+            .expect("the head, within the budget")
+            .into_body();
+        body.frame().await.expect("a").expect("a");
         tokio::time::sleep(60 * MS).await;
         assert_eq!(deadline_kind(body.frame().await), DeadlineKind::Total);
     });
