@@ -94,6 +94,10 @@ pub struct StreamDeadlineLayer {
     pub(crate) release_unpolled: bool,
 }
 
+/// **Budgets.** How long a response may take: in all, to its first frame, and between frames. Every
+/// layer starts from [`new`](Self::new); add the others for streams that can stall, and
+/// [`release_unpolled`](Self::release_unpolled) where the body may sit unpolled (a proxy whose
+/// client stops reading).
 impl StreamDeadlineLayer {
     /// A layer with a total budget for each response: from `call`, through the head, to the
     /// end of the body.
@@ -128,6 +132,45 @@ impl StreamDeadlineLayer {
         self
     }
 
+    /// Release the upstream at the deadline even when nobody polls the body: a proxy whose
+    /// client stopped reading (hyper polls a body only while the downstream socket takes
+    /// bytes), or a caller that holds the body and does something else.
+    ///
+    /// Without it, the upstream is dropped when the deadline is observed: by the body's
+    /// timer waking a task that waits on the body, or at the next poll or the drop. With
+    /// it, a watcher task on the runtime where `call` was made drops the upstream body at
+    /// the total or idle deadline (within one timer tick plus scheduling) and reports the
+    /// [`Outcome`] and the `tracing` event then; the next poll yields the error (or the
+    /// protocol ending) as always. The idle deadline counts only while the body waits on
+    /// upstream, as always: a caller that took a frame and stopped polling is not idle.
+    ///
+    /// Before the response is handed over (the head, and under a first-frame budget the first
+    /// frame), the response future holds the upstream and releases it when it is polled or
+    /// dropped, as a future awaited by its caller always is.
+    ///
+    /// It costs an uncontended lock per poll of the body, and per response a task and three
+    /// allocations (about 860 bytes, see BENCHMARKS.md): worth it in a proxy, not in a client
+    /// that always reads its own stream. Where there is no runtime with timers at `call`, or
+    /// it shuts down, the body is released by polls as without it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stream_deadline::StreamDeadlineLayer;
+    ///
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
+    ///     .idle(Duration::from_secs(5))
+    ///     .release_unpolled();
+    /// # let _ = layer;
+    /// ```
+    pub fn release_unpolled(mut self) -> Self {
+        self.release_unpolled = true;
+        self
+    }
+}
+
+/// **Propagation.** When one deadline should hold across hops: let a client's header shorten the
+/// budget, and tell the next hop how long it has left.
+impl StreamDeadlineLayer {
     /// Honour a `grpc-timeout` request header (gRPC wire format: 1 to 8 digits and a unit of
     /// `H M S m u n`): it may shorten the total budget of that request, never lengthen it.
     ///
@@ -167,7 +210,11 @@ impl StreamDeadlineLayer {
         self.headers.forward_margin = margin;
         self
     }
+}
 
+/// **Protocol endings.** When the client should learn of a deadline (or an upstream failure) in its
+/// own protocol's terms, a gRPC status or a last SSE event, instead of a cut stream.
+impl StreamDeadlineLayer {
     /// End a late gRPC call the way gRPC clients understand: for a response with
     /// `content-type: application/grpc*`, a deadline after the head ends the body with
     /// trailers `grpc-status: 4` (`DEADLINE_EXCEEDED`) and a `grpc-message` naming the
@@ -221,102 +268,6 @@ impl StreamDeadlineLayer {
         self
     }
 
-    /// For `text/event-stream` responses, count only events that carry data as progress
-    /// for the first-frame and idle budgets: comments (`: ping`), empty keep-alive frames
-    /// and events without data leave the clocks running. Those frames are still delivered,
-    /// in order and at once (before the first progress, the response future holds them and
-    /// they are replayed with it, up to 64 KiB).
-    pub fn sse_progress(mut self) -> Self {
-        let protocol = self.protocol_mut();
-        if protocol.sse_progress.is_none() {
-            protocol.sse_progress = Some(None);
-        }
-        self
-    }
-
-    /// Like [`sse_progress`](Self::sse_progress), and an event counts only if `filter`
-    /// accepts its data (the `data` lines joined with `\n`): for example, reject an OpenAI
-    /// chunk whose delta has a role but no content.
-    pub fn sse_progress_filter(
-        mut self,
-        filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.protocol_mut().sse_progress = Some(Some(Arc::new(filter)));
-        self
-    }
-
-    /// For any other body: a data frame counts as progress (for the first-frame and idle
-    /// budgets) only if `filter` accepts its bytes (the first chunk of its buffer). Trailers
-    /// always count. Unset, every frame counts and nothing is called.
-    pub fn progress(mut self, filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> Self {
-        self.protocol_mut().progress = Some(Arc::new(filter));
-        self
-    }
-
-    fn protocol_mut(&mut self) -> &mut ProtocolConfig {
-        Arc::make_mut(self.protocol.get_or_insert_with(Default::default))
-    }
-
-    /// Call `f` once for every response with its [`Outcome`]: how it ended, time to head and
-    /// first frame, longest idle wait, total time, frames and bytes, and the budgets that
-    /// applied. Feed your metrics from here.
-    ///
-    /// It runs on whichever task ends the response (or drops it), so keep it quick and
-    /// non-blocking. A panic inside it is caught and logged (`tracing` error) and the
-    /// response carries on; while the thread is already unwinding from another panic, the
-    /// callback is skipped. Unset, it costs nothing.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower_stream_deadline::{Ending, StreamDeadlineLayer};
-    ///
-    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45)).on_outcome(|outcome| {
-    ///     if let Ending::Deadline(kind) = outcome.ending {
-    ///         eprintln!("{kind} deadline after {} frames", outcome.frames);
-    ///     }
-    /// });
-    /// # let _ = layer;
-    /// ```
-    pub fn on_outcome(mut self, f: impl Fn(&Outcome) + Send + Sync + 'static) -> Self {
-        self.on_outcome = Some(OnOutcome::new(f));
-        self
-    }
-
-    /// Release the upstream at the deadline even when nobody polls the body: a proxy whose
-    /// client stopped reading (hyper polls a body only while the downstream socket takes
-    /// bytes), or a caller that holds the body and does something else.
-    ///
-    /// Without it, the upstream is dropped when the deadline is observed: by the body's
-    /// timer waking a task that waits on the body, or at the next poll or the drop. With
-    /// it, a watcher task on the runtime where `call` was made drops the upstream body at
-    /// the total or idle deadline (within one timer tick plus scheduling) and reports the
-    /// [`Outcome`] and the `tracing` event then; the next poll yields the error (or the
-    /// protocol ending) as always. The idle deadline counts only while the body waits on
-    /// upstream, as always: a caller that took a frame and stopped polling is not idle.
-    ///
-    /// Before the response is handed over (the head, and under a first-frame budget the first
-    /// frame), the response future holds the upstream and releases it when it is polled or
-    /// dropped, as a future awaited by its caller always is.
-    ///
-    /// It costs an uncontended lock per poll of the body, and per response a task and three
-    /// allocations (about 860 bytes, see BENCHMARKS.md): worth it in a proxy, not in a client
-    /// that always reads its own stream. Where there is no runtime with timers at `call`, or
-    /// it shuts down, the body is released by polls as without it.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower_stream_deadline::StreamDeadlineLayer;
-    ///
-    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
-    ///     .idle(Duration::from_secs(5))
-    ///     .release_unpolled();
-    /// # let _ = layer;
-    /// ```
-    pub fn release_unpolled(mut self) -> Self {
-        self.release_unpolled = true;
-        self
-    }
-
     /// End a `text/event-stream` response whose upstream fails after the head (a reset
     /// connection or HTTP/2 stream, a truncated chunked body) with one last event saying so,
     /// then a clean end, instead of passing the error on: a client sees every complete
@@ -364,6 +315,75 @@ impl StreamDeadlineLayer {
     /// ```
     pub fn sse_upstream_errors(mut self) -> Self {
         self.protocol_mut().sse_upstream_errors = true;
+        self
+    }
+}
+
+/// **Progress.** When keep-alives (SSE comments, empty frames, role-only chunks) would make a stuck
+/// stream look alive to the first-frame and idle budgets.
+impl StreamDeadlineLayer {
+    /// For `text/event-stream` responses, count only events that carry data as progress
+    /// for the first-frame and idle budgets: comments (`: ping`), empty keep-alive frames
+    /// and events without data leave the clocks running. Those frames are still delivered,
+    /// in order and at once (before the first progress, the response future holds them and
+    /// they are replayed with it, up to 64 KiB).
+    pub fn sse_progress(mut self) -> Self {
+        let protocol = self.protocol_mut();
+        if protocol.sse_progress.is_none() {
+            protocol.sse_progress = Some(None);
+        }
+        self
+    }
+
+    /// Like [`sse_progress`](Self::sse_progress), and an event counts only if `filter`
+    /// accepts its data (the `data` lines joined with `\n`): for example, reject an OpenAI
+    /// chunk whose delta has a role but no content.
+    pub fn sse_progress_filter(
+        mut self,
+        filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.protocol_mut().sse_progress = Some(Some(Arc::new(filter)));
+        self
+    }
+
+    /// For any other body: a data frame counts as progress (for the first-frame and idle
+    /// budgets) only if `filter` accepts its bytes (the first chunk of its buffer). Trailers
+    /// always count. Unset, every frame counts and nothing is called.
+    pub fn progress(mut self, filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> Self {
+        self.protocol_mut().progress = Some(Arc::new(filter));
+        self
+    }
+
+    fn protocol_mut(&mut self) -> &mut ProtocolConfig {
+        Arc::make_mut(self.protocol.get_or_insert_with(Default::default))
+    }
+}
+
+/// **Observability.** When you want numbers per response (metrics, logs, budget tuning) beyond the
+/// `tracing` event each deadline emits.
+impl StreamDeadlineLayer {
+    /// Call `f` once for every response with its [`Outcome`]: how it ended, time to head and
+    /// first frame, longest idle wait, total time, frames and bytes, and the budgets that
+    /// applied. Feed your metrics from here.
+    ///
+    /// It runs on whichever task ends the response (or drops it), so keep it quick and
+    /// non-blocking. A panic inside it is caught and logged (`tracing` error) and the
+    /// response carries on; while the thread is already unwinding from another panic, the
+    /// callback is skipped. Unset, it costs nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stream_deadline::{Ending, StreamDeadlineLayer};
+    ///
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45)).on_outcome(|outcome| {
+    ///     if let Ending::Deadline(kind) = outcome.ending {
+    ///         eprintln!("{kind} deadline after {} frames", outcome.frames);
+    ///     }
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn on_outcome(mut self, f: impl Fn(&Outcome) + Send + Sync + 'static) -> Self {
+        self.on_outcome = Some(OnOutcome::new(f));
         self
     }
 }
