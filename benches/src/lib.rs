@@ -306,8 +306,8 @@ impl Config {
 /// as a user's service would (call in a runtime context to have a timer).
 pub fn wrap<B>(layer: &StreamDeadlineLayer, body: B) -> DeadlineBody<B>
 where
-    B: Body,
-    B::Data: 'static,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
     B::Error: Into<tower_stream_deadline::BoxError>,
 {
     use tower::Layer;
