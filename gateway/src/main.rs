@@ -19,7 +19,6 @@
 
 #![forbid(unsafe_code)]
 
-
 use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;
