@@ -19,20 +19,6 @@
 
 #![forbid(unsafe_code)]
 
-mod admin;
-mod config;
-mod duration;
-mod errors;
-mod headers;
-mod listener;
-mod log;
-mod metrics;
-mod proxy;
-mod request_body;
-mod shutdown;
-mod upstream;
-mod upstream_url;
-
 use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-use crate::config::Flags;
-use crate::log::TARGET;
+use stream_deadline_gateway::config::Flags;
+use stream_deadline_gateway::log::TARGET;
+use stream_deadline_gateway::{admin, listener, metrics, proxy, shutdown};
 
 /// After the grace, how long the cut responses get to flush their last event and close.
 const AFTER_CUT: Duration = Duration::from_secs(1);

@@ -1,0 +1,22 @@
+//! The parts of `stream-deadline-gateway`, one module per concern; the binary (`main.rs`)
+//! wires them together. They are a library so that the benchmarks can build the same proxy
+//! with and without the deadline layer; they are not a stable API.
+
+#![forbid(unsafe_code)]
+// The parts are built once each, from the flags: a `Default` would only be another way to
+// get them wrong.
+#![allow(clippy::new_without_default)]
+
+pub mod admin;
+pub mod config;
+pub mod duration;
+pub mod errors;
+pub mod headers;
+pub mod listener;
+pub mod log;
+pub mod metrics;
+pub mod proxy;
+pub mod request_body;
+pub mod shutdown;
+pub mod upstream;
+pub mod upstream_url;
