@@ -289,6 +289,29 @@ def run_async(coro):
     return asyncio.run(main()), complaints
 
 
+def stream_chat(sdk: openai.OpenAI, model: str, tag: str, first_token: threading.Event,
+                result: dict):
+    """Streams `model` with `sdk`, setting `first_token` at the first content token (or at the
+    end); fills `result` with the text, the error that ended it (if any) and how long the
+    call took. Made to run on a thread per stream."""
+    text, err = "", None
+    called = time.monotonic()
+    try:
+        for chunk in sdk.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Go on."}],
+            stream=True,
+            extra_headers={"x-check": tag},
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+                first_token.set()
+    except Exception as raised:  # noqa: BLE001 - reported by the check
+        err = raised
+    first_token.set()
+    result.update(text=text, err=err, took=time.monotonic() - called)
+
+
 def is_deadline_event(err) -> bool:
     """The gateway's SSE ending, as the SDK raises it: a plain APIError, not a transport one."""
     return (

@@ -49,6 +49,7 @@ from checks import (
     is_deadline_event,
     poll_stats,
     run_checks,
+    stream_chat,
     run_async,
     tagged,
     upstream_stats,
@@ -246,25 +247,7 @@ def check_langchain_through_nginx(servers: Servers) -> str:
 
 
 def stream(servers: Servers, model: str, tag: str, first_token: threading.Event, result: dict):
-    """Streams `model` through nginx; sets `first_token` at the first content token (or at
-    the end); fills `result` with the text, the error, and how long the call took."""
-    text, err = "", None
-    sdk = client(servers)
-    called = time.monotonic()
-    try:
-        for chunk in sdk.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": "Go on."}],
-            stream=True,
-            extra_headers={"x-check": tag},
-        ):
-            if chunk.choices and chunk.choices[0].delta.content:
-                text += chunk.choices[0].delta.content
-                first_token.set()
-    except Exception as raised:  # noqa: BLE001 - reported by the check
-        err = raised
-    first_token.set()
-    result.update(text=text, err=err, took=time.monotonic() - called)
+    stream_chat(client(servers), model, tag, first_token, result)
 
 
 def refuses_connections(url: str) -> bool:

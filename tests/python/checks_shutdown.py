@@ -25,6 +25,7 @@ from checks import (
     gateway_argument,
     poll_stats,
     run_checks,
+    stream_chat,
     tagged,
 )
 
@@ -39,23 +40,8 @@ def client(servers: Servers) -> openai.OpenAI:
                          max_retries=0, timeout=STALL_GUARD)
 
 
-def stream(servers: Servers, model: str, tag: str, started: threading.Event, result: dict):
-    """Streams `model`, setting `started` at the first content token; fills `result`."""
-    text, err = "", None
-    try:
-        for chunk in client(servers).chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": "Go on."}],
-            stream=True,
-            extra_headers={"x-check": tag},
-        ):
-            if chunk.choices and chunk.choices[0].delta.content:
-                text += chunk.choices[0].delta.content
-                started.set()
-    except Exception as raised:  # noqa: BLE001 - reported by the check
-        err = raised
-    started.set()
-    result.update(text=text, err=err)
+def stream(servers: Servers, model: str, tag: str, first_token: threading.Event, result: dict):
+    stream_chat(client(servers), model, tag, first_token, result)
 
 
 def readyz(admin: str) -> int:
