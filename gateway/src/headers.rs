@@ -91,7 +91,10 @@ mod tests {
     #[test]
     fn event_streams_are_marked_unbuffered_for_a_proxy_in_front() {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("1024"));
         assert!(prepare_response(&mut headers));
         // nginx reads this header and passes the stream on as it comes, without any
