@@ -108,10 +108,9 @@ pin_project! {
 
 /// Everything a body tracks besides its upstream.
 pub(crate) struct Core<D> {
-    // Frames the `ResponseFuture` took that did not count as progress, replayed first,
-    // then the first frame that did.
-    held: VecDeque<Frame<D>>,
-    first: Option<Frame<D>>,
+    // Frames the `ResponseFuture` took, replayed first; out of line because only a
+    // first-frame budget fills it, and `None` once replayed.
+    replay: Option<Box<Replay<D>>>,
     pub(crate) deadlines: Deadlines,
     // Set by the first poll that finds no frame ready: the idle budget counts from here.
     pub(crate) waiting_since: Option<Instant>,
@@ -155,14 +154,32 @@ impl<B: Body> Upstream<B> {
     }
 }
 
-/// Frames the `ResponseFuture` took before handing the body over, to be replayed: those that
-/// were not progress, then the first that was.
-pub(crate) type Replay<D> = (VecDeque<Frame<D>>, Option<Frame<D>>);
+/// Frames the `ResponseFuture` took before handing the body over, to be replayed.
+pub(crate) struct Replay<D> {
+    /// Those that did not count as progress, in order.
+    pub(crate) held: VecDeque<Frame<D>>,
+    /// Then the first that did (or an unfinished SSE event at the end).
+    pub(crate) first: Option<Frame<D>>,
+}
+
+impl<D> Replay<D> {
+    /// Boxed, or `None` when there is nothing to replay (no allocation then).
+    pub(crate) fn boxed(held: VecDeque<Frame<D>>, first: Option<Frame<D>>) -> Option<Box<Self>> {
+        match held.is_empty() && first.is_none() {
+            true => None,
+            false => Some(Box::new(Replay { held, first })),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.held.len() + usize::from(self.first.is_some())
+    }
+}
 
 impl<B: Body> DeadlineBody<B> {
     pub(crate) fn new(
         upstream: Upstream<B>,
-        replay: Replay<B::Data>,
+        replay: Option<Box<Replay<B::Data>>>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
@@ -184,7 +201,7 @@ where
     /// even when nobody polls; a body without one where no watcher can be had.
     pub(crate) fn new_watched(
         upstream: Upstream<B>,
-        replay: Replay<B::Data>,
+        replay: Option<Box<Replay<B::Data>>>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
@@ -204,15 +221,14 @@ where
 
 impl<D> Core<D> {
     fn new(
-        (held, first): Replay<D>,
+        replay: Option<Box<Replay<D>>>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
         protocol: Option<Box<Protocol>>,
     ) -> Self {
         Core {
-            held,
-            first,
+            replay,
             deadlines,
             waiting_since: None,
             timer,
@@ -224,7 +240,7 @@ impl<D> Core<D> {
     /// Reports completion if the body is dropped at its end: a caller that trusts
     /// `is_end_stream` (hyper does) never polls for the end.
     pub(crate) fn drop_with<B: Body<Data = D>>(&mut self, upstream: Pin<&Upstream<B>>) {
-        if self.held.is_empty() && self.first.is_none() && upstream.is_end_stream() {
+        if self.replay.is_none() && upstream.is_end_stream() {
             self.recorder.completed_if_unreported();
         }
     }
@@ -267,6 +283,25 @@ impl<D> Core<D> {
         }
     }
 
+    /// The next replayed frame, counted; the replay is dropped with its last frame.
+    #[cold]
+    fn take_replayed(&mut self) -> Option<Frame<D>>
+    where
+        D: Buf,
+    {
+        let replay = self.replay.as_deref_mut()?;
+        let (frame, progress) = match replay.held.pop_front() {
+            Some(frame) => (Some(frame), false),
+            None => (replay.first.take(), true),
+        };
+        if replay.held.is_empty() && replay.first.is_none() {
+            self.replay = None;
+        }
+        let frame = frame?;
+        self.recorder.frame(&frame, None, progress);
+        Some(frame)
+    }
+
     #[inline]
     pub(crate) fn poll_frame<B>(
         &mut self,
@@ -278,13 +313,10 @@ impl<D> Core<D> {
         B::Error: Into<BoxError>,
         D: Buf + 'static,
     {
-        if let Some(frame) = self.held.pop_front() {
-            self.recorder.frame(&frame, None, false);
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        if let Some(frame) = self.first.take() {
-            self.recorder.frame(&frame, None, true);
-            return Poll::Ready(Some(Ok(frame)));
+        if self.replay.is_some() {
+            if let Some(frame) = self.take_replayed() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
         }
         let expired = loop {
             let polled = match upstream.as_mut().project() {
@@ -375,10 +407,7 @@ impl<D> Core<D> {
     }
 
     pub(crate) fn is_end_stream<B: Body<Data = D>>(&self, upstream: &Upstream<B>) -> bool {
-        if !self.held.is_empty()
-            || self.first.is_some()
-            || self.protocol.as_ref().is_some_and(|p| p.held() > 0)
-        {
+        if self.replay.is_some() || self.protocol.as_ref().is_some_and(|p| p.held() > 0) {
             return false;
         }
         upstream.is_end_stream()
@@ -390,9 +419,9 @@ impl<D> Core<D> {
     {
         let upstream = upstream.size_hint();
         let held = self
-            .held
+            .replay
             .iter()
-            .chain(&self.first)
+            .flat_map(|r| r.held.iter().chain(&r.first))
             .filter_map(Frame::data_ref)
             .map(|d| d.remaining() as u64)
             .sum::<u64>()
@@ -483,10 +512,7 @@ fn check(
 impl<D> fmt::Debug for Core<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
-            .field(
-                "held",
-                &(self.held.len() + usize::from(self.first.is_some())),
-            )
+            .field("held", &self.replay.as_ref().map_or(0, |r| r.len()))
             .field("deadlines", &self.deadlines)
             .field("waiting_since", &self.waiting_since)
             .field("recorder", &self.recorder)

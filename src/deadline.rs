@@ -13,13 +13,15 @@ use crate::error::{DeadlineExceeded, DeadlineKind};
 /// The deadlines of one response, fixed when `call` was made.
 ///
 /// An instant that would overflow (a budget of `Duration::MAX`) is `None`: no deadline.
+/// Every body holds one, so only what the per-frame check reads is kept as an instant; the
+/// total budget is `total - start`, the first-frame deadline `start + budget`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Deadlines {
     start: Instant,
     total: Option<Instant>,
-    total_budget: Duration,
-    /// Kept only when strictly earlier than the total deadline: otherwise the total budget wins.
-    first_frame: Option<(Instant, Duration)>,
+    /// The budget, kept only when its deadline is strictly earlier than the total deadline:
+    /// otherwise the total budget wins.
+    first_frame: Option<Duration>,
     idle: Option<Duration>,
 }
 
@@ -40,13 +42,12 @@ impl Deadlines {
             let at = start.checked_add(budget)?;
             match total {
                 Some(total) if at >= total => None,
-                _ => Some((at, budget)),
+                _ => Some(budget),
             }
         });
         Deadlines {
             start,
             total,
-            total_budget: budgets.total,
             first_frame,
             idle: budgets.idle,
         }
@@ -58,10 +59,9 @@ impl Deadlines {
             return;
         }
         self.total = Some(at);
-        self.total_budget = at.saturating_duration_since(self.start);
         if self
-            .first_frame
-            .is_some_and(|(first_frame, _)| first_frame >= at)
+            .first_frame_at()
+            .is_some_and(|first_frame| first_frame >= at)
         {
             self.first_frame = None;
         }
@@ -78,8 +78,18 @@ impl Deadlines {
 
     /// The budgets that apply: total (if finite), first frame, idle.
     pub(crate) fn budgets(&self) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
-        let total = self.total.map(|_| self.total_budget);
-        (total, self.first_frame.map(|(_, budget)| budget), self.idle)
+        (self.total_budget(), self.first_frame, self.idle)
+    }
+
+    /// The total budget, if finite: from the start to the total deadline (zero for a
+    /// deadline that had passed at the start).
+    fn total_budget(&self) -> Option<Duration> {
+        Some(self.total?.saturating_duration_since(self.start))
+    }
+
+    /// The first-frame deadline, if its budget applies.
+    fn first_frame_at(&self) -> Option<Instant> {
+        self.start.checked_add(self.first_frame?)
     }
 
     /// Whether a first-frame budget applies (it is set and earlier than the total deadline).
@@ -101,7 +111,7 @@ impl Deadlines {
     #[inline]
     pub(crate) fn next(&self, phase: Phase) -> Option<Instant> {
         let other = match phase {
-            Phase::BeforeFirstFrame => self.first_frame.map(|(at, _)| at),
+            Phase::BeforeFirstFrame => self.first_frame_at(),
             Phase::Streaming { waiting_since } => self.idle_deadline(waiting_since),
         };
         match (self.total, other) {
@@ -123,14 +133,19 @@ impl Deadlines {
     #[cold]
     fn name_expired(&self, now: Instant, phase: Phase) -> DeadlineExceeded {
         let since_start = now.saturating_duration_since(self.start);
-        let total = DeadlineExceeded::new(DeadlineKind::Total, self.total_budget, since_start);
+        let total_budget = self.total_budget().unwrap_or(Duration::MAX);
+        let total = DeadlineExceeded::new(DeadlineKind::Total, total_budget, since_start);
         let other = match phase {
-            Phase::BeforeFirstFrame => self.first_frame.map(|(at, budget)| {
-                (
-                    at,
-                    DeadlineExceeded::new(DeadlineKind::FirstFrame, budget, since_start),
-                )
-            }),
+            Phase::BeforeFirstFrame => {
+                self.first_frame_at()
+                    .zip(self.first_frame)
+                    .map(|(at, budget)| {
+                        (
+                            at,
+                            DeadlineExceeded::new(DeadlineKind::FirstFrame, budget, since_start),
+                        )
+                    })
+            }
             Phase::Streaming { waiting_since } => {
                 waiting_since.zip(self.idle).and_then(|(since, idle)| {
                     let at = since.checked_add(idle)?;

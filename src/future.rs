@@ -146,7 +146,7 @@ where
                         let protocol = this.protocol.as_ref().and_then(|p| p.for_response(&head));
                         if !this.deadlines.waits_for_first_frame() {
                             let upstream = Upstream::Inline { body };
-                            let replay = (VecDeque::new(), None);
+                            let replay = None;
                             return Poll::Ready(this.finish(head, upstream, replay, protocol));
                         }
                         if let Some(recorder) = this.recorder {
@@ -189,7 +189,7 @@ where
                             }
                             let Some(w) = waiting.take() else { continue };
                             let upstream = Upstream::Boxed { body: w.body };
-                            let replay = (w.held, Some(frame));
+                            let replay = Replay::boxed(w.held, Some(frame));
                             return Poll::Ready(this.finish(w.head, upstream, replay, w.protocol));
                         }
                         Poll::Ready(None) => {
@@ -197,7 +197,7 @@ where
                                 continue;
                             };
                             let tail = w.protocol.as_deref_mut().and_then(Protocol::take_tail);
-                            let replay = (w.held, tail);
+                            let replay = Replay::boxed(w.held, tail);
                             let upstream = Upstream::Released;
                             return Poll::Ready(this.finish(w.head, upstream, replay, w.protocol));
                         }
@@ -246,7 +246,7 @@ where
             Some(recorder) if grpc_endings && *self.grpc_request => {
                 let body = DeadlineBody::new(
                     Upstream::Released,
-                    (VecDeque::new(), None),
+                    None,
                     *self.deadlines,
                     self.timer.take(),
                     recorder,
@@ -263,7 +263,7 @@ where
         &mut self,
         head: http::response::Parts,
         upstream: Upstream<B>,
-        replay: Replay<B::Data>,
+        replay: Option<Box<Replay<B::Data>>>,
         protocol: Option<Box<Protocol>>,
     ) -> Output<B> {
         let now = Instant::now();

@@ -36,10 +36,14 @@ impl Write for Captured {
 }
 
 fn capture_everything() -> (Captured, tracing::subscriber::DefaultGuard) {
+    capture_up_to(tracing::Level::TRACE)
+}
+
+fn capture_up_to(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
+        .with_max_level(level)
         .with_ansi(false)
         .without_time()
         .with_writer(move || writer.clone())
@@ -72,6 +76,24 @@ async fn a_deadline_emits_one_warning_with_kind_budget_elapsed_frames_and_bytes(
     ] {
         assert!(line.contains(field), "{field} missing from {line}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_of_warnings_only_still_gets_the_deadline_with_what_got_through() {
+    let (captured, _guard) = capture_up_to(tracing::Level::WARN);
+    let upstream = Upstream::new(Duration::ZERO, [Step::Babble { every: 100 * MS }]);
+    let mut svc = StreamDeadlineLayer::new(250 * MS).layer(upstream.service());
+
+    let mut body = call(&mut svc).await.unwrap().into_body();
+    assert_eq!(drain(&mut body).await.data.len(), 3);
+
+    let lines = captured.lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("frames=3") && lines[0].contains("bytes=12"),
+        "{}",
+        lines[0]
+    );
 }
 
 #[tokio::test(start_paused = true)]
