@@ -120,8 +120,9 @@ async fn a_request_head_sent_too_slowly_is_cut() {
     );
 }
 
-#[tokio::test]
-async fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
+/// Sends `head` and the start of a body that never goes on, to a gateway with a 300 ms
+/// request-body idle timeout: its answer, and the upstream's request counter.
+async fn answer_to_a_stalled_body(head: &[u8]) -> (String, std::sync::Arc<upstream::Counts>) {
     let (upstream, counts) = upstream::start().await;
     let gateway = Gateway::start(
         &[
@@ -133,13 +134,17 @@ async fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
         &[],
     );
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /v1/complete HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"stream\":",
-        )
-        .await
-        .unwrap();
-    let answer = read_to_close(&mut stream).await;
+    stream.write_all(head).await.unwrap();
+    stream.write_all(b"{\"stream\":").await.unwrap();
+    (read_to_close(&mut stream).await, counts)
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
+    let (answer, counts) = answer_to_a_stalled_body(
+        b"POST /v1/complete HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
     assert_eq!(
@@ -151,23 +156,11 @@ async fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
 
 #[tokio::test]
 async fn a_stalled_streamed_request_body_is_answered_408_too() {
-    let (upstream, counts) = upstream::start().await;
-    let gateway = Gateway::start(
-        &[
-            "--upstream",
-            &format!("http://{upstream}"),
-            "--request-body-idle",
-            "300ms",
-        ],
-        &[],
-    );
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     // Declared larger than the replay buffer: streamed upstream as it comes.
-    stream
-        .write_all(b"POST /v1/stuck-once HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n{\"stream\":")
-        .await
-        .unwrap();
-    let answer = read_to_close(&mut stream).await;
+    let (answer, counts) = answer_to_a_stalled_body(
+        b"POST /v1/stuck-once HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         answer.contains("no more of the request body came for 300ms"),
