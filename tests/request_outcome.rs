@@ -13,7 +13,7 @@ use tower_stream_deadline::{
     DeadlineKind, Ending, OnRequestOutcome, RetryFirstFrame, StreamDeadlineLayer,
 };
 
-use support::{MS, Step, Upstream, drain};
+use support::{MS, Step, Upstream, call_with, drain};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -38,26 +38,12 @@ async fn each_request_hears_its_own_outcome_after_the_layers() {
 
     let mut req = Request::new(());
     req.extensions_mut().insert(tagged(&heard, "first"));
-    let mut body = completed
-        .ready()
-        .await
-        .unwrap()
-        .call(req)
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = call_with(&mut completed, req).await.unwrap().into_body();
     assert!(drain(&mut body).await.error.is_none());
 
     let mut req = Request::new(());
     req.extensions_mut().insert(tagged(&heard, "second"));
-    let mut body = cut
-        .ready()
-        .await
-        .unwrap()
-        .call(req)
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = call_with(&mut cut, req).await.unwrap().into_body();
     assert!(drain(&mut body).await.error.is_some());
 
     let total = Ending::Deadline(DeadlineKind::Total);

@@ -199,7 +199,15 @@ pub async fn call<S>(svc: &mut S) -> Result<S::Response, BoxError>
 where
     S: Service<Request<()>, Error = BoxError>,
 {
-    svc.ready().await?.call(Request::new(())).await
+    call_with(svc, Request::new(())).await
+}
+
+/// Makes one call through `svc` with `req` (one that carries extensions, say).
+pub async fn call_with<S>(svc: &mut S, req: Request<()>) -> Result<S::Response, BoxError>
+where
+    S: Service<Request<()>, Error = BoxError>,
+{
+    svc.ready().await?.call(req).await
 }
 
 /// Everything a caller sees when it reads a body to its end.
