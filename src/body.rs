@@ -112,8 +112,10 @@ pub(crate) struct Core<D> {
     // first-frame budget fills it, and `None` once replayed.
     replay: Option<Box<Replay<D>>>,
     pub(crate) deadlines: Deadlines,
-    // Set by the first poll that finds no frame ready: the idle budget counts from here.
-    pub(crate) waiting_since: Option<Instant>,
+    // While the body waits on upstream under an idle budget: the idle deadline of this wait,
+    // counted from the first poll that found no frame. Kept as the deadline rather than the
+    // start, so that checking a frame compares instants and adds nothing.
+    idle_at: Option<Instant>,
     timer: Timer,
     recorder: Recorder,
     // Protocol endings and progress rules; `None` unless the layer opted in and the
@@ -230,7 +232,7 @@ impl<D> Core<D> {
         Core {
             replay,
             deadlines,
-            waiting_since: None,
+            idle_at: None,
             timer,
             recorder,
             protocol,
@@ -259,10 +261,75 @@ impl<D> Core<D> {
         expired: &DeadlineExceeded,
     ) {
         upstream.set(Upstream::Released);
-        if let Some(since) = self.waiting_since.take() {
+        if let Some(since) = self.waiting_since() {
+            self.idle_at = None;
             self.recorder.waited(since, Instant::now());
         }
         self.recorder.deadline(expired);
+    }
+
+    /// Whether the body waits on upstream under an idle budget.
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.idle_at.is_some()
+    }
+
+    /// When the current wait on upstream began, if the body waits under an idle budget.
+    pub(crate) fn waiting_since(&self) -> Option<Instant> {
+        self.deadlines.wait_start(self.idle_at?)
+    }
+
+    /// The earliest deadline that binds now: the total one, or while the body waits under an
+    /// idle budget, the earlier of it and the idle deadline.
+    #[inline]
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match (self.deadlines.total(), self.idle_at) {
+            (Some(total), Some(idle)) => Some(total.min(idle)),
+            (total, idle) => total.or(idle),
+        }
+    }
+
+    /// The deadline that has run out at `now`, if any.
+    pub(crate) fn expired_at(&self, now: Instant) -> Option<DeadlineExceeded> {
+        match self.next_deadline() {
+            Some(next) if now >= next => Some(self.name_expired(now)),
+            _ => None,
+        }
+    }
+
+    /// Which deadline ran out, when one has at `now`.
+    #[cold]
+    fn name_expired(&self, now: Instant) -> DeadlineExceeded {
+        let phase = Phase::Streaming {
+            waiting_since: self.waiting_since(),
+        };
+        self.deadlines.name_expired(now, phase)
+    }
+
+    /// Checks a frame just taken from upstream against the deadlines: `Err` if one has
+    /// passed, else when it was taken, if the clock had to be read. A frame that is not
+    /// progress leaves the idle clock running, or starts it.
+    #[inline(always)]
+    fn check(&mut self, progress: bool) -> Result<Option<Instant>, DeadlineExceeded> {
+        if progress && self.idle_at.is_none() && !self.deadlines.has_total() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if self.next_deadline().is_some_and(|next| now >= next) {
+            return Err(self.name_expired(now));
+        }
+        match self.idle_at {
+            Some(_) if progress => {
+                if self.recorder.is_recording() {
+                    if let Some(since) = self.waiting_since() {
+                        self.recorder.waited(since, now);
+                    }
+                }
+                self.idle_at = None;
+            }
+            None if !progress => self.idle_at = self.deadlines.idle_deadline(now),
+            _ => {}
+        }
+        Ok(Some(now))
     }
 
     /// What the body yields for a deadline: the protocol's ending, or the error.
@@ -333,12 +400,7 @@ impl<D> Core<D> {
                         // The common case, kept short (measured: wrapping the frame in an
                         // `Option` here costs about 6 ns a frame).
                         None => {
-                            let now = match check(
-                                &self.deadlines,
-                                &mut self.waiting_since,
-                                &mut self.recorder,
-                                true,
-                            ) {
+                            let now = match self.check(true) {
                                 Ok(now) => now,
                                 Err(expired) => break expired,
                             };
@@ -347,12 +409,7 @@ impl<D> Core<D> {
                         }
                         Some(protocol) => protocol.inspect(frame),
                     };
-                    let now = match check(
-                        &self.deadlines,
-                        &mut self.waiting_since,
-                        &mut self.recorder,
-                        progress,
-                    ) {
+                    let now = match self.check(progress) {
                         Ok(now) => now,
                         Err(expired) => break expired,
                     };
@@ -373,12 +430,7 @@ impl<D> Core<D> {
                 }
                 Poll::Ready(None) => {
                     // The end is judged like a frame.
-                    let now = match check(
-                        &self.deadlines,
-                        &mut self.waiting_since,
-                        &mut self.recorder,
-                        true,
-                    ) {
+                    let now = match self.check(true) {
                         Ok(now) => now.unwrap_or_else(Instant::now),
                         Err(expired) => break expired,
                     };
@@ -392,13 +444,15 @@ impl<D> Core<D> {
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    if self.waiting_since.is_none() && self.deadlines.idle().is_some() {
-                        self.waiting_since = Some(Instant::now());
+                    if self.idle_at.is_none() && self.deadlines.has_idle() {
+                        self.idle_at = self.deadlines.idle_deadline(Instant::now());
                     }
-                    let phase = Phase::Streaming {
-                        waiting_since: self.waiting_since,
+                    let Some(at) = self.next_deadline() else {
+                        return Poll::Pending;
                     };
-                    break ready!(self.timer.poll_expired(&self.deadlines, phase, cx));
+                    ready!(self.timer.poll_at(at, cx));
+                    // The timer is ready only once the clock has reached `at`.
+                    break self.name_expired(Instant::now());
                 }
             }
         };
@@ -475,46 +529,12 @@ where
     }
 }
 
-/// Checks a frame just taken from upstream against the deadlines: `Err` if one has passed,
-/// else when it was taken, if the clock had to be read. A frame that is not progress leaves
-/// the idle clock running.
-#[inline(always)]
-fn check(
-    deadlines: &Deadlines,
-    waiting_since: &mut Option<Instant>,
-    recorder: &mut Recorder,
-    progress: bool,
-) -> Result<Option<Instant>, DeadlineExceeded> {
-    let since = match progress {
-        true => waiting_since.take(),
-        false => *waiting_since,
-    };
-    if !deadlines.has_total() && since.is_none() && progress {
-        return Ok(None);
-    }
-    let now = Instant::now();
-    if let Some(expired) = deadlines.expired(
-        now,
-        Phase::Streaming {
-            waiting_since: since,
-        },
-    ) {
-        return Err(expired);
-    }
-    match since {
-        Some(since) if progress => recorder.waited(since, now),
-        None if !progress && deadlines.idle().is_some() => *waiting_since = Some(now),
-        _ => {}
-    }
-    Ok(Some(now))
-}
-
 impl<D> fmt::Debug for Core<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
             .field("held", &self.replay.as_ref().map_or(0, |r| r.len()))
             .field("deadlines", &self.deadlines)
-            .field("waiting_since", &self.waiting_since)
+            .field("waiting_since", &self.waiting_since())
             .field("recorder", &self.recorder)
             .finish_non_exhaustive()
     }

@@ -3,6 +3,7 @@
 //! Everything here is plain arithmetic on `tokio::time::Instant`s: reading the clock and
 //! holding a timer are the callers' business, so the rule is testable without either.
 
+use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -21,8 +22,34 @@ pub(crate) struct Deadlines {
     total: Option<Instant>,
     /// The budget, kept only when its deadline is strictly earlier than the total deadline:
     /// otherwise the total budget wins.
-    first_frame: Option<Duration>,
-    idle: Option<Duration>,
+    first_frame: Budget,
+    idle: Budget,
+}
+
+/// An optional budget in 8 bytes where `Option<Duration>` takes 16 (every body holds two):
+/// whole nanoseconds, `u64::MAX` for none. A budget of 584 years or more is none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Budget(u64);
+
+impl Budget {
+    const NONE: Budget = Budget(u64::MAX);
+
+    fn new(budget: Option<Duration>) -> Self {
+        budget
+            .and_then(|budget| u64::try_from(budget.as_nanos()).ok())
+            .map_or(Budget::NONE, Budget)
+    }
+
+    #[inline]
+    fn get(self) -> Option<Duration> {
+        (self != Budget::NONE).then_some(Duration::from_nanos(self.0))
+    }
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 /// Where the response is: the first-frame deadline binds only until the first frame arrived.
@@ -45,11 +72,15 @@ impl Deadlines {
                 _ => Some(budget),
             }
         });
+        // An idle budget too long to add to an instant is no idle budget.
+        let idle = budgets
+            .idle
+            .filter(|&idle| start.checked_add(idle).is_some());
         Deadlines {
             start,
             total,
-            first_frame,
-            idle: budgets.idle,
+            first_frame: Budget::new(first_frame),
+            idle: Budget::new(idle),
         }
     }
 
@@ -63,7 +94,7 @@ impl Deadlines {
             .first_frame_at()
             .is_some_and(|first_frame| first_frame >= at)
         {
-            self.first_frame = None;
+            self.first_frame = Budget::NONE;
         }
     }
 
@@ -78,7 +109,7 @@ impl Deadlines {
 
     /// The budgets that apply: total (if finite), first frame, idle.
     pub(crate) fn budgets(&self) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
-        (self.total_budget(), self.first_frame, self.idle)
+        (self.total_budget(), self.first_frame.get(), self.idle.get())
     }
 
     /// The total budget, if finite: from the start to the total deadline (zero for a
@@ -89,12 +120,12 @@ impl Deadlines {
 
     /// The first-frame deadline, if its budget applies.
     fn first_frame_at(&self) -> Option<Instant> {
-        self.start.checked_add(self.first_frame?)
+        self.start.checked_add(self.first_frame.get()?)
     }
 
     /// Whether a first-frame budget applies (it is set and earlier than the total deadline).
     pub(crate) fn waits_for_first_frame(&self) -> bool {
-        self.first_frame.is_some()
+        self.first_frame != Budget::NONE
     }
 
     /// Whether a frame arriving while not waiting needs the clock read at all.
@@ -103,8 +134,10 @@ impl Deadlines {
         self.total.is_some()
     }
 
-    pub(crate) fn idle(&self) -> Option<Duration> {
-        self.idle
+    /// Whether an idle budget applies.
+    #[inline]
+    pub(crate) fn has_idle(&self) -> bool {
+        self.idle != Budget::NONE
     }
 
     /// The earliest deadline that binds in `phase`, if any.
@@ -112,7 +145,7 @@ impl Deadlines {
     pub(crate) fn next(&self, phase: Phase) -> Option<Instant> {
         let other = match phase {
             Phase::BeforeFirstFrame => self.first_frame_at(),
-            Phase::Streaming { waiting_since } => self.idle_deadline(waiting_since),
+            Phase::Streaming { waiting_since } => self.idle_deadline_since(waiting_since),
         };
         match (self.total, other) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -131,14 +164,14 @@ impl Deadlines {
     }
 
     #[cold]
-    fn name_expired(&self, now: Instant, phase: Phase) -> DeadlineExceeded {
+    pub(crate) fn name_expired(&self, now: Instant, phase: Phase) -> DeadlineExceeded {
         let since_start = now.saturating_duration_since(self.start);
         let total_budget = self.total_budget().unwrap_or(Duration::MAX);
         let total = DeadlineExceeded::new(DeadlineKind::Total, total_budget, since_start);
         let other = match phase {
             Phase::BeforeFirstFrame => {
                 self.first_frame_at()
-                    .zip(self.first_frame)
+                    .zip(self.first_frame.get())
                     .map(|(at, budget)| {
                         (
                             at,
@@ -147,11 +180,13 @@ impl Deadlines {
                     })
             }
             Phase::Streaming { waiting_since } => {
-                waiting_since.zip(self.idle).and_then(|(since, idle)| {
-                    let at = since.checked_add(idle)?;
-                    let waited = now.saturating_duration_since(since);
-                    Some((at, DeadlineExceeded::new(DeadlineKind::Idle, idle, waited)))
-                })
+                waiting_since
+                    .zip(self.idle.get())
+                    .and_then(|(since, idle)| {
+                        let at = since.checked_add(idle)?;
+                        let waited = now.saturating_duration_since(since);
+                        Some((at, DeadlineExceeded::new(DeadlineKind::Idle, idle, waited)))
+                    })
             }
         };
         match (self.total, other) {
@@ -161,8 +196,19 @@ impl Deadlines {
         }
     }
 
-    fn idle_deadline(&self, waiting_since: Option<Instant>) -> Option<Instant> {
-        waiting_since?.checked_add(self.idle?)
+    fn idle_deadline_since(&self, waiting_since: Option<Instant>) -> Option<Instant> {
+        waiting_since?.checked_add(self.idle.get()?)
+    }
+
+    /// The idle deadline of a wait that starts at `now`, if there is an idle budget.
+    #[inline]
+    pub(crate) fn idle_deadline(&self, now: Instant) -> Option<Instant> {
+        now.checked_add(self.idle.get()?)
+    }
+
+    /// When the wait whose idle deadline is `idle_at` began.
+    pub(crate) fn wait_start(&self, idle_at: Instant) -> Option<Instant> {
+        idle_at.checked_sub(self.idle.get()?)
     }
 }
 

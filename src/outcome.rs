@@ -225,6 +225,12 @@ impl Recorder {
         }
     }
 
+    /// Whether a record is kept (something will read it).
+    #[inline]
+    pub(crate) fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Records a wait on upstream that ended at `now`.
     #[inline]
     pub(crate) fn waited(&mut self, since: Instant, now: Instant) {

@@ -10,12 +10,17 @@
 //!   polled;
 //! - is re-armed lazily: armed earlier than needed, it fires early and is re-armed then,
 //!   so an idle deadline that moves on every frame costs one re-arm per idle period, not one
-//!   per frame.
+//!   per frame;
+//! - is not polled again by the task whose waker it already holds: a body that waits before
+//!   every frame (every frame read from a socket does) would otherwise pay tokio's
+//!   cooperative-budget check and the waker's registration on each of them.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
+
+use pin_project_lite::pin_project;
 
 use tokio::runtime::Handle;
 use tokio::time::{Instant, Sleep};
@@ -32,12 +37,20 @@ pub(crate) struct Timer {
 enum State {
     /// No wait yet; the runtime seen at `call`, if any.
     Unarmed(Option<Handle>),
-    Armed {
-        sleep: Pin<Box<Sleep>>,
-        at: Instant,
-    },
+    Armed(Pin<Box<Armed>>),
     /// No timer can be had: the deadline is still checked on every poll.
     Unavailable,
+}
+
+pin_project! {
+    /// A registered `Sleep`, armed for `sleep.deadline()`.
+    #[derive(Debug)]
+    struct Armed {
+        #[pin]
+        sleep: Sleep,
+        // The waker the `Sleep` holds from its last `Pending` poll, until it fires or is reset.
+        registered: Option<Waker>,
+    }
 }
 
 impl Timer {
@@ -87,28 +100,37 @@ impl Timer {
 
     /// `Ready` once the clock has reached `at`; otherwise `Pending`, with the task in `cx` to be
     /// woken no later than `at` (unless no timer can be had: then only a later poll sees it).
-    fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    #[inline]
+    pub(crate) fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let State::Unarmed(handle) = &mut self.state {
             self.state = arm(handle.take(), at);
         }
-        let State::Armed {
-            sleep,
-            at: armed_at,
-        } = &mut self.state
-        else {
+        let State::Armed(armed) = &mut self.state else {
             // No timer: nothing will wake the task, but a poll past the deadline still sees it.
             return match Instant::now() >= at {
                 true => Poll::Ready(()),
                 false => Poll::Pending,
             };
         };
-        if *armed_at > at {
-            sleep.as_mut().reset(at);
-            *armed_at = at;
+        let mut armed = armed.as_mut().project();
+        if armed.sleep.deadline() > at {
+            armed.sleep.as_mut().reset(at);
+            *armed.registered = None;
+        }
+        // The same task again, and the timer has not fired: it already holds this waker.
+        if !armed.sleep.is_elapsed()
+            && armed
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
         }
         // Two rounds: a timer armed for an earlier deadline fires, is re-armed, then waits.
         for _ in 0..2 {
-            if !sleep.is_elapsed() && sleep.as_mut().poll(cx).is_pending() {
+            // Never poll a fired timer: after its runtime shut down, that panics.
+            if !armed.sleep.is_elapsed() && armed.sleep.as_mut().poll(cx).is_pending() {
+                *armed.registered = Some(cx.waker().clone());
                 return Poll::Pending;
             }
             if Instant::now() >= at {
@@ -117,9 +139,9 @@ impl Timer {
             // Fired before `at`: it was armed for an earlier deadline, or its runtime shut down
             // (which fires every timer). Re-arming tells them apart: a shut-down runtime fires
             // the timer again at once instead of registering it.
-            sleep.as_mut().reset(at);
-            *armed_at = at;
-            if sleep.is_elapsed() && Instant::now() < at {
+            armed.sleep.as_mut().reset(at);
+            *armed.registered = None;
+            if armed.sleep.is_elapsed() && Instant::now() < at {
                 tracing::debug!(
                     target: "tower_stream_deadline",
                     "the runtime that held the deadline timer shut down; \
@@ -148,12 +170,18 @@ fn arm(handle: Option<Handle>, at: Instant) -> State {
     };
     let _entered = handle.enter();
     // tokio panics here when the runtime was built without `enable_time`.
-    match catch_unwind(AssertUnwindSafe(|| Box::pin(tokio::time::sleep_until(at)))) {
-        Ok(mut sleep) => {
+    let armed = || {
+        Box::pin(Armed {
+            sleep: tokio::time::sleep_until(at),
+            registered: None,
+        })
+    };
+    match catch_unwind(AssertUnwindSafe(armed)) {
+        Ok(mut armed) => {
             // Registers without polling: on a runtime that has shut down this fires the timer
             // rather than panicking, and `poll_at` sees it elapsed.
-            sleep.as_mut().reset(at);
-            State::Armed { sleep, at }
+            armed.as_mut().project().sleep.reset(at);
+            State::Armed(armed)
         }
         Err(_) => {
             tracing::warn!(

@@ -50,17 +50,11 @@ struct State<B: Body> {
 }
 
 impl<B: Body> State<B> {
-    fn phase(&self) -> Phase {
-        Phase::Streaming {
-            waiting_since: self.core.waiting_since,
-        }
-    }
-
     /// The watcher's task if it must look again: the upstream is gone, or the next deadline
     /// is earlier than the one it sleeps until.
     fn watcher_to_wake(&mut self) -> Option<Waker> {
         let wake = self.upstream.is_released()
-            || match (self.core.deadlines.next(self.phase()), self.armed_at) {
+            || match (self.core.next_deadline(), self.armed_at) {
                 (Some(next), Some(armed)) => next < armed,
                 (Some(_), None) => true,
                 (None, _) => false,
@@ -69,7 +63,7 @@ impl<B: Body> State<B> {
             return None;
         }
         // At most one wake-up per change: the watcher re-arms and sets `armed_at` itself.
-        self.armed_at = self.core.deadlines.next(self.phase());
+        self.armed_at = self.core.next_deadline();
         self.watcher.take()
     }
 }
@@ -85,7 +79,7 @@ pub(crate) fn timer<B: Body>(
     let first = deadlines.next(Phase::Streaming {
         waiting_since: None,
     });
-    if (first.is_none() && deadlines.idle().is_none()) || upstream.is_released() {
+    if (first.is_none() && !deadlines.has_idle()) || upstream.is_released() {
         return None;
     }
     // tokio panics here when the runtime was built without `enable_time`; the body's own
@@ -146,11 +140,11 @@ impl<B: Body> Watched<B> {
         if let Some(expired) = state.expired.take() {
             return state.core.ending(expired);
         }
-        let was_waiting = state.core.waiting_since.is_some();
+        let was_waiting = state.core.is_waiting();
         let polled = state.core.poll_frame(state.upstream.as_mut(), cx);
         // Only a wait that starts can bring the next deadline earlier (a frame ending a wait
         // moves it later: the watcher finds that out when it wakes).
-        if (was_waiting || state.core.waiting_since.is_none()) && !state.upstream.is_released() {
+        if (was_waiting || !state.core.is_waiting()) && !state.upstream.is_released() {
             return polled;
         }
         let watcher = state.watcher_to_wake();
@@ -224,8 +218,7 @@ impl<B: Body> Future for Watch<B> {
             if state.upstream.is_released() {
                 return Poll::Ready(());
             }
-            let phase = state.phase();
-            if let Some(expired) = state.core.deadlines.expired(Instant::now(), phase) {
+            if let Some(expired) = state.core.expired_at(Instant::now()) {
                 state.core.expire(state.upstream.as_mut(), &expired);
                 state.expired = Some(expired);
                 return Poll::Ready(());
@@ -237,7 +230,7 @@ impl<B: Body> Future for Watch<B> {
             {
                 state.watcher = Some(cx.waker().clone());
             }
-            let next = state.core.deadlines.next(phase);
+            let next = state.core.next_deadline();
             state.armed_at = next;
             drop(guard);
             let Some(at) = next else {
