@@ -5,8 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use std::collections::VecDeque;
-
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -17,6 +15,7 @@ use crate::deadline::{Deadlines, Phase};
 use crate::error::DeadlineExceeded;
 use crate::outcome::Recorder;
 use crate::protocol::Protocol;
+use crate::replay::{Next, Replayed};
 use crate::timer::Timer;
 use crate::watch::{self, Watched};
 
@@ -99,7 +98,7 @@ pin_project! {
     #[project = ModeProj]
     enum Mode<B: Body> {
         // The upstream inline, released when a poll or the drop observes the deadline.
-        Local { #[pin] upstream: Upstream<B>, core: Core<B::Data> },
+        Local { #[pin] upstream: Upstream<B>, core: Core },
         // Shared with a watcher task that releases the upstream at the deadline even when
         // nobody polls (`StreamDeadlineLayer::release_unpolled`).
         Watched { shared: Arc<Watched<B>> },
@@ -107,10 +106,7 @@ pin_project! {
 }
 
 /// Everything a body tracks besides its upstream.
-pub(crate) struct Core<D> {
-    // Frames the `ResponseFuture` took, replayed first; out of line because only a
-    // first-frame budget fills it, and `None` once replayed.
-    replay: Option<Box<Replay<D>>>,
+pub(crate) struct Core {
     pub(crate) deadlines: Deadlines,
     // While the body waits on upstream under an idle budget: the idle deadline of this wait,
     // counted from the first poll that found no frame. Kept as the deadline rather than the
@@ -126,10 +122,10 @@ pub(crate) struct Core<D> {
 pin_project! {
     #[project = UpstreamProj]
     #[project_ref = UpstreamProjRef]
-    pub(crate) enum Upstream<B> {
+    pub(crate) enum Upstream<B: Body> {
         Inline { #[pin] body: B },
-        // Boxed by the `ResponseFuture` to poll it for the first frame and still hand it over.
-        Boxed { body: Pin<Box<B>> },
+        // Polled by the `ResponseFuture` for its first frame, with the frames it took.
+        Replayed { body: Pin<Box<Replayed<B>>> },
         Released,
     }
 }
@@ -138,16 +134,28 @@ impl<B: Body> Upstream<B> {
     fn is_end_stream(&self) -> bool {
         match self {
             Upstream::Inline { body } => body.is_end_stream(),
-            Upstream::Boxed { body } => body.is_end_stream(),
+            Upstream::Replayed { body } => body.is_end_stream(),
             Upstream::Released => true,
         }
     }
 
-    fn size_hint(&self) -> SizeHint {
+    /// The upstream's size hint, and the data bytes still to replay.
+    fn size_hint(&self) -> (SizeHint, u64)
+    where
+        B::Data: Buf,
+    {
         match self {
-            Upstream::Inline { body } => body.size_hint(),
-            Upstream::Boxed { body } => body.size_hint(),
-            Upstream::Released => SizeHint::with_exact(0),
+            Upstream::Inline { body } => (body.size_hint(), 0),
+            Upstream::Replayed { body } => body.size_hint(),
+            Upstream::Released => (SizeHint::with_exact(0), 0),
+        }
+    }
+
+    /// Frames still to replay.
+    fn replaying(&self) -> usize {
+        match self {
+            Upstream::Replayed { body } => body.len(),
+            _ => 0,
         }
     }
 
@@ -156,38 +164,15 @@ impl<B: Body> Upstream<B> {
     }
 }
 
-/// Frames the `ResponseFuture` took before handing the body over, to be replayed.
-pub(crate) struct Replay<D> {
-    /// Those that did not count as progress, in order.
-    pub(crate) held: VecDeque<Frame<D>>,
-    /// Then the first that did (or an unfinished SSE event at the end).
-    pub(crate) first: Option<Frame<D>>,
-}
-
-impl<D> Replay<D> {
-    /// Boxed, or `None` when there is nothing to replay (no allocation then).
-    pub(crate) fn boxed(held: VecDeque<Frame<D>>, first: Option<Frame<D>>) -> Option<Box<Self>> {
-        match held.is_empty() && first.is_none() {
-            true => None,
-            false => Some(Box::new(Replay { held, first })),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.held.len() + usize::from(self.first.is_some())
-    }
-}
-
 impl<B: Body> DeadlineBody<B> {
     pub(crate) fn new(
         upstream: Upstream<B>,
-        replay: Option<Box<Replay<B::Data>>>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
         protocol: Option<Box<Protocol>>,
     ) -> Self {
-        let core = Core::new(replay, deadlines, timer, recorder, protocol);
+        let core = Core::new(deadlines, timer, recorder, protocol);
         DeadlineBody {
             mode: Mode::Local { upstream, core },
         }
@@ -203,14 +188,13 @@ where
     /// even when nobody polls; a body without one where no watcher can be had.
     pub(crate) fn new_watched(
         upstream: Upstream<B>,
-        replay: Option<Box<Replay<B::Data>>>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
         protocol: Option<Box<Protocol>>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        let core = Core::new(replay, deadlines, timer, recorder, protocol);
+        let core = Core::new(deadlines, timer, recorder, protocol);
         let mode = match watch::timer(&runtime, &upstream, &deadlines) {
             Some(sleep) => Mode::Watched {
                 shared: watch::spawn(upstream, core, &runtime, sleep),
@@ -221,16 +205,14 @@ where
     }
 }
 
-impl<D> Core<D> {
+impl Core {
     fn new(
-        replay: Option<Box<Replay<D>>>,
         deadlines: Deadlines,
         timer: Timer,
         recorder: Recorder,
         protocol: Option<Box<Protocol>>,
     ) -> Self {
         Core {
-            replay,
             deadlines,
             idle_at: None,
             timer,
@@ -241,8 +223,8 @@ impl<D> Core<D> {
 
     /// Reports completion if the body is dropped at its end: a caller that trusts
     /// `is_end_stream` (hyper does) never polls for the end.
-    pub(crate) fn drop_with<B: Body<Data = D>>(&mut self, upstream: Pin<&Upstream<B>>) {
-        if self.replay.is_none() && upstream.is_end_stream() {
+    pub(crate) fn drop_with<B: Body>(&mut self, upstream: Pin<&Upstream<B>>) {
+        if upstream.is_end_stream() {
             self.recorder.completed_if_unreported();
         }
     }
@@ -255,7 +237,7 @@ impl<D> Core<D> {
 
     /// Releases the upstream at a deadline that has passed and reports it; the body yields
     /// [`ending`](Self::ending) next.
-    pub(crate) fn expire<B: Body<Data = D>>(
+    pub(crate) fn expire<B: Body>(
         &mut self,
         mut upstream: Pin<&mut Upstream<B>>,
         expired: &DeadlineExceeded,
@@ -333,7 +315,7 @@ impl<D> Core<D> {
     }
 
     /// What the body yields for a deadline: the protocol's ending, or the error.
-    pub(crate) fn ending(
+    pub(crate) fn ending<D>(
         &mut self,
         expired: DeadlineExceeded,
     ) -> Poll<Option<Result<Frame<D>, BoxError>>>
@@ -350,27 +332,8 @@ impl<D> Core<D> {
         }
     }
 
-    /// The next replayed frame, counted; the replay is dropped with its last frame.
-    #[cold]
-    fn take_replayed(&mut self) -> Option<Frame<D>>
-    where
-        D: Buf,
-    {
-        let replay = self.replay.as_deref_mut()?;
-        let (frame, progress) = match replay.held.pop_front() {
-            Some(frame) => (Some(frame), false),
-            None => (replay.first.take(), true),
-        };
-        if replay.held.is_empty() && replay.first.is_none() {
-            self.replay = None;
-        }
-        let frame = frame?;
-        self.recorder.frame(&frame, None, progress);
-        Some(frame)
-    }
-
     #[inline]
-    pub(crate) fn poll_frame<B>(
+    pub(crate) fn poll_frame<B, D>(
         &mut self,
         mut upstream: Pin<&mut Upstream<B>>,
         cx: &mut Context<'_>,
@@ -380,15 +343,25 @@ impl<D> Core<D> {
         B::Error: Into<BoxError>,
         D: Buf + 'static,
     {
-        if self.replay.is_some() {
-            if let Some(frame) = self.take_replayed() {
-                return Poll::Ready(Some(Ok(frame)));
+        if let UpstreamProj::Replayed { body } = upstream.as_mut().project() {
+            // Taken before the body was handed over, and checked then.
+            match body.as_mut().next() {
+                Next::Frame(frame, progress) => {
+                    self.recorder.frame(&frame, None, progress);
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Next::End => {
+                    upstream.set(Upstream::Released);
+                    self.recorder.completed_if_unreported();
+                    return Poll::Ready(None);
+                }
+                Next::Poll => {}
             }
         }
         let expired = loop {
             let polled = match upstream.as_mut().project() {
                 UpstreamProj::Inline { body } => body.poll_frame(cx),
-                UpstreamProj::Boxed { body } => body.as_mut().poll_frame(cx),
+                UpstreamProj::Replayed { body } => body.as_mut().body().poll_frame(cx),
                 UpstreamProj::Released => {
                     self.recorder.completed_if_unreported();
                     return Poll::Ready(None);
@@ -460,26 +433,19 @@ impl<D> Core<D> {
         self.ending(expired)
     }
 
-    pub(crate) fn is_end_stream<B: Body<Data = D>>(&self, upstream: &Upstream<B>) -> bool {
-        if self.replay.is_some() || self.protocol.as_ref().is_some_and(|p| p.held() > 0) {
+    pub(crate) fn is_end_stream<B: Body>(&self, upstream: &Upstream<B>) -> bool {
+        if self.protocol.as_ref().is_some_and(|p| p.held() > 0) {
             return false;
         }
         upstream.is_end_stream()
     }
 
-    pub(crate) fn size_hint<B: Body<Data = D>>(&self, upstream: &Upstream<B>) -> SizeHint
+    pub(crate) fn size_hint<B: Body>(&self, upstream: &Upstream<B>) -> SizeHint
     where
-        D: Buf,
+        B::Data: Buf,
     {
-        let upstream = upstream.size_hint();
-        let held = self
-            .replay
-            .iter()
-            .flat_map(|r| r.held.iter().chain(&r.first))
-            .filter_map(Frame::data_ref)
-            .map(|d| d.remaining() as u64)
-            .sum::<u64>()
-            + self.protocol.as_ref().map_or(0, |p| p.held());
+        let (upstream, replaying) = upstream.size_hint();
+        let held = replaying + self.protocol.as_ref().map_or(0, |p| p.held());
         let extends = self.protocol.as_ref().is_some_and(|p| p.extends_body());
         if held == 0 && !extends {
             return upstream;
@@ -529,10 +495,9 @@ where
     }
 }
 
-impl<D> fmt::Debug for Core<D> {
+impl fmt::Debug for Core {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
-            .field("held", &self.replay.as_ref().map_or(0, |r| r.len()))
             .field("deadlines", &self.deadlines)
             .field("waiting_since", &self.waiting_since())
             .field("recorder", &self.recorder)
@@ -546,6 +511,7 @@ impl<B: Body> fmt::Debug for DeadlineBody<B> {
             Mode::Local { upstream, core } => f
                 .debug_struct("DeadlineBody")
                 .field("released", &upstream.is_released())
+                .field("replaying", &upstream.replaying())
                 .field("core", core)
                 .finish_non_exhaustive(),
             Mode::Watched { shared } => f

@@ -1,7 +1,6 @@
 //! [`ResponseFuture`]: waits for the response head (and, under a first-frame budget, its
 //! first frame) within the budgets.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,18 +9,19 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Buf;
 use http::Response;
-use http_body::{Body, Frame};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::BoxError;
-use crate::body::{DeadlineBody, Replay, Upstream};
+use crate::body::{DeadlineBody, Upstream};
 use crate::deadline::{Deadlines, Phase};
 use crate::error::DeadlineExceeded;
 use crate::grpc;
 use crate::outcome::Recorder;
 use crate::protocol::{Protocol, ProtocolConfig};
+use crate::replay::Replayed;
 use crate::timer::Timer;
 
 pin_project! {
@@ -87,8 +87,7 @@ pin_project! {
 /// A response whose head has come, waiting for its first frame that counts as progress.
 struct Waiting<B: Body> {
     head: http::response::Parts,
-    body: Pin<Box<B>>,
-    held: VecDeque<Frame<B::Data>>,
+    body: Pin<Box<Replayed<B>>>,
     held_bytes: usize,
     protocol: Option<Box<Protocol>>,
 }
@@ -146,16 +145,14 @@ where
                         let protocol = this.protocol.as_ref().and_then(|p| p.for_response(&head));
                         if !this.deadlines.waits_for_first_frame() {
                             let upstream = Upstream::Inline { body };
-                            let replay = None;
-                            return Poll::Ready(this.finish(head, upstream, replay, protocol));
+                            return Poll::Ready(this.finish(head, upstream, protocol));
                         }
                         if let Some(recorder) = this.recorder {
                             recorder.head(Instant::now());
                         }
                         let waiting = Waiting {
                             head,
-                            body: Box::pin(body),
-                            held: VecDeque::new(),
+                            body: Replayed::new(body),
                             held_bytes: 0,
                             protocol,
                         };
@@ -169,7 +166,7 @@ where
                     let Some(w) = waiting.as_mut() else {
                         return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                     };
-                    match w.body.as_mut().poll_frame(cx) {
+                    match w.body.as_mut().body().poll_frame(cx) {
                         Poll::Pending => {}
                         Poll::Ready(Some(Err(err))) => {
                             return Poll::Ready(this.upstream_failed(err.into()));
@@ -184,22 +181,24 @@ where
                             let size = frame.data_ref().map_or(0, |d| d.remaining());
                             if !progress && w.held_bytes + size <= MAX_HELD_BYTES {
                                 w.held_bytes += size;
-                                w.held.push_back(frame);
+                                w.body.as_mut().hold(frame);
                                 continue;
                             }
-                            let Some(w) = waiting.take() else { continue };
-                            let upstream = Upstream::Boxed { body: w.body };
-                            let replay = Replay::boxed(w.held, Some(frame));
-                            return Poll::Ready(this.finish(w.head, upstream, replay, w.protocol));
+                            let Some(mut w) = waiting.take() else {
+                                continue;
+                            };
+                            w.body.as_mut().first(frame);
+                            let upstream = Upstream::Replayed { body: w.body };
+                            return Poll::Ready(this.finish(w.head, upstream, w.protocol));
                         }
                         Poll::Ready(None) => {
                             let Some(mut w) = waiting.take() else {
                                 continue;
                             };
                             let tail = w.protocol.as_deref_mut().and_then(Protocol::take_tail);
-                            let replay = Replay::boxed(w.held, tail);
-                            let upstream = Upstream::Released;
-                            return Poll::Ready(this.finish(w.head, upstream, replay, w.protocol));
+                            w.body.as_mut().ended(tail);
+                            let upstream = Upstream::Replayed { body: w.body };
+                            return Poll::Ready(this.finish(w.head, upstream, w.protocol));
                         }
                     }
                 }
@@ -246,7 +245,6 @@ where
             Some(recorder) if grpc_endings && *self.grpc_request => {
                 let body = DeadlineBody::new(
                     Upstream::Released,
-                    None,
                     *self.deadlines,
                     self.timer.take(),
                     recorder,
@@ -263,12 +261,11 @@ where
         &mut self,
         head: http::response::Parts,
         upstream: Upstream<B>,
-        replay: Option<Box<Replay<B::Data>>>,
         protocol: Option<Box<Protocol>>,
     ) -> Output<B> {
         let now = Instant::now();
         if let Some(expired) = self.deadlines.expired(now, Phase::BeforeFirstFrame) {
-            drop((upstream, replay));
+            drop(upstream);
             return self.expired(expired);
         }
         self.state.set(State::Done);
@@ -277,7 +274,7 @@ where
         };
         if !self.deadlines.waits_for_first_frame() {
             recorder.head(now);
-        } else if matches!(upstream, Upstream::Boxed { .. }) {
+        } else if matches!(&upstream, Upstream::Replayed { body } if body.made_progress()) {
             recorder.first_frame(now);
         }
         let mut head = head;
@@ -287,10 +284,10 @@ where
         }
         let (deadlines, timer) = (*self.deadlines, self.timer.take());
         let body = match self.watcher.take() {
-            Some(runtime) => DeadlineBody::new_watched(
-                upstream, replay, deadlines, timer, recorder, protocol, runtime,
-            ),
-            None => DeadlineBody::new(upstream, replay, deadlines, timer, recorder, protocol),
+            Some(runtime) => {
+                DeadlineBody::new_watched(upstream, deadlines, timer, recorder, protocol, runtime)
+            }
+            None => DeadlineBody::new(upstream, deadlines, timer, recorder, protocol),
         };
         Ok(Response::from_parts(head, body))
     }

@@ -137,6 +137,7 @@ pub mod guide;
 mod layer;
 mod outcome;
 mod protocol;
+mod replay;
 mod request;
 #[cfg(feature = "retry")]
 mod retry;

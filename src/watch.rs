@@ -40,7 +40,7 @@ pub(crate) struct Watched<B: Body> {
 
 struct State<B: Body> {
     upstream: Pin<Box<Upstream<B>>>,
-    core: Core<B::Data>,
+    core: Core,
     /// Set when the watcher released the upstream: the next poll yields it.
     expired: Option<DeadlineExceeded>,
     /// The instant the watcher sleeps until, if any.
@@ -92,7 +92,7 @@ pub(crate) fn timer<B: Body>(
 /// Moves `upstream` and `core` behind a watcher task on `runtime`, sleeping on `sleep`.
 pub(crate) fn spawn<B>(
     upstream: Upstream<B>,
-    core: Core<B::Data>,
+    core: Core,
     runtime: &Handle,
     sleep: Sleep,
 ) -> Arc<Watched<B>>

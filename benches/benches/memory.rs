@@ -1,6 +1,7 @@
 //! Benchmark 4: memory. Bytes each wrapper adds to an in-flight stream (`size_of` of the body
-//! and of the response future) and heap allocations per response and per frame, against
-//! tower-http's `TimeoutBody` and `DeadlineBody`. Prints Markdown tables; measures no time.
+//! and of the response future; inline and heap bytes of a stream stalled after its first
+//! frame) and heap allocations per response and per frame, against tower-http's
+//! `TimeoutBody` and `DeadlineBody`. Prints Markdown tables; measures no time.
 //!
 //! `cargo bench -p tower-stream-deadline-benches --bench memory`
 
@@ -9,6 +10,7 @@ use std::fmt::Debug;
 use std::future::Ready;
 use std::mem::{size_of, size_of_val};
 use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 use http_body::Body;
@@ -17,7 +19,8 @@ use tower::{Layer, Service};
 use tower_http::timeout::{ResponseBodyDeadlineLayer, ResponseBodyTimeoutLayer};
 use tower_stream_deadline::{DeadlineBody, ResponseFuture};
 use tower_stream_deadline_benches::{
-    AllocStats, Config, Echo, Frames, IDLE, LONG, SlowEcho, block_on_noop, counting, drain, runtime,
+    AllocStats, Config, Echo, Frames, IDLE, LONG, OneThenStall, SlowEcho, block_on_noop, counting,
+    drain, poll_once, runtime, start_counting, stop_counting,
 };
 
 fn main() {
@@ -25,7 +28,67 @@ fn main() {
     let rt = runtime();
     let _entered = rt.enter();
     sizes();
+    stalled();
     allocations();
+}
+
+/// What one in-flight stream stalled after its first frame holds beyond its bare body: the
+/// bytes the wrapper adds inline, and the heap still live from `call` on (the timer, and
+/// whatever else the wrapper keeps while the stream waits).
+fn stalled() {
+    fn row<S, B>(name: &str, svc: &mut S)
+    where
+        S: Service<Request<OneThenStall>, Response = Response<B>>,
+        S::Error: Debug,
+        B: Body,
+        B::Error: Debug,
+    {
+        let mut cx = Context::from_waker(Waker::noop());
+        start_counting();
+        let response = block_on_noop(svc.call(Request::new(OneThenStall::default()))).unwrap();
+        let mut body = pin!(response.into_body());
+        assert_eq!(poll_once(body.as_mut(), &mut cx), Poll::Ready(Some(())));
+        assert!(poll_once(body.as_mut(), &mut cx).is_pending());
+        let stats = stop_counting();
+        let inline = size_of_val(&*body) - size_of::<OneThenStall>();
+        println!(
+            "| {name} | {inline} | {} | {} | **{}** |",
+            stats.live,
+            stats.allocs,
+            inline as i64 + stats.live
+        );
+    }
+    println!("## An in-flight stream stalled after its first frame (bytes beyond the bare body)");
+    println!();
+    println!("| contender | inline | heap live | allocations made | inline + heap |");
+    println!("|---|---:|---:|---:|---:|");
+    for config in [
+        Config::Total,
+        Config::TotalIdle,
+        Config::TotalIdleFirstFrame,
+        Config::TotalReleased,
+        Config::TotalIdleReleased,
+    ] {
+        row(
+            &format!("this crate, {}", config.label()),
+            &mut config.layer().layer(Echo),
+        );
+    }
+    row(
+        "tower-http TimeoutBody",
+        &mut ResponseBodyTimeoutLayer::new(IDLE).layer(Echo),
+    );
+    row(
+        "tower-http DeadlineBody",
+        &mut ResponseBodyDeadlineLayer::new(LONG).layer(Echo),
+    );
+    println!();
+    println!(
+        "Heap live: allocated from `call` on and not yet freed while the stream waits for its \
+         second frame (the request's `Deadline` extension is freed when the upstream drops the \
+         request). With `release_unpolled` it includes the watcher task, spawned but not yet run."
+    );
+    println!();
 }
 
 fn sizes() {
