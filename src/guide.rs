@@ -121,24 +121,26 @@
 //! # What it costs
 //!
 //! Per frame, the body reads tokio's clock once (when a total deadline is set or it has
-//! been waiting) and compares two instants; it counts frames and bytes for the
-//! [`Outcome`](crate::Outcome). It touches its timer only when upstream has nothing ready:
-//! the timer is armed once for the total deadline, and an idle deadline that moves with
-//! every frame is re-armed lazily, once per idle period, when it fires early. A response
-//! allocates its timer (one `Box`) the first time it has to wait, and the `Deadline`
-//! extension is inserted into each request (three allocations when the request had no
-//! extensions yet). Deadlines fire on tokio's 1 ms timer tick: never before the deadline,
-//! and after it by at most a tick plus scheduling delay.
+//! been waiting) and compares two instants. It touches its timer only when upstream has
+//! nothing ready, and then only when something changed: the timer is armed once, keeps the
+//! waker of the task that waits, and is polled again only when another task polls the body
+//! or the timer fired early (an idle deadline that moves with every frame is re-armed
+//! lazily, once per idle period). A response allocates its timer (one `Box`) the first time
+//! it has to wait, and the `Deadline` extension is inserted into each request (three
+//! allocations when the request had no extensions yet); under a first-frame budget the
+//! upstream body is boxed with the frames taken from it. Deadlines fire on tokio's 1 ms
+//! timer tick: never before the deadline, and after it by at most a tick plus scheduling
+//! delay.
 //!
-//! Measured on a 2-core VM (`BENCHMARKS.md` has the commands and the rest):
+//! Measured on a 2-core VM (`BENCHMARKS.md` has the commands, the load and the rest):
 //!
 //! | | this crate | tower-http `DeadlineBody` | tower-http `TimeoutBody` |
 //! |---|---:|---:|---:|
-//! | per frame, always ready (bare: 9.9 ns) | 38 ns | 18 ns | 473 ns |
-//! | per frame after a wait, total / total+idle | 58 / 95 ns | 25 ns | 493 ns |
-//! | 10,000 stalled streams, p99 lateness | 3.6–6.1 ms | 4.0–5.6 ms | — |
+//! | per frame, always ready (bare: 13 ns) | 55 ns | 29 ns | 749 ns |
+//! | per frame after a wait, total / total+idle (bare: 15 ns) | 69 / 112 ns | 48 ns | 813 ns |
+//! | bytes a stalled stream holds beyond its body | 239 | 119 | 135 |
 //!
-//! Most of the per-frame cost is the clock read (23 ns on that VM). It is the price of an
+//! Most of the per-frame cost is the clock read (33 ns on that VM). It is the price of an
 //! exact rule on every runtime: tower-http's `DeadlineBody` polls its registered timer
 //! instead, which is cheaper but lets frames through until tokio's timer driver has run.
 //! The idle budget costs one more clock read per wait, because it counts from the moment the

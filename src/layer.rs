@@ -149,7 +149,7 @@ impl StreamDeadlineLayer {
     /// dropped, as a future awaited by its caller always is.
     ///
     /// It costs an uncontended lock per poll of the body, and per response a task and three
-    /// allocations (about 860 bytes, see BENCHMARKS.md): worth it in a proxy, not in a client
+    /// allocations (about 500 bytes, see BENCHMARKS.md): worth it in a proxy, not in a client
     /// that always reads its own stream. Where there is no runtime with timers at `call`, or
     /// it shuts down, the body is released by polls as without it.
     ///

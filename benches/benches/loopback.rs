@@ -1,7 +1,7 @@
 //! Benchmark 2: loopback throughput. A hyper HTTP/1.1 server on 127.0.0.1 streams 64 MiB in
 //! 64-byte frames (chunked, one chunk per frame) to a hyper-util client, which polls the body
-//! frame by frame to its end: bare, this crate (total + idle), tower-http `TimeoutBody` and
-//! `DeadlineBody` (through their response-body layers).
+//! frame by frame to its end: bare, this crate (total, and total + idle), tower-http
+//! `TimeoutBody` and `DeadlineBody` (through their response-body layers).
 //!
 //! `cargo bench -p tower-stream-deadline-benches --bench loopback`
 //!
@@ -77,47 +77,71 @@ fn loopback(c: &mut Criterion) {
     let client =
         rt.block_on(async { Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>() });
 
+    // Each contender fetches the whole body once and returns the bytes it read.
+    type Fetch<'a> = Box<dyn FnMut() -> u64 + 'a>;
+    let (mut bare, mut bare_timed) = (client.clone(), client.clone());
+    let mut total = Config::Total.layer().layer(client.clone());
+    let mut total_idle = Config::TotalIdle.layer().layer(client.clone());
+    let mut timeout = ResponseBodyTimeoutLayer::new(IDLE).layer(client.clone());
+    let mut deadline = ResponseBodyDeadlineLayer::new(LONG).layer(client.clone());
+    let (rt, uri) = (&rt, &uri);
+    let mut contenders: [(&str, &str, Fetch); 6] = [
+        (
+            "bare",
+            "bare",
+            Box::new(|| rt.block_on(fetch(&mut bare, uri))),
+        ),
+        // Control: the bare client while one unrelated timer is registered in its runtime (as
+        // there nearly always is in production: pool, keep-alive and other requests'
+        // timers). With a timer registered, every park of the runtime reads the clock and
+        // looks up the timer wheel; any wrapper that holds a timer brings that cost along.
+        (
+            "bare_with_a_timer_in_the_runtime",
+            "bare, one unrelated timer in the runtime",
+            Box::new(|| {
+                let sleeper = with_timer(rt);
+                let bytes = rt.block_on(fetch(&mut bare_timed, uri));
+                sleeper.abort();
+                bytes
+            }),
+        ),
+        (
+            "this_crate/total",
+            "this crate, total",
+            Box::new(|| rt.block_on(fetch(&mut total, uri))),
+        ),
+        (
+            "this_crate/total+idle",
+            "this crate, total+idle",
+            Box::new(|| rt.block_on(fetch(&mut total_idle, uri))),
+        ),
+        (
+            "tower_http/TimeoutBody",
+            "tower-http TimeoutBody",
+            Box::new(|| rt.block_on(fetch(&mut timeout, uri))),
+        ),
+        (
+            "tower_http/DeadlineBody",
+            "tower-http DeadlineBody",
+            Box::new(|| rt.block_on(fetch(&mut deadline, uri))),
+        ),
+    ];
+    let (timeout_body, deadline_body) = (4, 5);
+
     let mut group = c.benchmark_group("loopback");
     group.throughput(Throughput::Bytes(BYTES));
-
-    let mut bare = client.clone();
-    group.bench_function("bare", |b| {
-        b.iter(|| assert_eq!(rt.block_on(fetch(&mut bare, &uri)), BYTES))
-    });
-    // Control: the bare client while one unrelated timer is registered in its runtime (as
-    // there nearly always is in production: pool, keep-alive and other requests' timers).
-    // With a timer registered, every park of the runtime reads the clock and looks up the
-    // timer wheel; any wrapper that holds a timer brings that cost along.
-    let sleeper = with_timer(&rt);
-    group.bench_function("bare_with_a_timer_in_the_runtime", |b| {
-        b.iter(|| assert_eq!(rt.block_on(fetch(&mut bare, &uri)), BYTES))
-    });
-    sleeper.abort();
-    let mut ours = Config::TotalIdle.layer().layer(client.clone());
-    group.bench_function("this_crate/total+idle", |b| {
-        b.iter(|| assert_eq!(rt.block_on(fetch(&mut ours, &uri)), BYTES))
-    });
-    let mut timeout = ResponseBodyTimeoutLayer::new(IDLE).layer(client.clone());
-    group.bench_function("tower_http/TimeoutBody", |b| {
-        b.iter(|| assert_eq!(rt.block_on(fetch(&mut timeout, &uri)), BYTES))
-    });
-    let mut deadline = ResponseBodyDeadlineLayer::new(LONG).layer(client.clone());
-    group.bench_function("tower_http/DeadlineBody", |b| {
-        b.iter(|| assert_eq!(rt.block_on(fetch(&mut deadline, &uri)), BYTES))
-    });
+    for (id, _, fetch) in &mut contenders {
+        group.bench_function(*id, |b| b.iter(|| assert_eq!(fetch(), BYTES)));
+    }
     group.finish();
 
-    // The same four, interleaved round by round, so that a change in the machine's load
-    // between criterion's groups does not show up as a difference between contenders.
-    let mut times: [Vec<f64>; 5] = Default::default();
+    // The same, interleaved round by round, so that a change in the machine's load between
+    // criterion's groups does not show up as a difference between contenders.
+    let mut times: [Vec<f64>; 6] = Default::default();
     for _ in 0..ROUNDS {
-        times[0].push(timed(|| rt.block_on(fetch(&mut bare, &uri))));
-        let sleeper = with_timer(&rt);
-        times[1].push(timed(|| rt.block_on(fetch(&mut bare, &uri))));
-        sleeper.abort();
-        times[2].push(timed(|| rt.block_on(fetch(&mut ours, &uri))));
-        times[3].push(timed(|| rt.block_on(fetch(&mut timeout, &uri))));
-        times[4].push(timed(|| rt.block_on(fetch(&mut deadline, &uri))));
+        for ((_, _, fetch), times) in contenders.iter_mut().zip(&mut times) {
+            times.push(timed(fetch));
+        }
     }
     let medians = times.map(|mut t| {
         t.sort_by(f64::total_cmp);
@@ -131,28 +155,21 @@ fn loopback(c: &mut Criterion) {
          vs tower-http TimeoutBody | vs tower-http DeadlineBody |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let names = [
-        "bare",
-        "bare, one unrelated timer in the runtime",
-        "this crate, total+idle",
-        "tower-http TimeoutBody",
-        "tower-http DeadlineBody",
-    ];
-    for (name, t) in names.iter().zip(medians) {
+    for ((_, name, _), t) in contenders.iter().zip(medians) {
         println!(
             "| {name} | {:.0} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} |",
             t * 1e3,
             BYTES as f64 / t / (1 << 20) as f64,
             medians[0] / t,
             medians[1] / t,
-            medians[3] / t,
-            medians[4] / t,
+            medians[timeout_body] / t,
+            medians[deadline_body] / t,
         );
     }
     println!();
 }
 
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 9;
 
 /// Registers one timer, an hour away, in `rt`'s timer wheel, until the handle is aborted.
 fn with_timer(rt: &tokio::runtime::Runtime) -> tokio::task::JoinHandle<()> {
