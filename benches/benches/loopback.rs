@@ -1,7 +1,8 @@
 //! Benchmark 2: loopback throughput. A hyper HTTP/1.1 server on 127.0.0.1 streams 64 MiB in
 //! 64-byte frames (chunked, one chunk per frame) to a hyper-util client, which polls the body
-//! frame by frame to its end: bare, this crate (total, and total + idle), tower-http
-//! `TimeoutBody` and `DeadlineBody` (through their response-body layers).
+//! frame by frame to its end: bare, this crate (total; total + idle; total + idle with
+//! `release_unpolled`), tower-http `TimeoutBody` and `DeadlineBody` (through their
+//! response-body layers).
 //!
 //! `cargo bench -p tower-stream-deadline-benches --bench loopback`
 //!
@@ -82,10 +83,11 @@ fn loopback(c: &mut Criterion) {
     let (mut bare, mut bare_timed) = (client.clone(), client.clone());
     let mut total = Config::Total.layer().layer(client.clone());
     let mut total_idle = Config::TotalIdle.layer().layer(client.clone());
+    let mut released = Config::TotalIdleReleased.layer().layer(client.clone());
     let mut timeout = ResponseBodyTimeoutLayer::new(IDLE).layer(client.clone());
     let mut deadline = ResponseBodyDeadlineLayer::new(LONG).layer(client.clone());
     let (rt, uri) = (&rt, &uri);
-    let mut contenders: [(&str, &str, Fetch); 6] = [
+    let mut contenders: [(&str, &str, Fetch); 7] = [
         (
             "bare",
             "bare",
@@ -116,6 +118,11 @@ fn loopback(c: &mut Criterion) {
             Box::new(|| rt.block_on(fetch(&mut total_idle, uri))),
         ),
         (
+            "this_crate/total+idle+release_unpolled",
+            "this crate, total+idle, release_unpolled",
+            Box::new(|| rt.block_on(fetch(&mut released, uri))),
+        ),
+        (
             "tower_http/TimeoutBody",
             "tower-http TimeoutBody",
             Box::new(|| rt.block_on(fetch(&mut timeout, uri))),
@@ -126,7 +133,7 @@ fn loopback(c: &mut Criterion) {
             Box::new(|| rt.block_on(fetch(&mut deadline, uri))),
         ),
     ];
-    let (timeout_body, deadline_body) = (4, 5);
+    let (timeout_body, deadline_body) = (5, 6);
 
     let mut group = c.benchmark_group("loopback");
     group.throughput(Throughput::Bytes(BYTES));
@@ -137,28 +144,31 @@ fn loopback(c: &mut Criterion) {
 
     // The same, interleaved round by round, so that a change in the machine's load between
     // criterion's groups does not show up as a difference between contenders.
-    let mut times: [Vec<f64>; 6] = Default::default();
+    let mut times: [Vec<f64>; 7] = Default::default();
     for _ in 0..ROUNDS {
         for ((_, _, fetch), times) in contenders.iter_mut().zip(&mut times) {
             times.push(timed(fetch));
         }
     }
-    let medians = times.map(|mut t| {
+    let sorted = times.map(|mut t| {
         t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
+        t
     });
+    let medians = sorted.each_ref().map(|t| t[t.len() / 2]);
     println!();
     println!("Interleaved, {ROUNDS} rounds, median of each (64 MiB in 64-byte frames):");
     println!();
     println!(
-        "| contender | median time (ms) | MiB/s | throughput vs bare | vs bare with a timer | \
-         vs tower-http TimeoutBody | vs tower-http DeadlineBody |"
+        "| contender | median time (ms) | fastest and slowest round (ms) | MiB/s | throughput vs \
+         bare | vs bare with a timer | vs tower-http TimeoutBody | vs tower-http DeadlineBody |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for ((_, name, _), t) in contenders.iter().zip(medians) {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (((_, name, _), t), rounds) in contenders.iter().zip(medians).zip(&sorted) {
         println!(
-            "| {name} | {:.0} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            "| {name} | {:.0} | {:.0} to {:.0} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} |",
             t * 1e3,
+            rounds[0] * 1e3,
+            rounds[rounds.len() - 1] * 1e3,
             BYTES as f64 / t / (1 << 20) as f64,
             medians[0] / t,
             medians[1] / t,
@@ -169,7 +179,7 @@ fn loopback(c: &mut Criterion) {
     println!();
 }
 
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 15;
 
 /// Registers one timer, an hour away, in `rt`'s timer wheel, until the handle is aborted.
 fn with_timer(rt: &tokio::runtime::Runtime) -> tokio::task::JoinHandle<()> {
