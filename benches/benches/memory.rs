@@ -62,13 +62,7 @@ fn stalled() {
     println!();
     println!("| contender | inline | heap live | allocations made | inline + heap |");
     println!("|---|---:|---:|---:|---:|");
-    for config in [
-        Config::Total,
-        Config::TotalIdle,
-        Config::TotalIdleFirstFrame,
-        Config::TotalReleased,
-        Config::TotalIdleReleased,
-    ] {
+    for config in Config::ALL {
         row(
             &format!("this crate, {}", config.label()),
             &mut config.layer().layer(Echo),
@@ -272,13 +266,7 @@ fn allocations() {
         } else {
             contender!("bare", Echo);
         }
-        for config in [
-            Config::Total,
-            Config::TotalIdle,
-            Config::TotalIdleFirstFrame,
-            Config::TotalReleased,
-            Config::TotalIdleReleased,
-        ] {
+        for config in Config::ALL {
             both!(&format!("this crate, {}", config.label()), config.layer());
         }
         both!(

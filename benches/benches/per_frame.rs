@@ -65,18 +65,7 @@ fn per_frame(c: &mut Criterion) {
     let rt = runtime();
     let _entered = rt.enter();
 
-    drain_group(
-        c,
-        "per_frame",
-        Frames::new,
-        &[
-            Config::Total,
-            Config::TotalIdle,
-            Config::TotalIdleFirstFrame,
-            Config::TotalReleased,
-            Config::TotalIdleReleased,
-        ],
-    );
+    drain_group(c, "per_frame", Frames::new, &Config::ALL);
     // The same when every frame has to be waited for (the body is `Pending` once before each
     // frame and wakes itself): the path a body over a socket takes (see the loopback bench).
     drain_group(
@@ -94,13 +83,7 @@ fn per_frame(c: &mut Criterion) {
     // The fixed cost of one response: call, head, one ready frame, end, drop.
     let mut group = c.benchmark_group("per_response");
     group.bench_function("bare", |b| b.iter(|| one_response(&mut Echo)));
-    for config in [
-        Config::Total,
-        Config::TotalIdle,
-        Config::TotalIdleFirstFrame,
-        Config::TotalReleased,
-        Config::TotalIdleReleased,
-    ] {
+    for config in Config::ALL {
         let mut svc = config.layer().layer(Echo);
         group.bench_function(format!("this_crate/{}", config.label()), |b| {
             b.iter(|| one_response(&mut svc))
@@ -164,23 +147,11 @@ fn allocations_per_frame() {
     println!("| body | frames | allocations | bytes | allocations per frame |");
     println!("|---|---:|---:|---:|---:|");
     row("bare", Box::pin(Frames::new(FRAMES)));
-    for config in [
-        Config::Total,
-        Config::TotalIdle,
-        Config::TotalIdleFirstFrame,
-        Config::TotalReleased,
-        Config::TotalIdleReleased,
-    ] {
+    for config in Config::ALL {
         let name = format!("this crate, {}", config.label());
         row(&name, Box::pin(wrap(&config.layer(), Frames::new(FRAMES))));
     }
-    for config in [
-        Config::Total,
-        Config::TotalIdle,
-        Config::TotalIdleFirstFrame,
-        Config::TotalReleased,
-        Config::TotalIdleReleased,
-    ] {
+    for config in Config::ALL {
         // Every frame waited for: the timer is armed on the first wait and reused after.
         let name = format!("this crate, {}, a wait before every frame", config.label());
         row(

@@ -286,6 +286,15 @@ pub enum Config {
 }
 
 impl Config {
+    /// Every configuration, in the order the tables list them.
+    pub const ALL: [Config; 5] = [
+        Config::Total,
+        Config::TotalIdle,
+        Config::TotalIdleFirstFrame,
+        Config::TotalReleased,
+        Config::TotalIdleReleased,
+    ];
+
     /// The layer of this configuration.
     pub fn layer(self) -> StreamDeadlineLayer {
         let layer = StreamDeadlineLayer::new(LONG);
