@@ -262,6 +262,21 @@ mod tests {
     }
 
     #[test]
+    fn budgets_too_long_to_count_in_nanoseconds_are_none_and_zero_is_kept() {
+        let years_584 = Duration::from_nanos(u64::MAX);
+        let d = Deadlines::new(
+            Instant::now(),
+            &budgets(Duration::MAX, Some(years_584), Some(Duration::ZERO)),
+        );
+        assert_eq!(d.budgets(), (None, None, Some(Duration::ZERO)));
+        assert!(!d.waits_for_first_frame() && d.has_idle());
+
+        let almost = years_584 - Duration::from_nanos(1);
+        let d = Deadlines::new(Instant::now(), &budgets(Duration::MAX, Some(almost), None));
+        assert_eq!(d.budgets(), (None, Some(almost), None));
+    }
+
+    #[test]
     fn first_frame_applies_only_before_the_first_frame_and_only_when_earlier_than_total() {
         let d = Deadlines::new(Instant::now(), &budgets(100 * MS, Some(10 * MS), None));
         assert_eq!(
