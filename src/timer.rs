@@ -102,6 +102,26 @@ impl Timer {
     /// woken no later than `at` (unless no timer can be had: then only a later poll sees it).
     #[inline]
     pub(crate) fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        // The same task again, and the timer, armed no later than `at`, has not fired: it
+        // already holds this task's waker. The path of every wait but the first.
+        if let State::Armed(armed) = &self.state {
+            if armed.sleep.deadline() <= at
+                && !armed.sleep.is_elapsed()
+                && armed
+                    .registered
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                return Poll::Pending;
+            }
+        }
+        self.poll_at_slow(at, cx)
+    }
+
+    /// [`poll_at`](Self::poll_at) when the timer is not armed, is armed too late, fired, or
+    /// holds another task's waker.
+    #[inline(never)]
+    fn poll_at_slow(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let State::Unarmed(handle) = &mut self.state {
             self.state = arm(handle.take(), at);
         }
@@ -116,15 +136,6 @@ impl Timer {
         if armed.sleep.deadline() > at {
             armed.sleep.as_mut().reset(at);
             *armed.registered = None;
-        }
-        // The same task again, and the timer has not fired: it already holds this waker.
-        if !armed.sleep.is_elapsed()
-            && armed
-                .registered
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            return Poll::Pending;
         }
         // Two rounds: a timer armed for an earlier deadline fires, is re-armed, then waits.
         for _ in 0..2 {
