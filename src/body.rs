@@ -270,12 +270,15 @@ impl Core {
         }
     }
 
+    /// Whether a deadline has run out at `now`.
+    #[inline]
+    fn has_expired(&self, now: Instant) -> bool {
+        self.next_deadline().is_some_and(|next| now >= next)
+    }
+
     /// The deadline that has run out at `now`, if any.
     pub(crate) fn expired_at(&self, now: Instant) -> Option<DeadlineExceeded> {
-        match self.next_deadline() {
-            Some(next) if now >= next => Some(self.name_expired(now)),
-            _ => None,
-        }
+        self.has_expired(now).then(|| self.name_expired(now))
     }
 
     /// Which deadline ran out, when one has at `now`.
@@ -296,7 +299,7 @@ impl Core {
             return Ok(None);
         }
         let now = Instant::now();
-        if self.next_deadline().is_some_and(|next| now >= next) {
+        if self.has_expired(now) {
             return Err(self.name_expired(now));
         }
         match self.idle_at {

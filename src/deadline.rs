@@ -145,7 +145,9 @@ impl Deadlines {
     pub(crate) fn next(&self, phase: Phase) -> Option<Instant> {
         let other = match phase {
             Phase::BeforeFirstFrame => self.first_frame_at(),
-            Phase::Streaming { waiting_since } => self.idle_deadline_since(waiting_since),
+            Phase::Streaming { waiting_since } => {
+                waiting_since.and_then(|since| self.idle_deadline(since))
+            }
         };
         match (self.total, other) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -183,7 +185,7 @@ impl Deadlines {
                 waiting_since
                     .zip(self.idle.get())
                     .and_then(|(since, idle)| {
-                        let at = since.checked_add(idle)?;
+                        let at = self.idle_deadline(since)?;
                         let waited = now.saturating_duration_since(since);
                         Some((at, DeadlineExceeded::new(DeadlineKind::Idle, idle, waited)))
                     })
@@ -194,10 +196,6 @@ impl Deadlines {
             (None, Some((_, other))) => other,
             _ => total,
         }
-    }
-
-    fn idle_deadline_since(&self, waiting_since: Option<Instant>) -> Option<Instant> {
-        waiting_since?.checked_add(self.idle.get()?)
     }
 
     /// The idle deadline of a wait that starts at `now`, if there is an idle budget.

@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
 use crate::body::{Core, Upstream};
-use crate::deadline::{Deadlines, Phase};
+use crate::deadline::Deadlines;
 use crate::error::DeadlineExceeded;
 
 /// The part of a body that its watcher shares.
@@ -76,10 +76,7 @@ pub(crate) fn timer<B: Body>(
     upstream: &Upstream<B>,
     deadlines: &Deadlines,
 ) -> Option<Sleep> {
-    let first = deadlines.next(Phase::Streaming {
-        waiting_since: None,
-    });
-    if (first.is_none() && !deadlines.has_idle()) || upstream.is_released() {
+    if (deadlines.total().is_none() && !deadlines.has_idle()) || upstream.is_released() {
         return None;
     }
     // tokio panics here when the runtime was built without `enable_time`; the body's own

@@ -674,10 +674,20 @@ async fn a_deadline_inside_a_message_sends_no_byte_of_it_before_the_status_trail
 /// On tokio's paused clock: how the body holds back a message that is not yet whole.
 mod paused {
     use super::*;
-    use support::{Step, Upstream, call, drain};
+    use support::{Drained, Step, Upstream, call, drain};
     use tower::Layer;
 
     const GRPC: &str = "application/grpc";
+
+    /// A gRPC response of `steps` through a layer with `grpc_endings` and a 1 s budget,
+    /// drained.
+    async fn drained_with_grpc_endings(steps: impl IntoIterator<Item = Step>) -> Drained {
+        let upstream = Upstream::new(Duration::ZERO, steps).with_content_type(GRPC);
+        let layer = StreamDeadlineLayer::new(Duration::from_secs(1)).grpc_endings();
+        let mut svc = layer.layer(upstream.service());
+        let mut body = call(&mut svc).await.unwrap().into_body();
+        drain(&mut body).await
+    }
 
     fn leaked(bytes: &[u8]) -> &'static str {
         String::from_utf8(bytes.to_vec()).expect("ASCII").leak()
@@ -692,12 +702,7 @@ mod paused {
             Step::Data(leaked(&[&one[3..], &two[..]].concat())),
             Step::Stall,
         ];
-        let upstream = Upstream::new(Duration::ZERO, steps).with_content_type(GRPC);
-        let layer = StreamDeadlineLayer::new(Duration::from_secs(1)).grpc_endings();
-        let mut svc = layer.layer(upstream.service());
-
-        let mut body = call(&mut svc).await.unwrap().into_body();
-        let drained = drain(&mut body).await;
+        let drained = drained_with_grpc_endings(steps).await;
 
         assert_eq!(
             drained.data,
@@ -714,12 +719,7 @@ mod paused {
         let mut trailers = http::HeaderMap::new();
         trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
         let steps = [Step::Data(frame), Step::Trailers(trailers)];
-        let upstream = Upstream::new(Duration::ZERO, steps).with_content_type(GRPC);
-        let layer = StreamDeadlineLayer::new(Duration::from_secs(1)).grpc_endings();
-        let mut svc = layer.layer(upstream.service());
-
-        let mut body = call(&mut svc).await.unwrap().into_body();
-        let drained = drain(&mut body).await;
+        let drained = drained_with_grpc_endings(steps).await;
 
         assert_eq!(
             drained.data,
@@ -733,12 +733,7 @@ mod paused {
     #[tokio::test(start_paused = true)]
     async fn a_grpc_body_that_ends_mid_message_in_time_delivers_every_byte() {
         let (frame, _) = two_and_a_half(6);
-        let upstream = Upstream::new(Duration::ZERO, [Step::Data(frame)]).with_content_type(GRPC);
-        let layer = StreamDeadlineLayer::new(Duration::from_secs(1)).grpc_endings();
-        let mut svc = layer.layer(upstream.service());
-
-        let mut body = call(&mut svc).await.unwrap().into_body();
-        let drained = drain(&mut body).await;
+        let drained = drained_with_grpc_endings([Step::Data(frame)]).await;
 
         assert_eq!(
             drained.text(),

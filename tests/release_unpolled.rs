@@ -199,17 +199,11 @@ fn a_body_whose_runtime_shut_down_still_meets_its_deadline_when_polled() {
     let upstream = Upstream::new(Duration::ZERO, [Step::Data("a"), Step::Stall]);
     let layer = StreamDeadlineLayer::new(50 * MS).release_unpolled();
     let mut svc = layer.layer(upstream.service());
-    let first = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let first = runtime_with_timers();
     let mut body = first.block_on(async { call(&mut svc).await.unwrap().into_body() });
     drop(first);
 
-    let second = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let second = runtime_with_timers();
     second.block_on(async {
         body.frame().await.expect("a").expect("a");
         // Without a timer of its own runtime, the body is woken by nothing: poll it after
@@ -225,10 +219,7 @@ fn a_response_whose_call_runtime_shut_down_before_the_head_still_streams_and_mee
     let upstream = Upstream::new(10 * MS, [Step::Data("a"), Step::Stall]);
     let layer = StreamDeadlineLayer::new(50 * MS).release_unpolled();
     let mut svc = layer.layer(upstream.service());
-    let first = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let first = runtime_with_timers();
     // `call` in the first runtime; the head comes only once the second one polls.
     first
         .block_on(tower::ServiceExt::ready(&mut svc))
@@ -239,10 +230,7 @@ fn a_response_whose_call_runtime_shut_down_before_the_head_still_streams_and_mee
     };
     drop(first);
 
-    let second = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let second = runtime_with_timers();
     second.block_on(async {
         let mut body = future
             .await
@@ -253,4 +241,12 @@ fn a_response_whose_call_runtime_shut_down_before_the_head_still_streams_and_mee
         assert_eq!(deadline_kind(body.frame().await), DeadlineKind::Total);
     });
     assert!(upstream.body_dropped.is_dropped());
+}
+
+/// A current-thread runtime with timers, to call in or poll on and then shut down.
+fn runtime_with_timers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }
