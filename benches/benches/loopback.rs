@@ -133,7 +133,16 @@ fn loopback(c: &mut Criterion) {
             Box::new(|| rt.block_on(fetch(&mut deadline, uri))),
         ),
     ];
-    let (timeout_body, deadline_body) = (5, 6);
+    let position = |id| {
+        contenders
+            .iter()
+            .position(|c| c.0 == id)
+            .expect("a contender")
+    };
+    let (timeout_body, deadline_body) = (
+        position("tower_http/TimeoutBody"),
+        position("tower_http/DeadlineBody"),
+    );
 
     let mut group = c.benchmark_group("loopback");
     group.throughput(Throughput::Bytes(BYTES));
