@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -21,6 +22,7 @@ use crate::error::DeadlineExceeded;
 use crate::grpc;
 use crate::outcome::Recorder;
 use crate::protocol::{Protocol, ProtocolConfig};
+use crate::release::{ReleaseOnPoll, ReleaseUnpolled};
 use crate::replay::Replayed;
 use crate::timer::Timer;
 
@@ -41,6 +43,10 @@ pin_project! {
     /// With gRPC endings on and a gRPC request, a deadline before the head resolves to a
     /// trailers-only response with `grpc-status: 4` instead of an error.
     ///
+    /// `R` is the layer's [`ReleaseOnPoll`] (the default) or [`ReleaseUnpolled`]: with the
+    /// latter, the body it resolves to is handed to a watcher task, so it needs
+    /// `B: Send + 'static`.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use tower::{Service, ServiceExt};
@@ -59,7 +65,7 @@ pin_project! {
     /// # }
     /// ```
     #[project = Projected]
-    pub struct ResponseFuture<F, B: Body> {
+    pub struct ResponseFuture<F, B: Body, R = ReleaseOnPoll> {
         #[pin]
         state: State<F, B>,
         deadlines: Deadlines,
@@ -71,6 +77,7 @@ pin_project! {
         // The runtime of the watcher that releases the upstream when nobody polls, if the
         // layer asked for one.
         watcher: Option<Handle>,
+        release: PhantomData<fn() -> R>,
     }
 }
 
@@ -96,7 +103,7 @@ struct Waiting<B: Body> {
 /// upstream is clearly sending, and the future will not buffer without bound.
 const MAX_HELD_BYTES: usize = 64 * 1024;
 
-impl<F, B: Body> ResponseFuture<F, B> {
+impl<F, B: Body, R> ResponseFuture<F, B, R> {
     pub(crate) fn new(
         future: F,
         deadlines: Deadlines,
@@ -119,11 +126,27 @@ impl<F, B: Body> ResponseFuture<F, B> {
             protocol,
             grpc_request,
             watcher,
+            release: PhantomData,
         }
     }
 }
 
 impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Data: 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<DeadlineBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_response(cx, None)
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, ReleaseUnpolled>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
@@ -134,6 +157,30 @@ where
     type Output = Result<Response<DeadlineBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_response(cx, Some(DeadlineBody::new_watched))
+    }
+}
+
+/// Makes the body handed over by a future whose layer has `release_unpolled`: one with a
+/// watcher task on the given runtime. Only that layer's future names one, so only it needs
+/// the `Send + 'static` bound a task takes.
+type Watched<B> =
+    fn(Upstream<B>, Deadlines, Timer, Recorder, Option<Box<Protocol>>, Handle) -> DeadlineBody<B>;
+
+impl<F, B, E, R> ResponseFuture<F, B, R>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Data: 'static,
+    B::Error: Into<BoxError>,
+{
+    #[inline]
+    fn poll_response(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        watched: Option<Watched<B>>,
+    ) -> Poll<Output<B>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -145,7 +192,7 @@ where
                         let protocol = this.protocol.as_ref().and_then(|p| p.for_response(&head));
                         if !this.deadlines.waits_for_first_frame() {
                             let upstream = Upstream::Inline { body };
-                            return Poll::Ready(this.finish(head, upstream, protocol));
+                            return Poll::Ready(this.finish(head, upstream, protocol, watched));
                         }
                         if let Some(recorder) = this.recorder {
                             recorder.head(Instant::now());
@@ -189,7 +236,7 @@ where
                             };
                             w.body.as_mut().first(frame);
                             let upstream = Upstream::Replayed { body: w.body };
-                            return Poll::Ready(this.finish(w.head, upstream, w.protocol));
+                            return Poll::Ready(this.finish(w.head, upstream, w.protocol, watched));
                         }
                         Poll::Ready(None) => {
                             let Some(mut w) = waiting.take() else {
@@ -198,7 +245,7 @@ where
                             let tail = w.protocol.as_deref_mut().and_then(Protocol::take_tail);
                             w.body.as_mut().ended(tail);
                             let upstream = Upstream::Replayed { body: w.body };
-                            return Poll::Ready(this.finish(w.head, upstream, w.protocol));
+                            return Poll::Ready(this.finish(w.head, upstream, w.protocol, watched));
                         }
                     }
                 }
@@ -220,11 +267,7 @@ const POLLED_AFTER_COMPLETION: &str =
 
 type Output<B> = Result<Response<DeadlineBody<B>>, BoxError>;
 
-impl<F, B> Projected<'_, F, B>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-{
+impl<F, B: Body, R> Projected<'_, F, B, R> {
     /// Ends the future, dropping the inner future or body: that cancels the request.
     fn upstream_failed(&mut self, err: BoxError) -> Output<B> {
         self.state.set(State::Done);
@@ -262,6 +305,7 @@ where
         head: http::response::Parts,
         upstream: Upstream<B>,
         protocol: Option<Box<Protocol>>,
+        watched: Option<Watched<B>>,
     ) -> Output<B> {
         let now = Instant::now();
         if let Some(expired) = self.deadlines.expired(now, Phase::BeforeFirstFrame) {
@@ -283,17 +327,17 @@ where
             head.headers.remove(http::header::CONTENT_LENGTH);
         }
         let (deadlines, timer) = (*self.deadlines, self.timer.take());
-        let body = match self.watcher.take() {
-            Some(runtime) => {
-                DeadlineBody::new_watched(upstream, deadlines, timer, recorder, protocol, runtime)
+        let body = match (watched, self.watcher.take()) {
+            (Some(watched), Some(runtime)) => {
+                watched(upstream, deadlines, timer, recorder, protocol, runtime)
             }
-            None => DeadlineBody::new(upstream, deadlines, timer, recorder, protocol),
+            _ => DeadlineBody::new(upstream, deadlines, timer, recorder, protocol),
         };
         Ok(Response::from_parts(head, body))
     }
 }
 
-impl<F, B: Body> fmt::Debug for ResponseFuture<F, B> {
+impl<F, B: Body, R> fmt::Debug for ResponseFuture<F, B, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Head { .. } => "waiting for the response head",

@@ -1,8 +1,8 @@
 //! [`StreamDeadlineLayer`]: the budgets, as a `tower::Layer`.
 
-use std::time::Duration;
-
+use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderName;
@@ -12,6 +12,7 @@ use crate::budget::Budgets;
 use crate::error::DeadlineExceeded;
 use crate::outcome::{OnOutcome, Outcome};
 use crate::protocol::ProtocolConfig;
+use crate::release::{ReleaseOnPoll, ReleaseUnpolled};
 use crate::service::StreamDeadline;
 use crate::timeout_header::HeaderRules;
 
@@ -30,8 +31,8 @@ use crate::timeout_header::HeaderRules;
 ///
 /// # Builder methods, by concern
 ///
-/// Every layer starts from [`new`](Self::new); the rest are opt-in, in five groups (one
-/// `impl` block each in the list of methods below).
+/// Every layer starts from [`new`](Self::new); the rest are opt-in, in five groups (the
+/// `impl` blocks in the list of methods below; budgets take two).
 ///
 /// ## Budgets
 ///
@@ -85,13 +86,21 @@ use crate::timeout_header::HeaderRules;
 /// let svc = ServiceBuilder::new().layer(layer.clone()).service(upstream);
 /// # let _ = svc;
 /// ```
+///
+/// # The type parameter
+///
+/// `R` says when a late body gives its upstream back: [`ReleaseOnPoll`], the default, which
+/// puts no bound on your service or its body, or [`ReleaseUnpolled`], after
+/// [`release_unpolled`](Self::release_unpolled), whose service needs `Send + 'static`
+/// bodies. Written without it, `StreamDeadlineLayer` is the default.
 #[derive(Clone, Debug)]
-pub struct StreamDeadlineLayer {
+pub struct StreamDeadlineLayer<R = ReleaseOnPoll> {
     pub(crate) budgets: Budgets,
     pub(crate) headers: HeaderRules,
     pub(crate) on_outcome: Option<OnOutcome>,
     pub(crate) protocol: Option<Arc<ProtocolConfig>>,
-    pub(crate) release_unpolled: bool,
+    // A marker only: the type says which `Service` impl applies.
+    pub(crate) release: PhantomData<R>,
 }
 
 /// **Budgets.** How long a response may take: in all, to its first frame, and between frames. Every
@@ -107,10 +116,13 @@ impl StreamDeadlineLayer {
             headers: HeaderRules::default(),
             on_outcome: None,
             protocol: None,
-            release_unpolled: false,
+            release: PhantomData,
         }
     }
+}
 
+/// **Budgets**, continued: the first-frame and idle budgets, and when the upstream is released.
+impl<R> StreamDeadlineLayer<R> {
     /// Also fail the *call* if no body frame (nor the end of an empty body) arrives within
     /// `budget` of `call`.
     ///
@@ -153,24 +165,62 @@ impl StreamDeadlineLayer {
     /// that always reads its own stream. Where there is no runtime with timers at `call`, or
     /// it shuts down, the body is released by polls as without it.
     ///
+    /// # What it requires
+    ///
+    /// The watcher task holds the upstream body, so the layer becomes a
+    /// `StreamDeadlineLayer<`[`ReleaseUnpolled`]`>` whose service needs response bodies that
+    /// are `Send + 'static` with `Send` data: hyper's `Incoming`, axum's and tonic's bodies
+    /// are. Nothing else changes, and layers without it need none of this.
+    ///
+    /// Inside a spawned task, rustc cannot always prove that bound for a body type that has
+    /// a lifetime in it (`StreamBody<Pin<Box<dyn Stream + Send>>>`) or an `async` block (a
+    /// stream built with `.then(|x| async move { .. })`) when it comes out of a
+    /// `tower::service_fn` whose future is an `async` block: the error is a "higher-ranked
+    /// lifetime error ... could not prove `{async block}: Send`" (or "`FnOnce` is not general
+    /// enough") that points at your code. Box the body where it is made
+    /// (`http_body_util::BodyExt::boxed_unsync`): a plain `UnsyncBoxBody` has neither, and
+    /// the program compiles.
+    ///
     /// ```
     /// use std::time::Duration;
+    /// use http_body_util::{BodyExt, StreamBody};
+    /// use tower::{ServiceBuilder, ServiceExt};
     /// use tower_stream_deadline::StreamDeadlineLayer;
     ///
-    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
-    ///     .idle(Duration::from_secs(5))
-    ///     .release_unpolled();
-    /// # let _ = layer;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(StreamDeadlineLayer::new(Duration::from_secs(45)).release_unpolled())
+    ///     .service(tower::service_fn(|_req: http::Request<()>| async move {
+    ///         let tokens: std::pin::Pin<Box<dyn futures::Stream<Item = _> + Send>> =
+    ///             Box::pin(futures::stream::iter([Ok::<_, std::convert::Infallible>(
+    ///                 http_body::Frame::data(bytes::Bytes::from_static(b"hello")),
+    ///             )]));
+    ///         let body = StreamBody::new(tokens).boxed_unsync();
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    ///     }));
+    ///
+    /// let answer = tokio::spawn(async move {
+    ///     let response = svc.oneshot(http::Request::new(())).await.unwrap();
+    ///     response.into_body().collect().await.unwrap().to_bytes()
+    /// });
+    /// assert_eq!(answer.await.unwrap(), "hello");
+    /// # }
     /// ```
-    pub fn release_unpolled(mut self) -> Self {
-        self.release_unpolled = true;
-        self
+    pub fn release_unpolled(self) -> StreamDeadlineLayer<ReleaseUnpolled> {
+        StreamDeadlineLayer {
+            budgets: self.budgets,
+            headers: self.headers,
+            on_outcome: self.on_outcome,
+            protocol: self.protocol,
+            release: PhantomData,
+        }
     }
 }
 
 /// **Propagation.** When one deadline should hold across hops: let a client's header shorten the
 /// budget, and tell the next hop how long it has left.
-impl StreamDeadlineLayer {
+impl<R> StreamDeadlineLayer<R> {
     /// Honour a `grpc-timeout` request header (gRPC wire format: 1 to 8 digits and a unit of
     /// `H M S m u n`): it may shorten the total budget of that request, never lengthen it.
     ///
@@ -214,7 +264,7 @@ impl StreamDeadlineLayer {
 
 /// **Protocol endings.** When the client should learn of a deadline (or an upstream failure) in its
 /// own protocol's terms, a gRPC status or a last SSE event, instead of a cut stream.
-impl StreamDeadlineLayer {
+impl<R> StreamDeadlineLayer<R> {
     /// End a late gRPC call the way gRPC clients understand: for a response with
     /// `content-type: application/grpc*`, a deadline after the head ends the body with
     /// trailers `grpc-status: 4` (`DEADLINE_EXCEEDED`) and a `grpc-message` naming the
@@ -321,7 +371,7 @@ impl StreamDeadlineLayer {
 
 /// **Progress.** When keep-alives (SSE comments, empty frames, role-only chunks) would make a stuck
 /// stream look alive to the first-frame and idle budgets.
-impl StreamDeadlineLayer {
+impl<R> StreamDeadlineLayer<R> {
     /// For `text/event-stream` responses, count only events that carry data as progress
     /// for the first-frame and idle budgets: comments (`: ping`), empty keep-alive frames
     /// and events without data leave the clocks running. Those frames are still delivered,
@@ -361,7 +411,7 @@ impl StreamDeadlineLayer {
 
 /// **Observability.** When you want numbers per response (metrics, logs, budget tuning) beyond the
 /// `tracing` event each deadline emits.
-impl StreamDeadlineLayer {
+impl<R> StreamDeadlineLayer<R> {
     /// Call `f` once for every response with its [`Outcome`]: how it ended, time to head and
     /// first frame, longest idle wait, total time, frames and bytes, and the budgets that
     /// applied. Feed your metrics from here.
@@ -388,8 +438,8 @@ impl StreamDeadlineLayer {
     }
 }
 
-impl<S> Layer<S> for StreamDeadlineLayer {
-    type Service = StreamDeadline<S>;
+impl<S, R: Clone> Layer<S> for StreamDeadlineLayer<R> {
+    type Service = StreamDeadline<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         StreamDeadline::from_layer(inner, self.clone())

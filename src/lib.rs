@@ -34,8 +34,10 @@
 //!   a body nobody polls (a proxy whose client stopped reading) keeps its upstream. With it,
 //!   a watcher task on the runtime of `call` drops the upstream at the total or idle
 //!   deadline whether or not anyone polls, and reports the outcome then. It costs a lock per
-//!   poll and a task per response. (The layer's service takes `B: Send + 'static` bodies
-//!   for it, on or off: hyper's, axum's and tonic's are.)
+//!   poll and a task per response, and the task needs `Send + 'static` bodies (hyper's,
+//!   axum's and tonic's are): the layer becomes a `StreamDeadlineLayer<`[`ReleaseUnpolled`]`>`,
+//!   and only its service asks for that bound. Without it the layer puts no bound on your
+//!   service or its body beyond `Body`.
 //! - **Anywhere.** The deadline is a property of the body, not of a task: it holds when each
 //!   frame is polled by a new task, on another thread, or on a thread with no runtime (the
 //!   timer belongs to the runtime where `call` was made). Where no timer can be had at all
@@ -137,6 +139,7 @@ pub mod guide;
 mod layer;
 mod outcome;
 mod protocol;
+mod release;
 mod replay;
 mod request;
 #[cfg(feature = "retry")]
@@ -152,6 +155,7 @@ pub use error::{DeadlineExceeded, DeadlineKind};
 pub use future::ResponseFuture;
 pub use layer::StreamDeadlineLayer;
 pub use outcome::{Ending, Outcome};
+pub use release::{ReleaseOnPoll, ReleaseUnpolled};
 pub use request::{Deadline, OnRequestOutcome, RequestBudgets};
 #[cfg(feature = "retry")]
 pub use retry::RetryFirstFrame;

@@ -15,6 +15,7 @@ use crate::future::ResponseFuture;
 use crate::grpc;
 use crate::layer::StreamDeadlineLayer;
 use crate::outcome::{OnOutcome, Recorder};
+use crate::release::{ReleaseOnPoll, ReleaseUnpolled};
 use crate::request::{Deadline, OnRequestOutcome, RequestBudgets};
 
 /// Puts a total budget (and optionally first-frame and idle budgets) on every response of
@@ -23,6 +24,10 @@ use crate::request::{Deadline, OnRequestOutcome, RequestBudgets};
 /// Usually built by [`StreamDeadlineLayer`]. The clock starts when [`call`](Service::call)
 /// is made; `poll_ready` passes through untimed, so time spent waiting for capacity (a
 /// concurrency limit, a connection pool) is not charged to the request.
+///
+/// `R` is the layer's [`ReleaseOnPoll`] (the default: no bound on the inner service's body
+/// beyond `Body`) or [`ReleaseUnpolled`] (`Send + 'static` bodies, for the watcher task of
+/// [`release_unpolled`](StreamDeadlineLayer::release_unpolled)).
 ///
 /// # Example
 ///
@@ -45,9 +50,9 @@ use crate::request::{Deadline, OnRequestOutcome, RequestBudgets};
 /// # }
 /// ```
 #[derive(Clone, Debug)]
-pub struct StreamDeadline<S> {
+pub struct StreamDeadline<S, R = ReleaseOnPoll> {
     inner: S,
-    layer: StreamDeadlineLayer,
+    layer: StreamDeadlineLayer<R>,
 }
 
 impl<S> StreamDeadline<S> {
@@ -56,8 +61,10 @@ impl<S> StreamDeadline<S> {
     pub fn new(inner: S, total: Duration) -> Self {
         StreamDeadline::from_layer(inner, StreamDeadlineLayer::new(total))
     }
+}
 
-    pub(crate) fn from_layer(inner: S, layer: StreamDeadlineLayer) -> Self {
+impl<S, R> StreamDeadline<S, R> {
+    pub(crate) fn from_layer(inner: S, layer: StreamDeadlineLayer<R>) -> Self {
         StreamDeadline { inner, layer }
     }
 
@@ -81,8 +88,8 @@ impl<S, ReqBody, B> Service<Request<ReqBody>> for StreamDeadline<S>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send + 'static,
+    B: Body,
+    B::Data: 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<DeadlineBody<B>>;
@@ -93,7 +100,46 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        self.start(req, false)
+    }
+}
+
+/// The same service, whose bodies a watcher task releases at the deadline even when nobody
+/// polls them: the task holds the body, hence `Send + 'static`.
+impl<S, ReqBody, B> Service<Request<ReqBody>> for StreamDeadline<S, ReleaseUnpolled>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<DeadlineBody<B>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, B, ReleaseUnpolled>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        self.start(req, true)
+    }
+}
+
+impl<S, R> StreamDeadline<S, R> {
+    /// Starts the clock on `req` and calls the inner service with it; `watched` takes the
+    /// runtime of this call for the watcher of `release_unpolled`.
+    fn start<ReqBody, B>(
+        &mut self,
+        mut req: Request<ReqBody>,
+        watched: bool,
+    ) -> ResponseFuture<S::Future, B, R>
+    where
+        S: Service<Request<ReqBody>, Response = Response<B>>,
+        B: Body,
+    {
         // Read before the inner `call`, which may already do work (start a connection).
         let now = Instant::now();
         let deadlines = self.deadlines(&req, now);
@@ -128,12 +174,10 @@ where
             recorder,
             protocol,
             grpc_request,
-            self.layer.release_unpolled,
+            watched,
         )
     }
-}
 
-impl<S> StreamDeadline<S> {
     /// The deadlines for `req`: the layer's budgets, overridden by the request's
     /// `RequestBudgets`, then shortened (never lengthened) by a `Deadline` the request
     /// carries and by its timeout headers.

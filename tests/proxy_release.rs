@@ -26,8 +26,8 @@ use sockets::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tower::{ServiceBuilder, ServiceExt};
-use tower_stream_deadline::StreamDeadlineLayer;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_stream_deadline::{BoxError, DeadlineBody, StreamDeadline, StreamDeadlineLayer};
 
 const TOTAL: Duration = Duration::from_millis(500);
 /// Socket buffers on the proxy's downstream side, small so back-pressure comes quickly.
@@ -39,7 +39,16 @@ const READ_BEFORE_STOPPING: usize = 4 * 1024;
 
 /// A hyper proxy on 127.0.0.1 relaying every request to `upstream` through the layered
 /// client; its listening socket has small send buffers, inherited by accepted connections.
-async fn proxy(upstream: SocketAddr, proto: Proto, layer: StreamDeadlineLayer) -> SocketAddr {
+async fn proxy<R>(upstream: SocketAddr, proto: Proto, layer: StreamDeadlineLayer<R>) -> SocketAddr
+where
+    R: Clone + Send + Sync + 'static,
+    StreamDeadline<TestClient, R>: Service<
+            http::Request<Empty<Bytes>>,
+            Response = http::Response<DeadlineBody<Incoming>>,
+            Error = BoxError,
+            Future: Send,
+        >,
+{
     let socket = TcpSocket::new_v4().expect("a socket");
     socket
         .set_send_buffer_size(SOCKET_BUFFER)

@@ -22,7 +22,7 @@ const SEC: Duration = Duration::from_secs(1);
 struct Outcomes(Arc<Mutex<Vec<Outcome>>>);
 
 impl Outcomes {
-    fn layer(&self, layer: StreamDeadlineLayer) -> StreamDeadlineLayer {
+    fn layer<R>(&self, layer: StreamDeadlineLayer<R>) -> StreamDeadlineLayer<R> {
         let seen = self.0.clone();
         layer.on_outcome(move |outcome| seen.lock().unwrap().push(outcome.clone()))
     }

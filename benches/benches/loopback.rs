@@ -81,9 +81,11 @@ fn loopback(c: &mut Criterion) {
     // Each contender fetches the whole body once and returns the bytes it read.
     type Fetch<'a> = Box<dyn FnMut() -> u64 + 'a>;
     let (mut bare, mut bare_timed) = (client.clone(), client.clone());
-    let mut total = Config::Total.layer().layer(client.clone());
-    let mut total_idle = Config::TotalIdle.layer().layer(client.clone());
-    let mut released = Config::TotalIdleReleased.layer().layer(client.clone());
+    let mut total = Config::Total.base_layer().layer(client.clone());
+    let mut total_idle = Config::TotalIdle.base_layer().layer(client.clone());
+    let mut released = (Config::TotalIdleReleased.base_layer())
+        .release_unpolled()
+        .layer(client.clone());
     let mut timeout = ResponseBodyTimeoutLayer::new(IDLE).layer(client.clone());
     let mut deadline = ResponseBodyDeadlineLayer::new(LONG).layer(client.clone());
     let (rt, uri) = (&rt, &uri);

@@ -20,7 +20,7 @@ use tower_http::timeout::{ResponseBodyDeadlineLayer, ResponseBodyTimeoutLayer};
 use tower_stream_deadline::{DeadlineBody, ResponseFuture};
 use tower_stream_deadline_benches::{
     AllocStats, Config, Echo, Frames, IDLE, LONG, OneThenStall, SlowEcho, block_on_noop, counting,
-    drain, poll_once, runtime, start_counting, stop_counting,
+    drain, poll_once, runtime, start_counting, stop_counting, with_layer,
 };
 
 fn main() {
@@ -63,10 +63,8 @@ fn stalled() {
     println!("| contender | inline | heap live | allocations made | inline + heap |");
     println!("|---|---:|---:|---:|---:|");
     for config in Config::ALL {
-        row(
-            &format!("this crate, {}", config.label()),
-            &mut config.layer().layer(Echo),
-        );
+        let name = format!("this crate, {}", config.label());
+        with_layer!(config, |layer| row(&name, &mut layer.layer(Echo)));
     }
     row(
         "tower-http TimeoutBody",
@@ -267,7 +265,8 @@ fn allocations() {
             contender!("bare", Echo);
         }
         for config in Config::ALL {
-            both!(&format!("this crate, {}", config.label()), config.layer());
+            let name = format!("this crate, {}", config.label());
+            with_layer!(config, |layer| both!(&name, layer));
         }
         both!(
             "tower-http TimeoutBody",

@@ -19,7 +19,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 use tower_http::timeout::{ResponseBodyDeadlineLayer, ResponseBodyTimeoutLayer};
 use tower_stream_deadline_benches::{
-    Config, Echo, Frames, IDLE, LONG, block_on_noop, counting, drain, runtime, wrap,
+    Config, Echo, Frames, IDLE, LONG, block_on_noop, counting, drain, runtime, with_layer, wrap,
 };
 
 /// Frames per body: large enough that creating and dropping the body (excluded anyway) is noise.
@@ -48,9 +48,10 @@ fn drain_group(c: &mut Criterion, name: &str, frames: fn(u64) -> Frames, configs
     group.throughput(Throughput::Elements(FRAMES));
     bench(&mut group, "bare", || frames(FRAMES));
     for config in configs {
-        let layer = config.layer();
         let name = format!("this_crate/{}", config.label());
-        bench(&mut group, &name, || wrap(&layer, frames(FRAMES)));
+        with_layer!(*config, |layer| {
+            bench(&mut group, &name, || wrap(&layer, frames(FRAMES)))
+        });
     }
     bench(&mut group, "tower_http/TimeoutBody", || {
         tower_http::timeout::TimeoutBody::new(IDLE, frames(FRAMES))
@@ -84,9 +85,11 @@ fn per_frame(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_response");
     group.bench_function("bare", |b| b.iter(|| one_response(&mut Echo)));
     for config in Config::ALL {
-        let mut svc = config.layer().layer(Echo);
-        group.bench_function(format!("this_crate/{}", config.label()), |b| {
-            b.iter(|| one_response(&mut svc))
+        with_layer!(config, |layer| {
+            let mut svc = layer.layer(Echo);
+            group.bench_function(format!("this_crate/{}", config.label()), |b| {
+                b.iter(|| one_response(&mut svc))
+            });
         });
     }
     let mut svc = ResponseBodyTimeoutLayer::new(IDLE).layer(Echo);
@@ -149,15 +152,19 @@ fn allocations_per_frame() {
     row("bare", Box::pin(Frames::new(FRAMES)));
     for config in Config::ALL {
         let name = format!("this crate, {}", config.label());
-        row(&name, Box::pin(wrap(&config.layer(), Frames::new(FRAMES))));
+        with_layer!(config, |layer| {
+            row(&name, Box::pin(wrap(&layer, Frames::new(FRAMES))))
+        });
     }
     for config in Config::ALL {
         // Every frame waited for: the timer is armed on the first wait and reused after.
         let name = format!("this crate, {}, a wait before every frame", config.label());
-        row(
-            &name,
-            Box::pin(wrap(&config.layer(), Frames::each_after_a_wait(FRAMES))),
-        );
+        with_layer!(config, |layer| {
+            row(
+                &name,
+                Box::pin(wrap(&layer, Frames::each_after_a_wait(FRAMES))),
+            )
+        });
     }
     row(
         "tower-http TimeoutBody",

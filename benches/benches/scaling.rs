@@ -67,7 +67,9 @@ where
     }
     match contender {
         Contender::Bare => Box::pin(body.map_err(debug)),
-        Contender::ThisCrate => Box::pin(wrap(&Config::TotalIdle.layer(), body).map_err(debug)),
+        Contender::ThisCrate => {
+            Box::pin(wrap(&Config::TotalIdle.base_layer(), body).map_err(debug))
+        }
         Contender::TowerHttpTimeout => {
             Box::pin(tower_http::timeout::TimeoutBody::new(IDLE, body).map_err(debug))
         }

@@ -35,8 +35,8 @@ fn main() {
     let _entered = rt.enter();
     let drained = match contender.as_str() {
         "bare" => drain(pin!(frames())),
-        "total" => drain(pin!(wrap(&Config::Total.layer(), frames()))),
-        "total+idle" => drain(pin!(wrap(&Config::TotalIdle.layer(), frames()))),
+        "total" => drain(pin!(wrap(&Config::Total.base_layer(), frames()))),
+        "total+idle" => drain(pin!(wrap(&Config::TotalIdle.base_layer(), frames()))),
         "tower_http/DeadlineBody" => {
             drain(pin!(tower_http::timeout::DeadlineBody::new(LONG, frames())))
         }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tower::Service;
-use tower_stream_deadline::{DeadlineBody, StreamDeadlineLayer};
+use tower_stream_deadline::{BoxError, DeadlineBody, StreamDeadline, StreamDeadlineLayer};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator
@@ -295,16 +295,20 @@ impl Config {
         Config::TotalIdleReleased,
     ];
 
-    /// The layer of this configuration.
-    pub fn layer(self) -> StreamDeadlineLayer {
+    /// The layer of this configuration, but for `release_unpolled`, which makes a layer of
+    /// another type: [`with_layer!`] adds it where the configuration has it.
+    pub fn base_layer(self) -> StreamDeadlineLayer {
         let layer = StreamDeadlineLayer::new(LONG);
         match self {
-            Config::Total => layer,
-            Config::TotalIdle => layer.idle(IDLE),
+            Config::Total | Config::TotalReleased => layer,
+            Config::TotalIdle | Config::TotalIdleReleased => layer.idle(IDLE),
             Config::TotalIdleFirstFrame => layer.first_frame(LONG / 2).idle(IDLE),
-            Config::TotalReleased => layer.release_unpolled(),
-            Config::TotalIdleReleased => layer.idle(IDLE).release_unpolled(),
         }
+    }
+
+    /// Whether this configuration has `release_unpolled`.
+    pub fn releases_unpolled(self) -> bool {
+        matches!(self, Config::TotalReleased | Config::TotalIdleReleased)
     }
 
     /// A short label for tables.
@@ -319,13 +323,33 @@ impl Config {
     }
 }
 
+/// Evaluates `$body` with `$layer` bound to the layer of the [`Config`] `$config`: a
+/// `StreamDeadlineLayer`, or for a configuration with `release_unpolled`, a
+/// `StreamDeadlineLayer<ReleaseUnpolled>` (a type of its own, so each is measured as users
+/// build it, with no dispatch between the two).
+#[macro_export]
+macro_rules! with_layer {
+    ($config:expr, |$layer:ident| $body:expr) => {{
+        let config: $crate::Config = $config;
+        let base = config.base_layer();
+        if config.releases_unpolled() {
+            let $layer = base.release_unpolled();
+            $body
+        } else {
+            let $layer = base;
+            $body
+        }
+    }};
+}
+
 /// Wraps `body` in this crate's [`DeadlineBody`], through the layer and its response future,
 /// as a user's service would (call in a runtime context to have a timer).
-pub fn wrap<B>(layer: &StreamDeadlineLayer, body: B) -> DeadlineBody<B>
+pub fn wrap<R, B>(layer: &StreamDeadlineLayer<R>, body: B) -> DeadlineBody<B>
 where
-    B: Body + Send + 'static,
-    B::Data: Send + 'static,
-    B::Error: Into<tower_stream_deadline::BoxError>,
+    R: Clone,
+    B: Body,
+    StreamDeadline<Echo, R>:
+        Service<Request<B>, Response = Response<DeadlineBody<B>>, Error = BoxError>,
 {
     use tower::Layer;
     let mut svc = layer.layer(Echo);

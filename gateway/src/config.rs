@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use tower_stream_deadline::StreamDeadlineLayer;
+use tower_stream_deadline::{ReleaseUnpolled, StreamDeadlineLayer};
 
 use crate::duration;
 use crate::upstream_url::{DEFAULT_UPSTREAM, Upstream};
@@ -127,7 +127,7 @@ impl Flags {
 
     /// The deadline layer these flags describe: SSE endings for deadlines and upstream
     /// failures, and the upstream released at the deadline even while a client stops reading.
-    pub fn layer(&self) -> StreamDeadlineLayer {
+    pub fn layer(&self) -> StreamDeadlineLayer<ReleaseUnpolled> {
         let mut layer = StreamDeadlineLayer::new(self.total)
             .sse_endings()
             .sse_upstream_errors()

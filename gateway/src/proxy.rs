@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tower::retry::RetryLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stream_deadline::{
-    Deadline, DeadlineBody, DeadlineExceeded, OnRequestOutcome, RetryFirstFrame,
+    Deadline, DeadlineBody, DeadlineExceeded, OnRequestOutcome, ReleaseUnpolled, RetryFirstFrame,
     StreamDeadlineLayer,
 };
 
@@ -35,7 +35,7 @@ pub type GatewayBody = Either<DrainBody<DeadlineBody<Incoming>>, Full<Bytes>>;
 pub struct Gateway {
     client: UpstreamClient,
     upstream: Upstream,
-    layer: StreamDeadlineLayer,
+    layer: StreamDeadlineLayer<ReleaseUnpolled>,
     retries: usize,
     request_body_idle: std::time::Duration,
     metrics: Arc<Metrics>,
