@@ -128,6 +128,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+mod attempt;
 mod body;
 mod budget;
 mod deadline;
@@ -136,6 +137,7 @@ mod future;
 mod grpc;
 mod grpc_frames;
 pub mod guide;
+mod hedge;
 mod layer;
 mod outcome;
 mod protocol;
@@ -150,9 +152,11 @@ mod timeout_header;
 mod timer;
 mod watch;
 
+pub use attempt::Attempt;
 pub use body::DeadlineBody;
 pub use error::{DeadlineExceeded, DeadlineKind};
 pub use future::ResponseFuture;
+pub use hedge::{HedgeFirstFrame, HedgeFirstFrameLayer, HedgeFuture};
 pub use layer::StreamDeadlineLayer;
 pub use outcome::{Ending, Outcome};
 pub use release::{ReleaseOnPoll, ReleaseUnpolled};

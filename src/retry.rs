@@ -2,9 +2,11 @@
 
 use std::future::{Ready, ready};
 
+use http::Request;
 use tower::retry::Policy;
 
 use crate::BoxError;
+use crate::attempt::Attempt;
 use crate::error::{DeadlineExceeded, DeadlineKind};
 
 /// Retries a call that failed at the [first-frame budget](crate::StreamDeadlineLayer::first_frame),
@@ -15,7 +17,9 @@ use crate::error::{DeadlineExceeded, DeadlineKind};
 /// caller has seen, or may have seen, part of the answer, or has no time left).
 ///
 /// Place the `Retry` layer *outside* the [`StreamDeadlineLayer`](crate::StreamDeadlineLayer),
-/// so that each attempt gets its own budgets. Needs the `retry` feature.
+/// so that each attempt gets its own budgets. Each retry carries its [`Attempt`] number in
+/// its extensions, for a router inside that sends it to another backend. Needs the `retry`
+/// feature.
 ///
 /// # The request must be `Clone`
 ///
@@ -41,6 +45,25 @@ use crate::error::{DeadlineExceeded, DeadlineKind};
 /// });
 /// let svc = ServiceBuilder::new()
 ///     .layer(RetryLayer::new(RetryFirstFrame::new(2))) // up to 3 attempts in all
+///     .layer(StreamDeadlineLayer::new(Duration::from_secs(60)).first_frame(Duration::from_secs(10)))
+///     .service(upstream);
+/// # let _ = svc;
+/// ```
+///
+/// With hedging between them, a late first token gets a second attempt after 300 ms, and a
+/// request whose every attempt got stuck is tried once more, hedges and all:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, retry::RetryLayer};
+/// use tower_stream_deadline::{HedgeFirstFrameLayer, RetryFirstFrame, StreamDeadlineLayer};
+///
+/// let upstream = tower::service_fn(|_req: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+/// });
+/// let svc = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryFirstFrame::new(1)))
+///     .layer(HedgeFirstFrameLayer::new(Duration::from_millis(300), 2))
 ///     .layer(StreamDeadlineLayer::new(Duration::from_secs(60)).first_frame(Duration::from_secs(10)))
 ///     .service(upstream);
 /// # let _ = svc;
@@ -102,12 +125,12 @@ impl RetryFirstFrame {
     }
 }
 
-impl<Req: Clone, Res> Policy<Req, Res, BoxError> for RetryFirstFrame {
+impl<B: Clone, Res> Policy<Request<B>, Res, BoxError> for RetryFirstFrame {
     type Future = Ready<()>;
 
     fn retry(
         &mut self,
-        _req: &mut Req,
+        _req: &mut Request<B>,
         result: &mut Result<Res, BoxError>,
     ) -> Option<Self::Future> {
         let Err(err) = result else { return None };
@@ -124,7 +147,10 @@ impl<Req: Clone, Res> Policy<Req, Res, BoxError> for RetryFirstFrame {
         Some(ready(()))
     }
 
-    fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        Some(req.clone())
+    /// The copy kept for a retry is marked as the next [`Attempt`].
+    fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        let mut retry = req.clone();
+        Attempt::mark_next(&mut retry);
+        Some(retry)
     }
 }
