@@ -79,7 +79,11 @@ fn the_flags_table_lists_every_flag_of_help_with_its_value_name_default_and_envi
         } else {
             vec!["off".to_owned()]
         };
-        assert_eq!(expected, [default.clone()], "{flag}: the default");
+        assert_eq!(
+            expected,
+            std::slice::from_ref(default),
+            "{flag}: the default"
+        );
         let env = format!("STREAM_DEADLINE_{}", long.to_uppercase().replace('-', "_"));
         assert_eq!(
             arg.get_env().map(|env| env.to_string_lossy().into_owned()),
