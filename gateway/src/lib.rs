@@ -17,6 +17,7 @@ pub mod log;
 pub mod metrics;
 pub mod proxy;
 pub mod request_body;
+pub mod request_id;
 pub mod shutdown;
 pub mod upstream;
 pub mod upstream_url;

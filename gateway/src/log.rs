@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Method, Uri};
+use http::{HeaderValue, Method, Uri};
 use tower_stream_deadline::Outcome;
 
 use crate::metrics::{Finished, Metrics};
@@ -29,10 +29,18 @@ pub struct RequestLog {
     note: Mutex<Option<String>>,
     /// Something the caller sent that was ignored: the line goes out at warn.
     warning: Mutex<Option<String>>,
+    request_id: HeaderValue,
+    /// The upstream's own `x-request-id`, when it answered with another one.
+    upstream_request_id: Mutex<Option<HeaderValue>>,
 }
 
 impl RequestLog {
-    pub fn new(method: &Method, uri: &Uri, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        method: &Method,
+        uri: &Uri,
+        request_id: &HeaderValue,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.started();
         RequestLog {
             method: method.clone(),
@@ -45,6 +53,8 @@ impl RequestLog {
             last: Mutex::new(None),
             note: Mutex::new(None),
             warning: Mutex::new(None),
+            request_id: request_id.clone(),
+            upstream_request_id: Mutex::new(None),
         }
     }
 
@@ -80,9 +90,22 @@ impl RequestLog {
         }
     }
 
+    /// Adds to the warnings of the line.
     pub fn warn(&self, warning: String) {
         if let Ok(mut slot) = self.warning.lock() {
-            *slot = Some(warning);
+            match slot.as_mut() {
+                Some(warnings) => {
+                    warnings.push_str("; ");
+                    warnings.push_str(&warning);
+                }
+                None => *slot = Some(warning),
+            }
+        }
+    }
+
+    pub fn upstream_request_id(&self, id: &HeaderValue) {
+        if let Ok(mut slot) = self.upstream_request_id.lock() {
+            *slot = Some(id.clone());
         }
     }
 }
@@ -92,6 +115,17 @@ impl Drop for RequestLog {
         let last = self.last.get_mut().ok().and_then(|last| last.take());
         let note = self.note.get_mut().ok().and_then(|note| note.take());
         let warning = self.warning.get_mut().ok().and_then(|w| w.take());
+        let upstream_request_id = self
+            .upstream_request_id
+            .get_mut()
+            .ok()
+            .and_then(|id| id.take());
+        // Visible ASCII (a client's id that is not was replaced); an upstream's id that is not
+        // is written with its other bytes escaped.
+        let request_id = String::from_utf8_lossy(self.request_id.as_bytes());
+        let upstream_request_id = upstream_request_id
+            .as_ref()
+            .map(|id| id.as_bytes().escape_ascii().to_string());
         let elapsed = self.started.elapsed();
         let attempts = *self.attempts.get_mut();
         let (outcome, first_frame, frames, bytes) = match &last {
@@ -139,6 +173,8 @@ impl Drop for RequestLog {
                     bytes,
                     outcome,
                     elapsed = %ms(Some(elapsed)),
+                    request_id = %request_id,
+                    upstream_request_id = upstream_request_id.as_deref(),
                     "request{notes}",
                 )
             };
