@@ -29,6 +29,8 @@ pub struct RequestLog {
     note: Mutex<Option<String>>,
     /// Something the caller sent that was ignored: the line goes out at warn.
     warning: Mutex<Option<String>>,
+    /// The `model` the request body names, when it was read.
+    model: Mutex<Option<String>>,
     request_id: HeaderValue,
     /// The upstream's own `x-request-id`, when it answered with another one.
     upstream_request_id: Mutex<Option<HeaderValue>>,
@@ -53,6 +55,7 @@ impl RequestLog {
             last: Mutex::new(None),
             note: Mutex::new(None),
             warning: Mutex::new(None),
+            model: Mutex::new(None),
             request_id: request_id.clone(),
             upstream_request_id: Mutex::new(None),
         }
@@ -103,6 +106,12 @@ impl RequestLog {
         }
     }
 
+    pub fn model(&self, model: String) {
+        if let Ok(mut slot) = self.model.lock() {
+            *slot = Some(model);
+        }
+    }
+
     pub fn upstream_request_id(&self, id: &HeaderValue) {
         if let Ok(mut slot) = self.upstream_request_id.lock() {
             *slot = Some(id.clone());
@@ -115,6 +124,7 @@ impl Drop for RequestLog {
         let last = self.last.get_mut().ok().and_then(|last| last.take());
         let note = self.note.get_mut().ok().and_then(|note| note.take());
         let warning = self.warning.get_mut().ok().and_then(|w| w.take());
+        let model = self.model.get_mut().ok().and_then(|model| model.take());
         let upstream_request_id = self
             .upstream_request_id
             .get_mut()
@@ -128,15 +138,20 @@ impl Drop for RequestLog {
             .map(|id| id.as_bytes().escape_ascii().to_string());
         let elapsed = self.started.elapsed();
         let attempts = *self.attempts.get_mut();
-        let (outcome, first_frame, frames, bytes) = match &last {
-            Some((o, first_frame)) => (o.ending.as_str(), *first_frame, o.frames, o.bytes),
-            None => ("not-sent", None, 0, 0),
+        // The crate's name for the ending, as the metrics label it.
+        let (ending, first_frame, frames, bytes) = match &last {
+            Some((o, first_frame)) => {
+                let ending = o.ending.as_str().replace('-', "_");
+                (ending, *first_frame, o.frames, o.bytes)
+            }
+            // Forwarded, yet no attempt reported: the caller left before the first call.
+            None if *self.forwarded.get_mut() => ("dropped".to_owned(), None, 0, 0),
+            None => ("not_sent".to_owned(), None, 0, 0),
         };
+        let ending = ending.as_str();
         if *self.forwarded.get_mut() {
-            let ending = outcome.replace('-', "_");
             self.metrics.finished(Finished {
-                // Forwarded, yet no attempt reported: the caller left before the first call.
-                ending: if last.is_some() { &ending } else { "dropped" },
+                ending,
                 attempts,
                 time_to_first_frame: first_frame,
                 longest_idle: last.as_ref().and_then(|(o, _)| o.longest_idle),
@@ -146,36 +161,32 @@ impl Drop for RequestLog {
             self.metrics.not_forwarded();
         }
         // No status: the client went away before the response was ready.
-        let status = match *self.status.get_mut() {
-            0 => "-".to_owned(),
-            status => status.to_string(),
-        };
+        let status = Some(*self.status.get_mut()).filter(|status| *status != 0);
         let notes = [warning.as_deref(), note.as_deref()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
             .join("; ");
-        let notes = if notes.is_empty() {
-            notes
-        } else {
-            format!(" ({notes})")
-        };
+        let note = Some(notes).filter(|notes| !notes.is_empty());
+        // The same fields, under the same names, in every log format (README: Logs).
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
                     target: TARGET,
                     method = %self.method,
                     path = %self.path,
-                    status = %status,
+                    status,
+                    model = model.as_deref(),
                     attempts,
-                    first_frame = %ms(first_frame),
+                    first_frame_ms = first_frame.map(ms),
                     frames,
                     bytes,
-                    outcome,
-                    elapsed = %ms(Some(elapsed)),
+                    ending,
+                    elapsed_ms = ms(elapsed),
                     request_id = %request_id,
                     upstream_request_id = upstream_request_id.as_deref(),
-                    "request{notes}",
+                    note = note.as_deref().map(tracing::field::display),
+                    "request",
                 )
             };
         }
@@ -187,9 +198,7 @@ impl Drop for RequestLog {
     }
 }
 
-fn ms(duration: Option<Duration>) -> String {
-    match duration {
-        Some(duration) => format!("{:.1}ms", duration.as_secs_f64() * 1000.0),
-        None => "-".to_owned(),
-    }
+/// Milliseconds, to a tenth.
+fn ms(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 10_000.0).round() / 10.0
 }

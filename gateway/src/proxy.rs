@@ -23,10 +23,10 @@ use crate::headers;
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
 use crate::request_body::{self, BodyIdle, ReadError, RequestBody};
-use crate::request_id;
 use crate::shutdown::DrainBody;
 use crate::upstream::{self, UpstreamClient};
 use crate::upstream_url::Upstream;
+use crate::{model, request_id};
 
 /// The header a client may use to shorten its request's total budget.
 const TIMEOUT_HEADER: &str = "x-request-timeout";
@@ -133,6 +133,12 @@ impl Gateway {
         }));
 
         let body = match request_body::read(&parts.headers, body, self.request_body_idle).await {
+            Ok(RequestBody::Replayable(bytes)) => {
+                if let Some(model) = model::named_in(&bytes) {
+                    log.model(model);
+                }
+                RequestBody::Replayable(bytes)
+            }
             Ok(body) => body,
             Err(ReadError::Idle(idle)) => {
                 let why = BodyIdle(idle).to_string();
