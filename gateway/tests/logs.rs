@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde_json::{Map, Value};
-use support::{Gateway, post, send, send_head, upstream};
+use support::{Gateway, SHORT_BUDGETS, post, send, send_head, upstream};
 
 const README: &str = include_str!("../README.md");
 
@@ -51,23 +51,9 @@ fn with_id(path: &str, id: &str, body: &'static str) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn in_json_every_line_is_an_object_with_the_request_fields_of_each_ending() {
     let (upstream, _) = upstream::start().await;
-    let gateway = Gateway::start(
-        &[
-            "--upstream",
-            &format!("http://{upstream}"),
-            "--log-format",
-            "json",
-            "--total",
-            "600ms",
-            "--first-frame",
-            "200ms",
-            "--idle",
-            "200ms",
-            "--retries",
-            "0",
-        ],
-        &[],
-    );
+    let url = format!("http://{upstream}");
+    let flags = ["--upstream", &url, "--log-format", "json", "--retries", "0"];
+    let gateway = Gateway::start(&[&flags[..], &SHORT_BUDGETS].concat(), &[]);
     let addr = gateway.addr;
     let model = r#"{"model":"llama-3.1-8b","stream":true}"#;
     let plain = r#"{"stream":true}"#;

@@ -1,8 +1,9 @@
 //! The gateway's README says what the binary does: its flags table lists every flag of
 //! `--help` with its value name, default and environment variable, and its commands parse.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use clap::CommandFactory;
 use stream_deadline_gateway::config::Flags;
@@ -34,12 +35,7 @@ fn table() -> Vec<(String, Option<String>, String)> {
 
 #[test]
 fn the_flags_table_lists_every_flag_of_help_with_its_value_name_default_and_environment() {
-    let output = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let help = String::from_utf8(output.stdout).unwrap();
+    let help = support::help();
     let in_help: BTreeSet<String> = help
         .lines()
         .map(str::trim_start)

@@ -97,20 +97,17 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         .lock()
         .unwrap()
         .push((request.version(), authority));
-    let authorization = request.headers().get(http::header::AUTHORIZATION);
-    let authorization = authorization.and_then(|value| value.to_str().ok());
-    counts
-        .authorizations
-        .lock()
-        .unwrap()
-        .push(authorization.map(str::to_owned));
-    let request_id = request.headers().get("x-request-id");
-    let request_id = request_id.and_then(|value| value.to_str().ok());
+    let header = |name: &str| {
+        let value = request.headers().get(name)?;
+        value.to_str().ok().map(str::to_owned)
+    };
+    let authorization = header(http::header::AUTHORIZATION.as_str());
+    counts.authorizations.lock().unwrap().push(authorization);
     counts
         .request_ids
         .lock()
         .unwrap()
-        .push(request_id.map(str::to_owned));
+        .push(header("x-request-id"));
     let path = request.uri().path().to_owned();
     let tokens: Option<usize> = match path.as_str() {
         "/v1/complete" => Some(3),
