@@ -14,8 +14,9 @@
 //!   when the upstream cannot be reached), with an OpenAI-shaped JSON error.
 //! - Request bodies up to 1 MiB are buffered so that a request stuck before its first frame
 //!   can be retried with fresh budgets.
-//! - One log line per request on stderr, written when its response has ended; metrics and
-//!   health on the admin listener; SIGTERM drains within `--shutdown-grace`.
+//! - One log line per request on stderr (text, or JSON with `--log-format json`), written
+//!   when its response has ended, with the request's id; metrics and health on the admin
+//!   listener; SIGTERM drains within `--shutdown-grace`.
 
 #![forbid(unsafe_code)]
 
