@@ -7,6 +7,7 @@ use clap::Parser;
 use tower_stream_deadline::{ReleaseUnpolled, StreamDeadlineLayer};
 
 use crate::duration;
+use crate::subscriber::LogFormat;
 use crate::upstream_url::{DEFAULT_UPSTREAM, Upstream};
 
 const AFTER_HELP: &str = "\
@@ -21,8 +22,8 @@ A client may shorten (never lengthen) the total budget of its request with the h
 that cannot be read is ignored and named in that request's log line, at warn.
 
 The upstream's https:// certificates are checked against the system's roots, or against the
-PEM bundle named by SSL_CERT_FILE when it is set. One line per request is logged on stderr;
-RUST_LOG takes targets and levels
+PEM bundle named by SSL_CERT_FILE when it is set. One line per request is logged on stderr
+(--log-format); RUST_LOG takes targets and levels
 (default: stream_deadline_gateway=info,tower_stream_deadline=error,warn).";
 
 /// A deadline gateway in front of an OpenAI-compatible model server: every streamed answer
@@ -101,6 +102,16 @@ pub struct Flags {
     /// Longest wait for the next piece of a request body (answered 408 when nothing was sent yet).
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_REQUEST_BODY_IDLE", default_value = "30s", value_parser = duration::parse)]
     pub request_body_idle: Duration,
+
+    /// How log lines are written: `text`, or `json` (one object per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "STREAM_DEADLINE_LOG_FORMAT",
+        default_value = "text",
+        value_enum
+    )]
+    pub log_format: LogFormat,
 }
 
 impl Flags {

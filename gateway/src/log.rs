@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Method, Uri};
+use http::{HeaderValue, Method, Uri};
 use tower_stream_deadline::Outcome;
 
 use crate::metrics::{Finished, Metrics};
@@ -29,10 +29,20 @@ pub struct RequestLog {
     note: Mutex<Option<String>>,
     /// Something the caller sent that was ignored: the line goes out at warn.
     warning: Mutex<Option<String>>,
+    /// The `model` the request body names, when it was read.
+    model: Mutex<Option<String>>,
+    request_id: HeaderValue,
+    /// The upstream's own `x-request-id`, when it answered with another one.
+    upstream_request_id: Mutex<Option<HeaderValue>>,
 }
 
 impl RequestLog {
-    pub fn new(method: &Method, uri: &Uri, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        method: &Method,
+        uri: &Uri,
+        request_id: &HeaderValue,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.started();
         RequestLog {
             method: method.clone(),
@@ -45,6 +55,9 @@ impl RequestLog {
             last: Mutex::new(None),
             note: Mutex::new(None),
             warning: Mutex::new(None),
+            model: Mutex::new(None),
+            request_id: request_id.clone(),
+            upstream_request_id: Mutex::new(None),
         }
     }
 
@@ -80,9 +93,28 @@ impl RequestLog {
         }
     }
 
+    /// Adds to the warnings of the line.
     pub fn warn(&self, warning: String) {
         if let Ok(mut slot) = self.warning.lock() {
-            *slot = Some(warning);
+            match slot.as_mut() {
+                Some(warnings) => {
+                    warnings.push_str("; ");
+                    warnings.push_str(&warning);
+                }
+                None => *slot = Some(warning),
+            }
+        }
+    }
+
+    pub fn model(&self, model: String) {
+        if let Ok(mut slot) = self.model.lock() {
+            *slot = Some(model);
+        }
+    }
+
+    pub fn upstream_request_id(&self, id: &HeaderValue) {
+        if let Ok(mut slot) = self.upstream_request_id.lock() {
+            *slot = Some(id.clone());
         }
     }
 }
@@ -92,17 +124,34 @@ impl Drop for RequestLog {
         let last = self.last.get_mut().ok().and_then(|last| last.take());
         let note = self.note.get_mut().ok().and_then(|note| note.take());
         let warning = self.warning.get_mut().ok().and_then(|w| w.take());
+        let model = self.model.get_mut().ok().and_then(|model| model.take());
+        let upstream_request_id = self
+            .upstream_request_id
+            .get_mut()
+            .ok()
+            .and_then(|id| id.take());
+        // Visible ASCII (a client's id that is not was replaced); an upstream's id that is not
+        // is written with its other bytes escaped.
+        let request_id = String::from_utf8_lossy(self.request_id.as_bytes());
+        let upstream_request_id = upstream_request_id
+            .as_ref()
+            .map(|id| id.as_bytes().escape_ascii().to_string());
         let elapsed = self.started.elapsed();
         let attempts = *self.attempts.get_mut();
-        let (outcome, first_frame, frames, bytes) = match &last {
-            Some((o, first_frame)) => (o.ending.as_str(), *first_frame, o.frames, o.bytes),
-            None => ("not-sent", None, 0, 0),
+        // The crate's name for the ending, as the metrics label it.
+        let (ending, first_frame, frames, bytes) = match &last {
+            Some((o, first_frame)) => {
+                let ending = o.ending.as_str().replace('-', "_");
+                (ending, *first_frame, o.frames, o.bytes)
+            }
+            // Forwarded, yet no attempt reported: the caller left before the first call.
+            None if *self.forwarded.get_mut() => ("dropped".to_owned(), None, 0, 0),
+            None => ("not_sent".to_owned(), None, 0, 0),
         };
+        let ending = ending.as_str();
         if *self.forwarded.get_mut() {
-            let ending = outcome.replace('-', "_");
             self.metrics.finished(Finished {
-                // Forwarded, yet no attempt reported: the caller left before the first call.
-                ending: if last.is_some() { &ending } else { "dropped" },
+                ending,
                 attempts,
                 time_to_first_frame: first_frame,
                 longest_idle: last.as_ref().and_then(|(o, _)| o.longest_idle),
@@ -112,34 +161,32 @@ impl Drop for RequestLog {
             self.metrics.not_forwarded();
         }
         // No status: the client went away before the response was ready.
-        let status = match *self.status.get_mut() {
-            0 => "-".to_owned(),
-            status => status.to_string(),
-        };
+        let status = Some(*self.status.get_mut()).filter(|status| *status != 0);
         let notes = [warning.as_deref(), note.as_deref()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
             .join("; ");
-        let notes = if notes.is_empty() {
-            notes
-        } else {
-            format!(" ({notes})")
-        };
+        let note = Some(notes).filter(|notes| !notes.is_empty());
+        // The same fields, under the same names, in every log format (README: Logs).
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
                     target: TARGET,
                     method = %self.method,
                     path = %self.path,
-                    status = %status,
+                    status,
+                    model = model.as_deref(),
                     attempts,
-                    first_frame = %ms(first_frame),
+                    first_frame_ms = first_frame.map(ms),
                     frames,
                     bytes,
-                    outcome,
-                    elapsed = %ms(Some(elapsed)),
-                    "request{notes}",
+                    ending,
+                    elapsed_ms = ms(elapsed),
+                    request_id = %request_id,
+                    upstream_request_id = upstream_request_id.as_deref(),
+                    note = note.as_deref().map(tracing::field::display),
+                    "request",
                 )
             };
         }
@@ -151,9 +198,7 @@ impl Drop for RequestLog {
     }
 }
 
-fn ms(duration: Option<Duration>) -> String {
-    match duration {
-        Some(duration) => format!("{:.1}ms", duration.as_secs_f64() * 1000.0),
-        None => "-".to_owned(),
-    }
+/// Milliseconds, to a tenth.
+fn ms(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 10_000.0).round() / 10.0
 }

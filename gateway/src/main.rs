@@ -14,31 +14,30 @@
 //!   when the upstream cannot be reached), with an OpenAI-shaped JSON error.
 //! - Request bodies up to 1 MiB are buffered so that a request stuck before its first frame
 //!   can be retried with fresh budgets.
-//! - One log line per request on stderr, written when its response has ended; metrics and
-//!   health on the admin listener; SIGTERM drains within `--shutdown-grace`.
+//! - One log line per request on stderr (text, or JSON with `--log-format json`), written
+//!   when its response has ended, with the request's id; metrics and health on the admin
+//!   listener; SIGTERM drains within `--shutdown-grace`.
 
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal, Write as _};
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::prelude::*;
 
 use stream_deadline_gateway::config::Flags;
 use stream_deadline_gateway::log::TARGET;
-use stream_deadline_gateway::{admin, listener, metrics, proxy, shutdown};
+use stream_deadline_gateway::{admin, listener, metrics, proxy, shutdown, subscriber};
 
 /// After the grace, how long the cut responses get to flush their last event and close.
 const AFTER_CUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let flags = Flags::from_args();
-    init_tracing();
+    subscriber::init(flags.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,22 +55,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing() {
-    let default = "stream_deadline_gateway=info,tower_stream_deadline=error,warn";
-    let targets = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|spec| spec.parse::<Targets>().ok())
-        .unwrap_or_else(|| default.parse().unwrap_or_default());
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .with(targets)
-        .init();
 }
 
 async fn run(flags: Flags) -> Result<(), String> {

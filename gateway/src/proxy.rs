@@ -1,5 +1,6 @@
 //! Forwarding one request: the deadline layer (and first-frame retries) on the upstream
-//! client, the client's `x-request-timeout`, and the gateway's own error answers.
+//! client, the client's `x-request-timeout`, the request id, and the gateway's own error
+//! answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::request_body::{self, BodyIdle, ReadError, RequestBody};
 use crate::shutdown::DrainBody;
 use crate::upstream::{self, UpstreamClient};
 use crate::upstream_url::Upstream;
+use crate::{model, request_id};
 
 /// The header a client may use to shorten its request's total budget.
 const TIMEOUT_HEADER: &str = "x-request-timeout";
@@ -62,15 +64,20 @@ impl Gateway {
 
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<GatewayBody> {
+        let (id, ignored) = request_id::take_or_make(request.headers_mut());
         let log = Arc::new(RequestLog::new(
             request.method(),
             request.uri(),
+            &id,
             self.metrics.clone(),
         ));
-        let response = match self.forward(request, peer, &log).await {
+        if let Some(ignored) = ignored {
+            log.warn(ignored);
+        }
+        let mut response = match self.forward(request, peer, &log).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 let event_stream = headers::prepare_response(&mut parts.headers);
@@ -79,6 +86,14 @@ impl Gateway {
             }
             Err(answer) => answer.map(Either::Right),
         };
+        // The client gets the id its request went upstream with; an upstream's own id (a
+        // hosted API's, say) stays findable in the log line.
+        if let Some(theirs) = response.headers().get(&request_id::HEADER) {
+            if *theirs != id {
+                log.upstream_request_id(theirs);
+            }
+        }
+        response.headers_mut().insert(request_id::HEADER, id);
         log.status(response.status().as_u16());
         // `log` is written when its last holder lets go: this function, and the response
         // body, whose outcome callback runs when it ends (or is dropped).
@@ -118,6 +133,12 @@ impl Gateway {
         }));
 
         let body = match request_body::read(&parts.headers, body, self.request_body_idle).await {
+            Ok(RequestBody::Replayable(bytes)) => {
+                if let Some(model) = model::named_in(&bytes) {
+                    log.model(model);
+                }
+                RequestBody::Replayable(bytes)
+            }
             Ok(body) => body,
             Err(ReadError::Idle(idle)) => {
                 let why = BodyIdle(idle).to_string();

@@ -48,12 +48,7 @@ async fn every_flag_also_comes_from_the_environment_and_the_command_line_wins() 
 
 #[test]
 fn help_names_the_environment_and_what_a_bare_number_means() {
-    let output = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let help = String::from_utf8(output.stdout).unwrap();
+    let help = support::help();
     for expected in [
         "a bare number is seconds",
         "STREAM_DEADLINE_UPSTREAM",

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Gateway, PATIENCE, get, post, sample, send, send_head, upstream};
+use support::{Gateway, PATIENCE, SHORT_BUDGETS, get, post, sample, send, send_head, upstream};
 
 /// Polls `/metrics` until `ready` holds, for at most `PATIENCE`.
 async fn metrics_once(gateway: &Gateway, ready: impl Fn(&str) -> bool) -> String {
@@ -28,19 +28,8 @@ async fn metrics_once(gateway: &Gateway, ready: impl Fn(&str) -> bool) -> String
 #[tokio::test]
 async fn after_a_known_mix_each_counter_holds_exactly_what_happened() {
     let (upstream, counts) = upstream::start().await;
-    let gateway = Gateway::start(
-        &[
-            "--upstream",
-            &format!("http://{upstream}"),
-            "--total",
-            "600ms",
-            "--first-frame",
-            "200ms",
-            "--idle",
-            "200ms",
-        ],
-        &[],
-    );
+    let url = format!("http://{upstream}");
+    let gateway = Gateway::start(&[&["--upstream", &url][..], &SHORT_BUDGETS].concat(), &[]);
     let addr = gateway.addr;
     let (completed, babbled, retried, idled) = tokio::join!(
         send(addr, post("/v1/complete", &[])),

@@ -4,12 +4,12 @@
 
 Starts the upstream, two gateways in front of it, and nginx (Debian's package; `run.sh`
 installs it) on 127.0.0.1 as a plain process, with a configuration written into a temporary
-directory: the `http { }` part is `gateway/nginx-replicas.conf`, the snippet the README
-shows, with the example addresses replaced by the ports of this run. It has no
+directory: the `http { }` part is `gateway/nginx-replicas.conf`, the snippet the gateway's
+README shows, with the example addresses replaced by the ports of this run. It has no
 `proxy_buffering off`: the gateway's `X-Accel-Buffering: no` on event streams is what keeps
 nginx from holding tokens back.
 
-0. The README shows `gateway/nginx-replicas.conf` as it is.
+0. The gateway's README (gateway/README.md) shows `gateway/nginx-replicas.conf` as it is.
 1. The `openai` SDK through nginx sees each token as it streams (the first within 0.3 s of
    the upstream's receipt of the request, no gap over 0.25 s; the upstream sends one every
    20 ms), then the deadline's `APIError` at the budget, and the upstream generator is
@@ -59,6 +59,7 @@ from langchain_openai import ChatOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "gateway" / "nginx-replicas.conf"
+README = ROOT / "gateway" / "README.md"
 # The example addresses in the snippet, replaced by this run's.
 REPLICA_A, REPLICA_B, NGINX = "127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8080"
 
@@ -189,11 +190,11 @@ def upstream_cancelled(servers: Servers, tag: str) -> None:
 
 
 def check_readme_shows_the_snippet(servers: Servers) -> str:
-    """0. The README shows the nginx snippet these checks load."""
-    readme = (ROOT / "README.md").read_text()
+    """0. The gateway's README shows the nginx snippet these checks load."""
+    readme = README.read_text()
     expect(SNIPPET.read_text().strip() in readme,
-           f"README.md does not show gateway/{SNIPPET.name} as it is")
-    return f"README.md shows gateway/{SNIPPET.name}"
+           f"gateway/README.md does not show {SNIPPET.name} as it is")
+    return f"gateway/README.md shows {SNIPPET.name}"
 
 
 def check_openai_sdk_through_nginx(servers: Servers) -> str:
@@ -335,7 +336,7 @@ def check_sigterm_one_replica(servers: Replicas) -> str:
 def main() -> int:
     servers = Replicas(gateway_argument(__doc__.splitlines()[0]), gateway_flags=FLAGS)
     checks = [
-        ("0 the README shows the tested nginx snippet", check_readme_shows_the_snippet),
+        ("0 the gateway's README shows the tested nginx snippet", check_readme_shows_the_snippet),
         ("1 openai SDK through nginx: tokens as they stream, error at the budget",
          check_openai_sdk_through_nginx),
         ("2 LangChain astream() through nginx: the same", check_langchain_through_nginx),

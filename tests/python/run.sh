@@ -5,7 +5,8 @@
 # Creates tests/python/.venv if it is missing, installs the pinned requirements (again only
 # when requirements.txt changes), builds the gateway's wheel with maturin (dev profile, into
 # the workspace's target directory, so a gateway cargo has built already is not compiled
-# again), installs that wheel into a fresh venv of its own without a package index, installs
+# again), checks its metadata with `twine check --strict` (what PyPI would show), installs
+# that wheel into a fresh venv of its own without a package index, installs
 # nginx with apt-get when it is missing, and runs each checks*.py against the command found
 # on that venv's PATH. The checks start the FastAPI upstream and the gateway and print
 # PASS/FAIL per check. Needs python3 (3.11+) with venv and pip, cargo, and PyPI.
@@ -45,6 +46,9 @@ if [ "${#wheels[@]}" -ne 1 ] || [ ! -f "${wheels[0]}" ]; then
   echo "tests/python: maturin did not leave exactly one stream_deadline_gateway wheel" >&2
   exit 1
 fi
+# What PyPI would show: the README renders, the licences, URLs and classifiers are valid.
+echo "tests/python: twine check --strict $(basename "${wheels[0]}")"
+"$venv/bin/twine" check --strict "${wheels[0]}"
 
 echo "tests/python: installing $(basename "${wheels[0]}") into a fresh venv"
 "$python" -m venv "$work/venv"

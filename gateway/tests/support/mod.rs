@@ -20,6 +20,26 @@ use tokio::net::TcpStream;
 /// Bound on anything a test waits for; never reached in a passing run.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Budgets short enough for a test to see every one of them run out.
+pub const SHORT_BUDGETS: [&str; 6] = [
+    "--total",
+    "600ms",
+    "--first-frame",
+    "200ms",
+    "--idle",
+    "200ms",
+];
+
+/// What `stream-deadline-gateway --help` prints.
+pub fn help() -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// The gateway, running; killed on drop.
 pub struct Gateway {
     child: Child,

@@ -32,6 +32,8 @@ pub struct Counts {
     pub seen: std::sync::Mutex<Vec<(http::Version, String)>>,
     /// Each request's `Authorization`, if any.
     pub authorizations: std::sync::Mutex<Vec<Option<String>>>,
+    /// Each request's `x-request-id`, if any.
+    pub request_ids: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 impl Counts {
@@ -77,6 +79,7 @@ where
 /// - `/v1/babble`: a token every 20 ms, forever;
 /// - `/v1/idle`: one token, then silence;
 /// - `/v1/stuck-once`: the first request gets nothing at all; later ones are `/v1/complete`;
+/// - `/v1/own-id`: `200 upstream /v1/own-id`, with an `x-request-id` of its own;
 /// - anything else: `200 upstream <path>` in plain text.
 async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tokens> {
     counts.requests.fetch_add(1, Ordering::SeqCst);
@@ -94,13 +97,17 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         .lock()
         .unwrap()
         .push((request.version(), authority));
-    let authorization = request.headers().get(http::header::AUTHORIZATION);
-    let authorization = authorization.and_then(|value| value.to_str().ok());
+    let header = |name: &str| {
+        let value = request.headers().get(name)?;
+        value.to_str().ok().map(str::to_owned)
+    };
+    let authorization = header(http::header::AUTHORIZATION.as_str());
+    counts.authorizations.lock().unwrap().push(authorization);
     counts
-        .authorizations
+        .request_ids
         .lock()
         .unwrap()
-        .push(authorization.map(str::to_owned));
+        .push(header("x-request-id"));
     let path = request.uri().path().to_owned();
     let tokens: Option<usize> = match path.as_str() {
         "/v1/complete" => Some(3),
@@ -117,7 +124,12 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
     let Some(tokens) = tokens else {
         let (tx, body) = Tokens::channel();
         let _ = tx.try_send(Bytes::from(format!("upstream {path}")));
-        return Response::new(body);
+        let mut response = Response::new(body);
+        if path == "/v1/own-id" {
+            let own = http::HeaderValue::from_static("upstream-own-id");
+            response.headers_mut().insert("x-request-id", own);
+        }
+        return response;
     };
     let (tx, body) = Tokens::channel();
     let counts = counts.clone();

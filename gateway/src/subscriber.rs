@@ -1,0 +1,49 @@
+//! Where the gateway's `tracing` events go: stderr, as text for people or as one JSON object
+//! per line for log pipelines (Loki, Elasticsearch, Datadog), filtered by `RUST_LOG`.
+
+use std::io::IsTerminal;
+
+use clap::ValueEnum;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+/// The targets and levels logged when `RUST_LOG` is unset or cannot be read.
+pub const DEFAULT_FILTER: &str = "stream_deadline_gateway=info,tower_stream_deadline=error,warn";
+
+/// How each log line is written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// tracing's text lines: timestamp, level, target, message, then `field=value` pairs.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message`, `target` and each field of
+    /// the event under its own name, at the top level.
+    Json,
+}
+
+/// Installs the process's subscriber: every event in `format` on stderr.
+pub fn init(format: LogFormat) {
+    let targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| DEFAULT_FILTER.parse().unwrap_or_default());
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            // The event's fields beside `timestamp` and `level`, not under `fields`: the
+            // names a log query uses are the names of the event's fields.
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(text)
+        .with(json)
+        .with(targets)
+        .init();
+}
