@@ -94,7 +94,8 @@ pub struct Flags {
     )]
     pub backlog: u32,
 
-    /// How long a client may take to send a request head.
+    /// How long a connection may wait for its next request head, from the accept and from the end
+    /// of each response (HTTP/2: for a new stream); a connection that sends none in time is closed.
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
     pub header_read_timeout: Duration,
 
