@@ -10,7 +10,7 @@ use crate::duration;
 use crate::upstream_url::{DEFAULT_UPSTREAM, Upstream};
 
 const AFTER_HELP: &str = "\
-DURATIONS: a number and a unit (500ms, 45s, 1.5s, 2m, 1h); a bare number is seconds.
+DURATIONS: a number and a unit (500ms, 45s, 1.5s, 2m, 1h); a bare number is seconds; at most 100y.
 
 Every flag can also be set from the environment: STREAM_DEADLINE_ and the flag in capitals,
 dashes as underscores (STREAM_DEADLINE_UPSTREAM, STREAM_DEADLINE_FIRST_FRAME, ...). A flag

@@ -2,9 +2,11 @@
 
 mod support;
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use support::{Gateway, post, send, upstream};
+use support::{Gateway, PATIENCE, post, send, upstream};
 
 fn ready_line(gateway: &Gateway) -> String {
     let log = gateway.log();
@@ -65,6 +67,48 @@ fn help_names_the_environment_and_what_a_bare_number_means() {
             help.contains(expected),
             "--help lacks {expected:?}:\n{help}"
         );
+    }
+}
+
+#[test]
+fn a_duration_too_long_for_the_clock_is_refused_at_start_naming_its_flag() {
+    for flag in [
+        "--total",
+        "--first-frame",
+        "--idle",
+        "--shutdown-grace",
+        "--header-read-timeout",
+        "--request-body-idle",
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+            .args([flag, "500000000000y"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A gateway that took the value would run (and panic at its first request).
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("{flag} 500000000000y: the gateway started");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        assert!(stderr.contains("too long"), "{flag}: {stderr}");
     }
 }
 
