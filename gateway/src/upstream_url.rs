@@ -1,6 +1,7 @@
 //! The `--upstream` URL: where requests go, how it is shown (never with its credentials),
 //! and the Basic credentials it may carry.
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 
 /// The URL used when none is given.
@@ -9,8 +10,9 @@ pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
 /// The upstream's scheme and authority, and a path prefix put before every request's path.
 #[derive(Clone)]
 pub struct Upstream {
-    /// `scheme://host:port`, without credentials.
-    origin: String,
+    scheme: Scheme,
+    /// `host:port`, without credentials.
+    authority: Authority,
     prefix: String,
     /// The URL for logs: credentials replaced by `***`.
     shown: String,
@@ -35,29 +37,45 @@ impl Upstream {
                 ));
             }
         };
-        let authority = uri.authority().ok_or(format!("`{shown_input}`: no host"))?;
+        let uri_authority = uri.authority().ok_or(format!("`{shown_input}`: no host"))?;
         if uri.query().is_some() {
             return Err(format!("`{shown_input}`: a query is not allowed here"));
         }
         let scheme = if https { "https" } else { "http" };
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        let (userinfo, host) = match authority.as_str().rsplit_once('@') {
+        let (userinfo, host) = match uri_authority.as_str().rsplit_once('@') {
             Some((userinfo, host)) => (Some(userinfo), host),
-            None => (None, authority.as_str()),
+            None => (None, uri_authority.as_str()),
         };
+        let authority = host
+            .parse()
+            .map_err(|err| format!("`{shown_input}`: {err}"))?;
         Ok(Upstream {
-            origin: format!("{scheme}://{host}"),
-            shown: format!("{scheme}://{}{prefix}", redact(authority.as_str())),
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            authority,
+            shown: format!("{scheme}://{}{prefix}", redact(uri_authority.as_str())),
             prefix,
             https,
             authorization: userinfo.and_then(basic_authorization),
         })
     }
 
-    /// The upstream URI for a request's path and query.
-    pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::uri::InvalidUri> {
-        let path = incoming.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("{}{}{}", self.origin, self.prefix, path).parse()
+    /// The upstream URI for a request's path and query: always the upstream's scheme, host
+    /// and port, whatever the request's target; the asterisk form (`OPTIONS *`) names the
+    /// upstream server as a whole, so it stays `*`, without the prefix.
+    pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::Error> {
+        let path_and_query = match incoming.path_and_query() {
+            Some(target) if target.as_str() == "*" => target.clone(),
+            target => {
+                let path = target.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{}{path}", self.prefix))?
+            }
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 }
 
@@ -98,7 +116,8 @@ fn redact(text: &str) -> String {
 impl Default for Upstream {
     fn default() -> Self {
         Upstream::parse(DEFAULT_UPSTREAM).unwrap_or(Upstream {
-            origin: DEFAULT_UPSTREAM.to_owned(),
+            scheme: Scheme::HTTP,
+            authority: Authority::from_static("127.0.0.1:8000"),
             prefix: String::new(),
             shown: DEFAULT_UPSTREAM.to_owned(),
             https: false,
@@ -134,6 +153,21 @@ mod tests {
         let err = Upstream::parse("ftp://user:s3cret@host/").unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
         assert_eq!(redact("user:pw@host:1"), "***@host:1");
+    }
+
+    #[test]
+    fn every_target_goes_to_the_upstream_and_the_asterisk_form_stays_whole() {
+        for url in ["http://10.0.0.1:8000", "http://10.0.0.1:8000/base/"] {
+            let upstream = Upstream::parse(url).unwrap();
+            let asterisk = upstream.uri_for(&"*".parse().unwrap()).unwrap();
+            assert_eq!(asterisk.authority().unwrap(), "10.0.0.1:8000");
+            assert_eq!(asterisk.path(), "*");
+            for target in ["http://evil.example:1/x?y", "evil.example:443", "/x"] {
+                let uri = upstream.uri_for(&target.parse().unwrap()).unwrap();
+                assert_eq!(uri.scheme_str(), Some("http"), "{target}");
+                assert_eq!(uri.authority().unwrap(), "10.0.0.1:8000", "{target}");
+            }
+        }
         assert_eq!(redact("http://host/a@b"), "http://host/a@b");
     }
 }
