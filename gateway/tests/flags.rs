@@ -2,11 +2,9 @@
 
 mod support;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use support::{Gateway, PATIENCE, post, send, upstream};
+use support::{Gateway, post, refused, send, upstream};
 
 fn ready_line(gateway: &Gateway) -> String {
     let log = gateway.log();
@@ -80,32 +78,12 @@ fn a_duration_too_long_for_the_clock_is_refused_at_start_naming_its_flag() {
         "--header-read-timeout",
         "--request-body-idle",
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"));
+        command
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
-            .args([flag, "500000000000y"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .args([flag, "500000000000y"]);
         // A gateway that took the value would run (and panic at its first request).
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("{flag} 500000000000y: the gateway started");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let (status, stderr) = refused(command);
         assert_eq!(status.code(), Some(2), "{flag}: {stderr}");
         assert!(stderr.contains(flag), "{flag}: {stderr}");
         assert!(stderr.contains("too long"), "{flag}: {stderr}");
