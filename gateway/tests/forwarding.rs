@@ -74,3 +74,23 @@ async fn options_asterisk_reaches_the_configured_upstream_with_its_credentials_o
         [basic.clone(), basic]
     );
 }
+
+#[tokio::test]
+async fn a_connection_header_with_an_unreadable_byte_still_strips_the_headers_it_names() {
+    let (upstream, _) = upstream::start().await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    let answer = exchange(
+        &gateway,
+        b"GET /v1/headers HTTP/1.1\r\nhost: gateway\r\n\
+          connection: close\r\nconnection: x-secret, x-\xffjunk\r\n\
+          x-secret: 1\r\nx-kept: 1\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(body.contains("x-kept\n"), "{body}");
+    assert!(
+        !body.contains("x-secret"),
+        "a header named in Connection went on: {body}"
+    );
+}
