@@ -21,7 +21,7 @@ use crate::errors::{error_chain, json_error, request_timeout};
 use crate::headers;
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
-use crate::request_body::{self, BodyIdle, ReadError, RequestBody};
+use crate::request_body::{self, BodyBroken, BodyIdle, ReadError, RequestBody};
 use crate::shutdown::DrainBody;
 use crate::upstream::{self, UpstreamClient};
 use crate::upstream_url::Upstream;
@@ -185,6 +185,18 @@ impl Gateway {
         if let Some(idle) = crate::errors::find::<BodyIdle>(err) {
             log.note(idle.to_string());
             return request_timeout(&idle.to_string());
+        }
+        if let Some(broken) = crate::errors::find::<BodyBroken>(err) {
+            // The attempt is over (the upstream connection closed with the body unfinished);
+            // the answer reaches a client that is still there, if any.
+            log.client_left();
+            log.note(broken.to_string());
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "bad_request_body",
+                &broken.to_string(),
+            );
         }
         let chain = error_chain(err);
         log.note(chain.clone());

@@ -44,6 +44,23 @@ impl std::fmt::Display for BodyIdle {
 
 impl std::error::Error for BodyIdle {}
 
+/// The caller's request body broke off before its end (the client went away, say): the
+/// client's doing, not the upstream's.
+#[derive(Debug)]
+pub struct BodyBroken(pub hyper::Error);
+
+impl std::fmt::Display for BodyBroken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body broke off: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyBroken {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 pub async fn read(
     headers: &HeaderMap,
     mut body: Incoming,
@@ -99,7 +116,7 @@ pub async fn read(
 
 pin_project_lite::pin_project! {
     /// The frames already read, then the rest of the caller's body, failing with [`BodyIdle`]
-    /// when the caller stops sending.
+    /// when the caller stops sending and [`BodyBroken`] when its body breaks off.
     pub struct Streamed {
         prefix: VecDeque<Frame<Bytes>>,
         #[pin]
@@ -138,7 +155,7 @@ impl Body for Streamed {
         }
         if let Poll::Ready(frame) = this.rest.poll_frame(cx) {
             *this.waiting = false;
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+            return Poll::Ready(frame.map(|frame| frame.map_err(|err| BodyBroken(err).into())));
         }
         if !*this.waiting {
             // The wait starts now, not when the last frame came: the upstream may have been
