@@ -177,6 +177,71 @@ async fn a_stalled_streamed_request_body_is_answered_408_too() {
     }
 }
 
+/// Sends `head`, then one byte of its body every 100 ms (faster than the 30 s request-body
+/// idle timeout) until the gateway answers; that answer, and how long it took.
+async fn answer_to_a_trickled_body(gateway: &Gateway, head: &[u8]) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline && write.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, read.read_to_end(&mut answer)).await;
+    trickle.abort();
+    assert!(
+        read.is_ok(),
+        "no answer to a body still coming after {PATIENCE:?}"
+    );
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_request_body_sent_slowly_is_ended_by_the_total_budget_with_408() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--total",
+            "1s",
+            "--request-body-idle",
+            "30s",
+        ],
+        &[],
+    );
+    let (answer, took) = answer_to_a_trickled_body(
+        &gateway,
+        b"POST /v1/complete HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("total budget of 1s"), "{answer}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    // A client's shorter x-request-timeout shortens the body's time too.
+    let (answer, _) = answer_to_a_trickled_body(
+        &gateway,
+        b"POST /v1/complete HTTP/1.1\r\nhost: x\r\nx-request-timeout: 300ms\r\n\
+          content-length: 100000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Counted from the arrival, by the header's clock: 300 ms and a hair.
+    assert!(answer.contains("total budget of 300"), "{answer}");
+    assert_eq!(
+        upstream::Counts::get(&counts.requests),
+        0,
+        "nothing went upstream"
+    );
+}
+
 #[tokio::test]
 async fn credentials_in_the_upstream_are_sent_as_basic_auth_and_never_printed() {
     let (upstream, counts) = upstream::start().await;
