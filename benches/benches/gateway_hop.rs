@@ -37,7 +37,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use stream_deadline_gateway::config::Flags;
-use stream_deadline_gateway::request_body::{self, RequestBody};
+use stream_deadline_gateway::request_body::{self, BodyLimits, RequestBody};
 use stream_deadline_gateway::{headers, listener, metrics, proxy, upstream};
 use tokio::net::TcpStream;
 
@@ -263,7 +263,7 @@ fn proxy_child(kind: &str) {
 async fn plain_proxy(listener: tokio::net::TcpListener, flags: &Flags) {
     let client = upstream::client(flags).unwrap();
     let upstream = flags.upstream.clone();
-    let idle = flags.request_body_idle;
+    let (idle, total) = (flags.request_body_idle, flags.total);
     let mut server = auto::Builder::new(TokioExecutor::new());
     server
         .http1()
@@ -283,7 +283,8 @@ async fn plain_proxy(listener: tokio::net::TcpListener, flags: &Flags) {
                     let (mut parts, body) = request.into_parts();
                     parts.uri = upstream.uri_for(&parts.uri).unwrap();
                     headers::prepare_request(&mut parts, peer);
-                    let body = match request_body::read(&parts.headers, body, idle).await {
+                    let limits = BodyLimits::new(idle, tokio::time::Instant::now(), total);
+                    let body = match request_body::read(&parts.headers, body, limits).await {
                         Ok(RequestBody::Replayable(bytes)) => {
                             http_body_util::Either::Left(Full::new(bytes))
                         }

@@ -11,7 +11,7 @@ use crate::subscriber::LogFormat;
 use crate::upstream_url::{DEFAULT_UPSTREAM, Upstream};
 
 const AFTER_HELP: &str = "\
-DURATIONS: a number and a unit (500ms, 45s, 1.5s, 2m, 1h); a bare number is seconds.
+DURATIONS: a number and a unit (500ms, 45s, 1.5s, 2m, 1h); a bare number is seconds; at most 100y.
 
 Every flag can also be set from the environment: STREAM_DEADLINE_ and the flag in capitals,
 dashes as underscores (STREAM_DEADLINE_UPSTREAM, STREAM_DEADLINE_FIRST_FRAME, ...). A flag
@@ -95,7 +95,8 @@ pub struct Flags {
     )]
     pub backlog: u32,
 
-    /// How long a client may take to send a request head.
+    /// How long a connection may wait for its next request head, from the accept and from the end
+    /// of each response (HTTP/2: for a new stream); a connection that sends none in time is closed.
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
     pub header_read_timeout: Duration,
 

@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-/// Parses `text` (surrounding spaces ignored).
+/// The longest duration taken: 100 years (of 365.25 days, as humantime counts them). Longer ones are refused, because deadlines are
+/// instants of the monotonic clock (and of hyper's timers), which cannot count that far.
+pub const MAX: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// Parses `text` (surrounding spaces ignored); at most [`MAX`].
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let bare = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
@@ -13,7 +17,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     } else {
         humantime::parse_duration(text)
     };
-    parsed.map_err(|err| format!("`{text}` is not a duration ({err}); try 500ms, 45s, 1.5s, 2m"))
+    match parsed {
+        Ok(duration) if duration <= MAX => Ok(duration),
+        Ok(_) => Err(format!("`{text}` is too long: at most 100 years")),
+        Err(err) => Err(format!(
+            "`{text}` is not a duration ({err}); try 500ms, 45s, 1.5s, 2m"
+        )),
+    }
 }
 
 /// A budget that may be switched off with `off` (or `none`).
@@ -50,8 +60,11 @@ mod tests {
             "abc",
             ".",
             "99999999999999999999999s",
+            "500000000000y",
+            "101y",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
+        assert_eq!(parse("100y"), Ok(MAX));
     }
 }

@@ -20,12 +20,13 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Read as bytes, token by token: one byte that is not visible ASCII must not hide the
+    // other names a `Connection` header lists. A token that is no header name names nothing.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
     for name in named.iter().chain(&HOP_BY_HOP.map(HeaderName::from_static)) {
         headers.remove(name);
@@ -86,6 +87,23 @@ mod tests {
         let mut left: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
         left.sort();
         assert_eq!(left, ["authorization", "te"]);
+    }
+
+    #[test]
+    fn a_connection_header_with_unreadable_bytes_still_names_its_readable_tokens() {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_bytes(b"x-secret, x-\xffjunk,\tx-other ,").unwrap();
+        headers.insert(CONNECTION, value);
+        headers.append(
+            CONNECTION,
+            HeaderValue::from_bytes(b"\x80, x-third").unwrap(),
+        );
+        for name in ["x-secret", "x-other", "x-third", "x-kept"] {
+            headers.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]

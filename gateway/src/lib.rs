@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connection_idle;
 pub mod duration;
 pub mod errors;
 pub mod headers;

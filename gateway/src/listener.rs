@@ -1,6 +1,7 @@
 //! The proxied port: a listen queue sized for bursts, at most `--max-connections` served at
-//! once, a limit on reading request heads, and an accept loop that neither spins nor floods
-//! the log when the process runs out of file descriptors.
+//! once, connections closed when they wait too long for a request (see `connection_idle`),
+//! and an accept loop that neither spins nor floods the log when the process runs out of
+//! file descriptors.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Flags;
+use crate::connection_idle::{Activity, Tracked};
 use crate::log::TARGET;
 use crate::proxy::Gateway;
 
@@ -108,18 +110,31 @@ pub async fn serve(
         // Tokens are small writes that should leave at once.
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
+        let activity = Activity::new();
+        let requests = activity.clone();
         let service = service_fn(move |request| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+            let in_flight = requests.start();
+            async move {
+                let response = gateway.handle(request, peer).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
         });
         let connection = server
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watcher().watch(connection);
         let freed = freed.clone();
+        let head_timeout = flags.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(target: TARGET, %peer, %err, "connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(err) = ended {
+                    tracing::debug!(target: TARGET, %peer, %err, "connection ended with an error");
+                },
+                // No request in flight: dropping the connection closes it at once.
+                () = activity.waited(head_timeout) => {
+                    tracing::debug!(target: TARGET, %peer, timeout = ?head_timeout, "closed a connection that sent no request head in time");
+                }
             }
             drop(slot);
             freed.notify_one();

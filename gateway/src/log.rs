@@ -23,6 +23,9 @@ pub struct RequestLog {
     status: AtomicU16,
     attempts: AtomicU32,
     forwarded: AtomicBool,
+    /// The client went away mid-request: whatever the upstream attempt reported, the request
+    /// ends as `dropped`.
+    client_left: AtomicBool,
     /// The outcome of the last attempt, and when its first frame came, counted from the
     /// request's arrival (so across retries: what the client waited for its first token).
     last: Mutex<Option<(Outcome, Option<Duration>)>>,
@@ -52,6 +55,7 @@ impl RequestLog {
             status: AtomicU16::new(0),
             attempts: AtomicU32::new(0),
             forwarded: AtomicBool::new(false),
+            client_left: AtomicBool::new(false),
             last: Mutex::new(None),
             note: Mutex::new(None),
             warning: Mutex::new(None),
@@ -64,6 +68,11 @@ impl RequestLog {
     /// The request goes to the upstream: it will end with an outcome.
     pub fn forwarding(&self) {
         self.forwarded.store(true, Ordering::Relaxed);
+    }
+
+    /// The client went away before the request was over (its body broke off).
+    pub fn client_left(&self) {
+        self.client_left.store(true, Ordering::Relaxed);
     }
 
     /// Called once per attempt, from the deadline layer, as it ends.
@@ -138,8 +147,11 @@ impl Drop for RequestLog {
             .map(|id| id.as_bytes().escape_ascii().to_string());
         let elapsed = self.started.elapsed();
         let attempts = *self.attempts.get_mut();
-        // The crate's name for the ending, as the metrics label it.
+        // The crate's name for the ending, as the metrics label it; a client that left
+        // mid-body dropped the request, whatever the attempt reported.
+        let client_left = *self.client_left.get_mut();
         let (ending, first_frame, frames, bytes) = match &last {
+            Some(_) if client_left => ("dropped".to_owned(), None, 0, 0),
             Some((o, first_frame)) => {
                 let ending = o.ending.as_str().replace('-', "_");
                 (ending, *first_frame, o.frames, o.bytes)

@@ -22,7 +22,7 @@ use crate::errors::{error_chain, json_error, request_timeout};
 use crate::headers;
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
-use crate::request_body::{self, BodyIdle, ReadError, RequestBody};
+use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
 use crate::shutdown::DrainBody;
 use crate::upstream::{self, UpstreamClient};
 use crate::upstream_url::Upstream;
@@ -40,6 +40,8 @@ pub struct Gateway {
     layer: StreamDeadlineLayer<ReleaseUnpolled>,
     retries: usize,
     request_body_idle: std::time::Duration,
+    /// The total budget of a request, which its body must also come within.
+    total: std::time::Duration,
     metrics: Arc<Metrics>,
     /// Cancelled at the end of the shutdown grace: live responses end then.
     cut: CancellationToken,
@@ -57,6 +59,7 @@ impl Gateway {
             layer: flags.layer(),
             retries: flags.retries,
             request_body_idle: flags.request_body_idle,
+            total: flags.total,
             metrics,
             cut,
         })
@@ -106,10 +109,20 @@ impl Gateway {
         peer: SocketAddr,
         log: &Arc<RequestLog>,
     ) -> Result<Response<DeadlineBody<Incoming>>, Response<Full<Bytes>>> {
+        let arrived = tokio::time::Instant::now();
         let (mut parts, body) = request.into_parts();
-        if let Some(deadline) = client_deadline(&parts.headers, log) {
+        let client_deadline = client_deadline(&parts.headers, log);
+        if let Some(deadline) = client_deadline {
             parts.extensions.insert(deadline);
         }
+        // The body must come within the request's total budget too.
+        let budget = client_deadline.map_or(self.total, |client| {
+            client
+                .at()
+                .saturating_duration_since(arrived)
+                .min(self.total)
+        });
+        let limits = BodyLimits::new(self.request_body_idle, arrived, budget);
         parts.uri = self.upstream.uri_for(&parts.uri).map_err(|err| {
             log.note(format!("bad request URI: {err}"));
             json_error(
@@ -132,7 +145,7 @@ impl Gateway {
             move |outcome| log.record(outcome)
         }));
 
-        let body = match request_body::read(&parts.headers, body, self.request_body_idle).await {
+        let body = match request_body::read(&parts.headers, body, limits).await {
             Ok(RequestBody::Replayable(bytes)) => {
                 if let Some(model) = model::named_in(&bytes) {
                     log.model(model);
@@ -140,8 +153,8 @@ impl Gateway {
                 RequestBody::Replayable(bytes)
             }
             Ok(body) => body,
-            Err(ReadError::Idle(idle)) => {
-                let why = BodyIdle(idle).to_string();
+            Err(ReadError::TimedOut(timeout)) => {
+                let why = timeout.to_string();
                 log.note(why.clone());
                 return Err(request_timeout(&why));
             }
@@ -203,9 +216,21 @@ impl Gateway {
             }
             return response;
         }
-        if let Some(idle) = crate::errors::find::<BodyIdle>(err) {
-            log.note(idle.to_string());
-            return request_timeout(&idle.to_string());
+        if let Some(timeout) = crate::errors::find::<BodyTimeout>(err) {
+            log.note(timeout.to_string());
+            return request_timeout(&timeout.to_string());
+        }
+        if let Some(broken) = crate::errors::find::<BodyBroken>(err) {
+            // The attempt is over (the upstream connection closed with the body unfinished);
+            // the answer reaches a client that is still there, if any.
+            log.client_left();
+            log.note(broken.to_string());
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "bad_request_body",
+                &broken.to_string(),
+            );
         }
         let chain = error_chain(err);
         log.note(chain.clone());

@@ -1,5 +1,6 @@
 //! Request bodies: buffered up to the replay limit (so a retry can send them again), streamed
-//! beyond it; in both cases a caller that stops sending is timed out.
+//! beyond it; in both cases a caller that stops sending, or sends too slowly to finish within
+//! the request's total budget, is timed out.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -27,27 +28,87 @@ pub enum RequestBody {
 /// Why a request body could not be read.
 #[derive(Debug)]
 pub enum ReadError {
-    /// Nothing came for this long.
-    Idle(Duration),
+    TimedOut(BodyTimeout),
     Failed(hyper::Error),
 }
 
-/// The caller sent no more of its request body for the idle timeout.
-#[derive(Debug)]
-pub struct BodyIdle(pub Duration);
+/// How long a request body may take.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// The longest wait for its next piece (`--request-body-idle`).
+    idle: Duration,
+    /// When the request's total budget runs out.
+    deadline: Instant,
+    /// That budget, for the error.
+    budget: Duration,
+}
 
-impl std::fmt::Display for BodyIdle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no more of the request body came for {:?}", self.0)
+impl BodyLimits {
+    /// For a request that arrived at `arrived` with the total `budget`.
+    pub fn new(idle: Duration, arrived: Instant, budget: Duration) -> Self {
+        BodyLimits {
+            idle,
+            // Every duration the gateway takes is at most 100 years: this is on the clock.
+            deadline: arrived.checked_add(budget).unwrap_or(arrived),
+            budget,
+        }
+    }
+
+    /// When a wait that starts now ends, and what it is called if it runs out.
+    fn wait(&self) -> (Instant, BodyTimeout) {
+        match Instant::now().checked_add(self.idle) {
+            Some(at) if at < self.deadline => (at, BodyTimeout::Idle(self.idle)),
+            _ => (self.deadline, BodyTimeout::Total(self.budget)),
+        }
     }
 }
 
-impl std::error::Error for BodyIdle {}
+/// The caller's request body did not come in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyTimeout {
+    /// No more of it came for the idle timeout.
+    Idle(Duration),
+    /// Not all of it came within the request's total budget.
+    Total(Duration),
+}
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyTimeout::Idle(idle) => {
+                write!(f, "no more of the request body came for {idle:?}")
+            }
+            BodyTimeout::Total(budget) => write!(
+                f,
+                "the request body did not all come within the request's total budget of {budget:?}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// The caller's request body broke off before its end (the client went away, say): the
+/// client's doing, not the upstream's.
+#[derive(Debug)]
+pub struct BodyBroken(pub hyper::Error);
+
+impl std::fmt::Display for BodyBroken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body broke off: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyBroken {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 pub async fn read(
     headers: &HeaderMap,
     mut body: Incoming,
-    idle: Duration,
+    limits: BodyLimits,
 ) -> Result<RequestBody, ReadError> {
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -57,14 +118,15 @@ pub async fn read(
         return Ok(RequestBody::Streamed(Streamed::new(
             VecDeque::new(),
             body,
-            idle,
+            limits,
         )));
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut length = 0;
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(ReadError::Idle(idle)),
+        let (at, timeout) = limits.wait();
+        let frame = match tokio::time::timeout_at(at, body.frame()).await {
+            Err(_) => return Err(ReadError::TimedOut(timeout)),
             Ok(None) => break,
             Ok(Some(frame)) => frame.map_err(ReadError::Failed)?,
         };
@@ -74,13 +136,13 @@ pub async fn read(
                 chunks.push(data);
                 if length > REPLAY_LIMIT {
                     let prefix = chunks.into_iter().map(Frame::data).collect();
-                    return Ok(RequestBody::Streamed(Streamed::new(prefix, body, idle)));
+                    return Ok(RequestBody::Streamed(Streamed::new(prefix, body, limits)));
                 }
             }
             Err(trailers) => {
                 let mut prefix: VecDeque<_> = chunks.into_iter().map(Frame::data).collect();
                 prefix.push_back(trailers);
-                return Ok(RequestBody::Streamed(Streamed::new(prefix, body, idle)));
+                return Ok(RequestBody::Streamed(Streamed::new(prefix, body, limits)));
             }
         }
     }
@@ -98,28 +160,28 @@ pub async fn read(
 }
 
 pin_project_lite::pin_project! {
-    /// The frames already read, then the rest of the caller's body, failing with [`BodyIdle`]
-    /// when the caller stops sending.
+    /// The frames already read, then the rest of the caller's body, failing with
+    /// [`BodyTimeout`] when the caller stops sending or runs out of its total budget, and [`BodyBroken`] when its body breaks off.
     pub struct Streamed {
         prefix: VecDeque<Frame<Bytes>>,
         #[pin]
         rest: Incoming,
         // Boxed: the upstream client needs an `Unpin` body.
         timer: Pin<Box<Sleep>>,
-        idle: Duration,
-        // Whether `timer` is set for the current wait.
-        waiting: bool,
+        limits: BodyLimits,
+        // What the current wait, if any, is called when `timer` fires.
+        waiting: Option<BodyTimeout>,
     }
 }
 
 impl Streamed {
-    fn new(prefix: VecDeque<Frame<Bytes>>, rest: Incoming, idle: Duration) -> Self {
+    fn new(prefix: VecDeque<Frame<Bytes>>, rest: Incoming, limits: BodyLimits) -> Self {
         Streamed {
             prefix,
             rest,
-            timer: Box::pin(tokio::time::sleep(idle)),
-            idle,
-            waiting: false,
+            timer: Box::pin(tokio::time::sleep_until(limits.deadline)),
+            limits,
+            waiting: None,
         }
     }
 }
@@ -137,19 +199,22 @@ impl Body for Streamed {
             return Poll::Ready(Some(Ok(frame)));
         }
         if let Poll::Ready(frame) = this.rest.poll_frame(cx) {
-            *this.waiting = false;
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+            *this.waiting = None;
+            return Poll::Ready(frame.map(|frame| frame.map_err(|err| BodyBroken(err).into())));
         }
-        if !*this.waiting {
-            // The wait starts now, not when the last frame came: the upstream may have been
-            // slow to take it.
-            let at = Instant::now().checked_add(*this.idle);
-            let Some(at) = at else { return Poll::Pending };
-            this.timer.as_mut().reset(at);
-            *this.waiting = true;
-        }
+        let timeout = match *this.waiting {
+            Some(timeout) => timeout,
+            None => {
+                // The wait starts now, not when the last frame came: the upstream may have
+                // been slow to take it.
+                let (at, timeout) = this.limits.wait();
+                this.timer.as_mut().reset(at);
+                *this.waiting = Some(timeout);
+                timeout
+            }
+        };
         ready!(this.timer.as_mut().poll(cx));
-        Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle)))))
+        Poll::Ready(Some(Err(Box::new(timeout))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -170,5 +235,25 @@ impl Body for Streamed {
             hint.set_upper(upper + buffered);
         }
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_at_the_idle_timeout_or_the_total_budget_whichever_comes_first() {
+        let idle = Duration::from_secs(30);
+        let arrived = Instant::now();
+        let limits = BodyLimits::new(idle, arrived, Duration::from_secs(45));
+        assert_eq!(limits.wait(), (arrived + idle, BodyTimeout::Idle(idle)));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let total = BodyTimeout::Total(Duration::from_secs(45));
+        assert_eq!(limits.wait(), (arrived + Duration::from_secs(45), total));
+        assert_eq!(
+            total.to_string(),
+            "the request body did not all come within the request's total budget of 45s"
+        );
     }
 }

@@ -1,7 +1,14 @@
 //! The `--upstream` URL: where requests go, how it is shown (never with its credentials),
 //! and the Basic credentials it may carry.
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
+use percent_encoding::percent_decode_str;
+use url::Url;
+
+/// How to write the credentials that an unusable URL may be hiding.
+const ESCAPE: &str =
+    " (in a user name or password, write `/` `?` `#` `@` `:` `%` as %2F %3F %23 %40 %3A %25)";
 
 /// The URL used when none is given.
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
@@ -9,8 +16,9 @@ pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
 /// The upstream's scheme and authority, and a path prefix put before every request's path.
 #[derive(Clone)]
 pub struct Upstream {
-    /// `scheme://host:port`, without credentials.
-    origin: String,
+    scheme: Scheme,
+    /// `host:port`, without credentials.
+    authority: Authority,
     prefix: String,
     /// The URL for logs: credentials replaced by `***`.
     shown: String,
@@ -20,44 +28,74 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Reads `--upstream` with a URL parser. An error never quotes `text`: a password holding
+    /// an unescaped `/`, `?`, `#` or `@` ends up in what the parser takes for the host, port,
+    /// path, query or fragment, so no part of an unusable URL is safe to show.
     pub fn parse(text: &str) -> Result<Upstream, String> {
-        // Errors echo the URL with its credentials hidden, like the logs.
-        let uri: Uri = text
-            .parse()
-            .map_err(|err| format!("`{}`: {err}", redact(text)))?;
-        let shown_input = redact(text);
-        let https = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => {
-                return Err(format!(
-                    "`{shown_input}`: an http:// or https:// URL is needed"
-                ));
-            }
+        let url =
+            Url::parse(text.trim()).map_err(|err| format!("is not a usable URL: {err}{ESCAPE}"))?;
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return Err("needs an http:// or https:// URL".to_owned()),
         };
-        let authority = uri.authority().ok_or(format!("`{shown_input}`: no host"))?;
-        if uri.query().is_some() {
-            return Err(format!("`{shown_input}`: a query is not allowed here"));
+        let host = url
+            .host_str()
+            .filter(|host| !host.is_empty())
+            .ok_or(format!("has no host{ESCAPE}"))?;
+        if url.port() == Some(0) {
+            return Err("has port 0: a port from 1 to 65535 is needed".to_owned());
         }
-        let scheme = if https { "https" } else { "http" };
-        let prefix = uri.path().trim_end_matches('/').to_owned();
-        let (userinfo, host) = match authority.as_str().rsplit_once('@') {
-            Some((userinfo, host)) => (Some(userinfo), host),
-            None => (None, authority.as_str()),
+        if url.query().is_some() {
+            return Err(format!("has a query, which is not allowed here{ESCAPE}"));
+        }
+        if url.fragment().is_some() {
+            return Err(format!(
+                "has a fragment (`#`), which is not allowed here{ESCAPE}"
+            ));
+        }
+        if url.path().contains('@') {
+            return Err(format!("has an `@` in its path{ESCAPE}"));
+        }
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
         };
+        let authority: Authority = authority
+            .parse()
+            .map_err(|err| format!("has a host that cannot be used: {err}"))?;
+        let prefix = url.path().trim_end_matches('/').to_owned();
+        let credentials = !url.username().is_empty() || url.password().is_some();
+        let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
+        let hidden = if credentials { "***@" } else { "" };
         Ok(Upstream {
-            origin: format!("{scheme}://{host}"),
-            shown: format!("{scheme}://{}{prefix}", redact(authority.as_str())),
+            shown: format!("{scheme}://{hidden}{authority}{prefix}"),
+            scheme,
+            authority,
             prefix,
             https,
-            authorization: userinfo.and_then(basic_authorization),
+            authorization: credentials
+                .then(|| basic_authorization(url.username(), url.password().unwrap_or("")))
+                .flatten(),
         })
     }
 
-    /// The upstream URI for a request's path and query.
-    pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::uri::InvalidUri> {
-        let path = incoming.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("{}{}{}", self.origin, self.prefix, path).parse()
+    /// The upstream URI for a request's path and query: always the upstream's scheme, host
+    /// and port, whatever the request's target; the asterisk form (`OPTIONS *`) names the
+    /// upstream server as a whole, so it stays `*`, without the prefix.
+    pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::Error> {
+        let path_and_query = match incoming.path_and_query() {
+            Some(target) if target.as_str() == "*" => target.clone(),
+            target => {
+                let path = target.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{}{path}", self.prefix))?
+            }
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 }
 
@@ -69,36 +107,22 @@ impl std::fmt::Display for Upstream {
 }
 
 /// `Basic base64(user:password)`, the URL's percent-escapes decoded (RFC 7617).
-fn basic_authorization(userinfo: &str) -> Option<HeaderValue> {
+fn basic_authorization(user: &str, password: &str) -> Option<HeaderValue> {
     use base64::Engine as _;
-    let decoded = percent_encoding::percent_decode_str(userinfo).collect::<Vec<u8>>();
+    let mut decoded: Vec<u8> = percent_decode_str(user).collect();
+    decoded.push(b':');
+    decoded.extend(percent_decode_str(password));
     let encoded = base64::engine::general_purpose::STANDARD.encode(decoded);
     let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
     value.set_sensitive(true);
     Some(value)
 }
 
-/// `user:pw@host` and `scheme://user:pw@host/...` become `***@host...`.
-fn redact(text: &str) -> String {
-    let (scheme, rest) = match text.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, text),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let rest = match rest[..authority_end].rfind('@') {
-        Some(at) => format!("***{}", &rest[at..]),
-        None => rest.to_owned(),
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{rest}"),
-        None => rest,
-    }
-}
-
 impl Default for Upstream {
     fn default() -> Self {
         Upstream::parse(DEFAULT_UPSTREAM).unwrap_or(Upstream {
-            origin: DEFAULT_UPSTREAM.to_owned(),
+            scheme: Scheme::HTTP,
+            authority: Authority::from_static("127.0.0.1:8000"),
             prefix: String::new(),
             shown: DEFAULT_UPSTREAM.to_owned(),
             https: false,
@@ -133,7 +157,58 @@ mod tests {
         assert_eq!(escaped.authorization.unwrap(), "Basic dXNAcjpwOnc=");
         let err = Upstream::parse("ftp://user:s3cret@host/").unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
-        assert_eq!(redact("user:pw@host:1"), "***@host:1");
-        assert_eq!(redact("http://host/a@b"), "http://host/a@b");
+    }
+
+    #[test]
+    fn a_password_with_reserved_characters_is_escaped_or_refused_and_never_shown() {
+        // `p/?#@:%w`, escaped: taken, and sent whole.
+        let upstream = Upstream::parse("http://user:p%2F%3F%23%40%3A%25w@host:8000/base").unwrap();
+        assert_eq!(upstream.to_string(), "http://***@host:8000/base");
+        let uri = upstream.uri_for(&"/v1".parse().unwrap()).unwrap();
+        assert_eq!(uri, "http://host:8000/base/v1");
+        // base64 of `user:p/?#@:%w`
+        assert_eq!(
+            upstream.authorization.unwrap(),
+            "Basic dXNlcjpwLz8jQDoldw=="
+        );
+        // Unescaped, the password is read as a port, path, query or fragment: refused, and the
+        // error shows none of it.
+        for url in [
+            "http://usr1:Pw1/Pw2@host:8000",
+            "http://usr1:80/Pw2@host:8000",
+            "http://usr1:Pw1?Pw2@host:8000",
+            "http://usr1:80?Pw2@host:8000",
+            "http://usr1:Pw1#Pw2@host:8000",
+            "http://usr1:80#Pw2@host:8000",
+            "http://usr1:Pw1%@Pw2@host:99999",
+        ] {
+            let err = Upstream::parse(url).unwrap_err();
+            for part in ["usr1", "Pw1", "Pw2"] {
+                assert!(!err.contains(part), "{url}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_port_out_of_range_is_refused() {
+        for url in ["http://host:65536", "http://host:0", "http://host:-1"] {
+            assert!(Upstream::parse(url).is_err(), "{url}");
+        }
+        assert!(Upstream::parse("http://host:65535").is_ok());
+    }
+
+    #[test]
+    fn every_target_goes_to_the_upstream_and_the_asterisk_form_stays_whole() {
+        for url in ["http://10.0.0.1:8000", "http://10.0.0.1:8000/base/"] {
+            let upstream = Upstream::parse(url).unwrap();
+            let asterisk = upstream.uri_for(&"*".parse().unwrap()).unwrap();
+            assert_eq!(asterisk.authority().unwrap(), "10.0.0.1:8000");
+            assert_eq!(asterisk.path(), "*");
+            for target in ["http://evil.example:1/x?y", "evil.example:443", "/x"] {
+                let uri = upstream.uri_for(&target.parse().unwrap()).unwrap();
+                assert_eq!(uri.scheme_str(), Some("http"), "{target}");
+                assert_eq!(uri.authority().unwrap(), "10.0.0.1:8000", "{target}");
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{Gateway, post, send, upstream};
+use support::{Gateway, post, refused, send, upstream};
 
 fn ready_line(gateway: &Gateway) -> String {
     let log = gateway.log();
@@ -60,6 +60,28 @@ fn help_names_the_environment_and_what_a_bare_number_means() {
             help.contains(expected),
             "--help lacks {expected:?}:\n{help}"
         );
+    }
+}
+
+#[test]
+fn a_duration_too_long_for_the_clock_is_refused_at_start_naming_its_flag() {
+    for flag in [
+        "--total",
+        "--first-frame",
+        "--idle",
+        "--shutdown-grace",
+        "--header-read-timeout",
+        "--request-body-idle",
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+            .args([flag, "500000000000y"]);
+        // A gateway that took the value would run (and panic at its first request).
+        let (status, stderr) = refused(command);
+        assert_eq!(status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        assert!(stderr.contains("too long"), "{flag}: {stderr}");
     }
 }
 

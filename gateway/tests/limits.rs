@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Gateway, PATIENCE, get, post, send, upstream};
+use support::{Gateway, PATIENCE, get, post, refused, send, upstream};
 
 /// Reads what the gateway sends on `stream` until it closes the connection.
 async fn read_to_close(stream: &mut TcpStream) -> String {
@@ -177,6 +177,71 @@ async fn a_stalled_streamed_request_body_is_answered_408_too() {
     }
 }
 
+/// Sends `head`, then one byte of its body every 100 ms (faster than the 30 s request-body
+/// idle timeout) until the gateway answers; that answer, and how long it took.
+async fn answer_to_a_trickled_body(gateway: &Gateway, head: &[u8]) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline && write.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, read.read_to_end(&mut answer)).await;
+    trickle.abort();
+    assert!(
+        read.is_ok(),
+        "no answer to a body still coming after {PATIENCE:?}"
+    );
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_request_body_sent_slowly_is_ended_by_the_total_budget_with_408() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--total",
+            "1s",
+            "--request-body-idle",
+            "30s",
+        ],
+        &[],
+    );
+    let (answer, took) = answer_to_a_trickled_body(
+        &gateway,
+        b"POST /v1/complete HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("total budget of 1s"), "{answer}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    // A client's shorter x-request-timeout shortens the body's time too.
+    let (answer, _) = answer_to_a_trickled_body(
+        &gateway,
+        b"POST /v1/complete HTTP/1.1\r\nhost: x\r\nx-request-timeout: 300ms\r\n\
+          content-length: 100000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Counted from the arrival, by the header's clock: 300 ms and a hair.
+    assert!(answer.contains("total budget of 300"), "{answer}");
+    assert_eq!(
+        upstream::Counts::get(&counts.requests),
+        0,
+        "nothing went upstream"
+    );
+}
+
 #[tokio::test]
 async fn credentials_in_the_upstream_are_sent_as_basic_auth_and_never_printed() {
     let (upstream, counts) = upstream::start().await;
@@ -231,4 +296,67 @@ async fn credentials_in_the_upstream_are_sent_as_basic_auth_and_never_printed() 
         .unwrap();
     assert!(help.status.success());
     assert!(!String::from_utf8_lossy(&help.stdout).contains("s3cret"));
+}
+
+/// The password `p/?#@:%w` in every form it could be printed in: as given, escaped in the
+/// URL, and in its Basic credentials (`user:p/?#@:%w`).
+const PASSWORD_FORMS: [&str; 3] = ["p/?#@:%w", "p%2F%3F%23%40%3A%25w", "dXNlcjpwLz8jQDoldw=="];
+
+#[tokio::test]
+async fn a_password_holding_url_delimiters_is_sent_whole_and_never_printed_even_at_trace() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://user:p%2F%3F%23%40%3A%25w@{upstream}/base"),
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        *counts.authorizations.lock().unwrap(),
+        [Some("Basic dXNlcjpwLz8jQDoldw==".to_owned())]
+    );
+    let metrics = get(gateway.admin.unwrap(), "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let log = gateway
+        .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
+        .await;
+    let stdout = gateway.stdout();
+    assert!(log.contains("upstream=http://***@127.0.0.1"), "{log}");
+    assert!(log.contains("TRACE"), "not logging at trace: {log}");
+    for printed in [&stdout, &log, &metrics.body] {
+        for form in PASSWORD_FORMS {
+            assert!(!printed.contains(form), "{form} printed:\n{printed}");
+        }
+    }
+}
+
+#[test]
+fn an_unusable_upstream_is_refused_at_start_naming_what_is_wrong_but_not_the_password() {
+    for (url, wrong) in [
+        // Unescaped, the password's `/`, `?` or `#` ends the host: what follows `:` is no port.
+        ("http://user:p/?#@:%w@127.0.0.1:8000", "invalid port number"),
+        ("http://user:8000#p/?#@:%w@127.0.0.1:8000", "fragment"),
+        ("http://user:8000?p/?#@:%w@127.0.0.1:8000", "query"),
+        ("http://user:8000/p@:%w@127.0.0.1:8000", "`@` in its path"),
+        (
+            "http://user:p%2F%3F%23%40%3A%25w@127.0.0.1:65536",
+            "invalid port number",
+        ),
+        ("http://user:p%2F%3F%23%40%3A%25w@127.0.0.1:0", "port 0"),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+            .args(["--upstream", url]);
+        let (status, stderr) = refused(command);
+        assert_eq!(status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains("--upstream"), "{url}: {stderr}");
+        assert!(stderr.contains(wrong), "{url}: {stderr}");
+        for form in PASSWORD_FORMS.iter().chain(&["p/?#@", "p@:%w", "%w@"]) {
+            assert!(!stderr.contains(form), "{url}: {stderr}");
+        }
+    }
 }

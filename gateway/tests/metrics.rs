@@ -104,6 +104,45 @@ async fn after_a_known_mix_each_counter_holds_exactly_what_happened() {
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_mid_body_is_counted_as_dropped_not_as_an_upstream_error() {
+    use tokio::io::AsyncWriteExt;
+
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    // Larger than the replay buffer: streamed upstream as it comes, to an upstream that
+    // answers nothing, so only the body breaking off can end the attempt.
+    stream
+        .write_all(b"POST /v1/stuck-once HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[b'x'; 65536]).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while upstream::Counts::get(&counts.requests) != 1 {
+        assert!(Instant::now() < deadline, "the head never went upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stream);
+
+    let exposition = metrics_once(&gateway, |text| {
+        sample(text, "stream_deadline_requests_total{ending=\"dropped\"}") == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &exposition,
+            "stream_deadline_requests_total{ending=\"upstream_error\"}"
+        ),
+        Some(0.0),
+        "{exposition}"
+    );
+    let log = gateway
+        .wait_for_log("request line", |log| log.contains("path=/v1/stuck-once"))
+        .await;
+    assert!(log.contains("outcome=\"dropped\""), "{log}");
+}
+
+#[tokio::test]
 async fn health_readiness_and_the_proxied_port_keeps_every_path() {
     let (upstream, _) = upstream::start().await;
     let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);

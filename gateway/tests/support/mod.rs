@@ -45,6 +45,7 @@ pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -79,6 +80,7 @@ impl Gateway {
             }
         });
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let stdout = Arc::new(Mutex::new(String::new()));
         let mut admin = None;
         let addr = loop {
             let Some(Ok(line)) = lines.next() else {
@@ -88,6 +90,7 @@ impl Gateway {
                     stderr.lock().unwrap()
                 );
             };
+            stdout.lock().unwrap().push_str(&format!("{line}\n"));
             let addr = line.rsplit("http://").next().map(str::parse::<SocketAddr>);
             match addr {
                 Some(Ok(addr)) if line.contains(" admin on ") => admin = Some(addr),
@@ -95,16 +98,28 @@ impl Gateway {
                 _ => {}
             }
         };
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
         Gateway {
             child,
             addr,
             admin,
+            stdout,
             stderr,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What the gateway has printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn log(&self) -> String {
@@ -155,6 +170,37 @@ impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+}
+
+/// Runs `command` (the binary, expected to refuse its flags), for at most `PATIENCE`: its
+/// exit status and stderr. Panics if it is still running then, as a gateway that took its
+/// flags would be.
+pub fn refused(mut command: Command) -> (ExitStatus, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the gateway starts");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?}: still running after {PATIENCE:?}; its flags were taken");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr);
+    (status, stderr)
 }
 
 impl Drop for Gateway {

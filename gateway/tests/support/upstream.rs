@@ -80,6 +80,7 @@ where
 /// - `/v1/idle`: one token, then silence;
 /// - `/v1/stuck-once`: the first request gets nothing at all; later ones are `/v1/complete`;
 /// - `/v1/own-id`: `200 upstream /v1/own-id`, with an `x-request-id` of its own;
+/// - `/v1/headers`: the names of the request's headers, one a line;
 /// - anything else: `200 upstream <path>` in plain text.
 async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tokens> {
     counts.requests.fetch_add(1, Ordering::SeqCst);
@@ -109,6 +110,16 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         .unwrap()
         .push(header("x-request-id"));
     let path = request.uri().path().to_owned();
+    if path == "/v1/headers" {
+        let names: String = request
+            .headers()
+            .keys()
+            .map(|name| format!("{name}\n"))
+            .collect();
+        let (tx, body) = Tokens::channel();
+        let _ = tx.try_send(Bytes::from(names));
+        return Response::new(body);
+    }
     let tokens: Option<usize> = match path.as_str() {
         "/v1/complete" => Some(3),
         "/v1/slow" => Some(25),
