@@ -17,6 +17,7 @@ pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod pool;
 pub mod proxy;
 pub mod request_body;
 pub mod request_id;

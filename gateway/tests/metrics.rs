@@ -139,7 +139,7 @@ async fn a_client_that_leaves_mid_body_is_counted_as_dropped_not_as_an_upstream_
     let log = gateway
         .wait_for_log("request line", |log| log.contains("path=/v1/stuck-once"))
         .await;
-    assert!(log.contains("outcome=\"dropped\""), "{log}");
+    assert!(log.contains("ending=\"dropped\""), "{log}");
 }
 
 #[tokio::test]
