@@ -21,6 +21,7 @@ pub mod pool;
 pub mod proxy;
 pub mod request_body;
 pub mod request_id;
+pub mod routing;
 pub mod shutdown;
 pub mod subscriber;
 pub mod upstream;

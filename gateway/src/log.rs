@@ -8,6 +8,7 @@ use http::{HeaderValue, Method, Uri};
 use tower_stream_deadline::Outcome;
 
 use crate::metrics::{Finished, Metrics};
+use crate::pool::InFlight;
 
 /// The target of the gateway's own `tracing` events.
 pub const TARGET: &str = "stream_deadline_gateway";
@@ -37,6 +38,10 @@ pub struct RequestLog {
     request_id: HeaderValue,
     /// The upstream's own `x-request-id`, when it answered with another one.
     upstream_request_id: Mutex<Option<HeaderValue>>,
+    /// Each attempt's upstream: its index in the request's pool, and its URL as shown.
+    upstreams: Mutex<Vec<(usize, String)>>,
+    /// What lasts as long as the response: the count of requests in flight on its upstream.
+    held: Mutex<Vec<InFlight>>,
 }
 
 impl RequestLog {
@@ -62,6 +67,8 @@ impl RequestLog {
             model: Mutex::new(None),
             request_id: request_id.clone(),
             upstream_request_id: Mutex::new(None),
+            upstreams: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
         }
     }
 
@@ -121,6 +128,28 @@ impl RequestLog {
         }
     }
 
+    /// An attempt goes to the upstream at `index` of the request's pool, shown as `shown`.
+    pub fn trying(&self, index: usize, shown: &str) {
+        if let Ok(mut upstreams) = self.upstreams.lock() {
+            upstreams.push((index, shown.to_owned()));
+        }
+    }
+
+    /// The pool indices of the upstreams this request has tried, in order.
+    pub fn tried(&self) -> Vec<usize> {
+        self.upstreams
+            .lock()
+            .map(|upstreams| upstreams.iter().map(|(index, _)| *index).collect())
+            .unwrap_or_default()
+    }
+
+    /// Keeps `in_flight` until the request is over.
+    pub fn hold(&self, in_flight: InFlight) {
+        if let Ok(mut held) = self.held.lock() {
+            held.push(in_flight);
+        }
+    }
+
     pub fn upstream_request_id(&self, id: &HeaderValue) {
         if let Ok(mut slot) = self.upstream_request_id.lock() {
             *slot = Some(id.clone());
@@ -147,6 +176,11 @@ impl Drop for RequestLog {
             .map(|id| id.as_bytes().escape_ascii().to_string());
         let elapsed = self.started.elapsed();
         let attempts = *self.attempts.get_mut();
+        let upstreams = self.upstreams.get_mut().map(std::mem::take).unwrap_or_default();
+        let upstreams = (!upstreams.is_empty()).then(|| {
+            let shown: Vec<&str> = upstreams.iter().map(|(_, shown)| shown.as_str()).collect();
+            shown.join(",")
+        });
         // The crate's name for the ending, as the metrics label it; a client that left
         // mid-body dropped the request, whatever the attempt reported.
         let client_left = *self.client_left.get_mut();
@@ -164,6 +198,7 @@ impl Drop for RequestLog {
         if *self.forwarded.get_mut() {
             self.metrics.finished(Finished {
                 ending,
+                model: model.as_deref(),
                 attempts,
                 time_to_first_frame: first_frame,
                 longest_idle: last.as_ref().and_then(|(o, _)| o.longest_idle),
@@ -196,6 +231,7 @@ impl Drop for RequestLog {
                     ending,
                     elapsed_ms = ms(elapsed),
                     request_id = %request_id,
+                    upstreams = upstreams.as_deref(),
                     upstream_request_id = upstream_request_id.as_deref(),
                     note = note.as_deref().map(tracing::field::display),
                     "request",

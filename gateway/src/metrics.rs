@@ -1,5 +1,7 @@
 //! The gateway's Prometheus metrics, under fixed names that dashboards can rely on.
 
+use std::collections::BTreeSet;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,17 +26,51 @@ const ENDINGS: [&str; 6] = [
     "dropped",
 ];
 
+/// The `model` label of a request whose model has no policy of its own (or names none): the
+/// label takes only configured names, so that clients cannot grow the series.
+pub const OTHER_MODEL: &str = "other";
+
+/// How an attempt at one upstream ended, as `stream_deadline_upstream_attempts_total` labels
+/// it.
+const ATTEMPT_RESULTS: [&str; 7] = [
+    "answered",
+    "deadline_first_frame",
+    "refused",
+    "status_5xx",
+    "upstream_error",
+    "deadline_total",
+    "cancelled",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndingLabel {
     /// `completed`, `deadline_total`, `deadline_first_frame`, `deadline_idle`,
     /// `upstream_error` or `dropped`.
     ending: String,
+    /// A model with a policy of its own, or `other`.
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabel {
+    /// The upstream's URL, without credentials.
+    upstream: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
 }
 
 pub struct Metrics {
     registry: Registry,
     requests: Family<EndingLabel, Counter>,
+    /// The models with a policy of their own: the values of the `model` label.
+    models: RwLock<BTreeSet<String>>,
     attempts: Counter,
+    upstream_attempts: Family<AttemptLabel, Counter>,
+    upstream_out: Family<UpstreamLabel, Gauge>,
     time_to_first_frame: Histogram,
     longest_idle: Histogram,
     response_duration: Histogram,
@@ -44,6 +80,8 @@ pub struct Metrics {
 /// What one request did, as the metrics count it.
 pub struct Finished<'a> {
     pub ending: &'a str,
+    /// The model the request named, if it did.
+    pub model: Option<&'a str>,
     pub attempts: u32,
     pub time_to_first_frame: Option<Duration>,
     pub longest_idle: Option<Duration>,
@@ -54,16 +92,22 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<EndingLabel, Counter>::default();
-        // Every ending from the start, at zero, so that rates and alerts see each series.
-        for ending in ENDINGS {
-            let _ = requests.get_or_create(&EndingLabel {
-                ending: ending.to_owned(),
-            });
-        }
         registry.register(
             "stream_deadline_requests",
-            "Requests forwarded, by how their response ended",
+            "Requests forwarded, by how their response ended and the model's policy",
             requests.clone(),
+        );
+        let upstream_attempts = Family::<AttemptLabel, Counter>::default();
+        registry.register(
+            "stream_deadline_upstream_attempts",
+            "Attempts at each upstream, by how they ended (answered: the first frame came)",
+            upstream_attempts.clone(),
+        );
+        let upstream_out = Family::<UpstreamLabel, Gauge>::default();
+        registry.register(
+            "stream_deadline_upstream_out",
+            "1 while an upstream is left out of first attempts for failing, else 0",
+            upstream_out.clone(),
         );
         let attempts = Counter::default();
         registry.register(
@@ -96,15 +140,68 @@ impl Metrics {
             "Requests whose response has not ended yet",
             in_flight.clone(),
         );
-        Metrics {
+        let metrics = Metrics {
             registry,
             requests,
+            models: RwLock::new(BTreeSet::new()),
             attempts,
+            upstream_attempts,
+            upstream_out,
             time_to_first_frame,
             longest_idle,
             response_duration,
             in_flight,
+        };
+        metrics.set_models(std::iter::empty());
+        metrics
+    }
+
+    /// The models with a policy of their own (at start and at each reload): each gets its
+    /// own series, every ending at zero from the start so that rates and alerts see them.
+    pub fn set_models<'a>(&self, models: impl Iterator<Item = &'a str>) {
+        let mut known = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        known.clear();
+        known.extend(models.map(str::to_owned));
+        for model in known.iter().map(String::as_str).chain([OTHER_MODEL]) {
+            for ending in ENDINGS {
+                let _ = self.requests.get_or_create(&EndingLabel {
+                    ending: ending.to_owned(),
+                    model: model.to_owned(),
+                });
+            }
         }
+    }
+
+    /// An upstream the gateway may send to: its series from the start, at zero.
+    pub fn upstream(&self, upstream: &str) {
+        for result in ATTEMPT_RESULTS {
+            let _ = self.upstream_attempts.get_or_create(&AttemptLabel {
+                upstream: upstream.to_owned(),
+                result: result.to_owned(),
+            });
+        }
+        let _ = self.upstream_out.get_or_create(&UpstreamLabel {
+            upstream: upstream.to_owned(),
+        });
+    }
+
+    /// One attempt at `upstream` ended with `result` (one of `ATTEMPT_RESULTS`).
+    pub fn upstream_attempt(&self, upstream: &str, result: &str) {
+        self.upstream_attempts
+            .get_or_create(&AttemptLabel {
+                upstream: upstream.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Whether `upstream` is left out of first attempts now.
+    pub fn upstream_out(&self, upstream: &str, out: bool) {
+        self.upstream_out
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_owned(),
+            })
+            .set(i64::from(out));
     }
 
     pub fn started(&self) {
@@ -113,9 +210,15 @@ impl Metrics {
 
     pub fn finished(&self, request: Finished<'_>) {
         self.in_flight.dec();
+        let known = self.models.read().unwrap_or_else(PoisonError::into_inner);
+        let model = match request.model {
+            Some(model) if known.contains(model) => model,
+            _ => OTHER_MODEL,
+        };
         self.requests
             .get_or_create(&EndingLabel {
                 ending: request.ending.to_owned(),
+                model: model.to_owned(),
             })
             .inc();
         self.attempts.inc_by(u64::from(request.attempts));
