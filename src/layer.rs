@@ -346,6 +346,51 @@ impl StreamDeadlineLayer {
         self
     }
 
+    /// For the event streams of LLM servers: like
+    /// [`sse_progress_filter`](Self::sse_progress_filter) with [`is_llm_output`](crate::is_llm_output),
+    /// so the first-frame and idle budgets count only events that carry output (a token of
+    /// text, reasoning or a tool call, the end of the answer, an error) by the APIs of
+    /// OpenAI (chat completions, Responses), Anthropic (Messages) and the servers compatible
+    /// with them (vLLM, llama.cpp, LiteLLM, ...). Keep-alive comments, `event: ping`, empty
+    /// events, role-only first chunks and opening events (`response.created`,
+    /// `message_start`, ...) leave the clocks running; they are still delivered, in order.
+    /// Events the rule does not know count, so other event streams keep their budgets.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::StreamExt;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, StreamDeadlineLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // A server that opens the answer at once, then only keeps the connection alive.
+    /// let upstream = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let opening = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+    ///     let frames = futures::stream::iter([opening, ": keep-alive\n\n"])
+    ///         .map(|event| Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from(event))))
+    ///         .chain(futures::stream::pending());
+    ///     let response = http::Response::builder()
+    ///         .header("content-type", "text/event-stream")
+    ///         .body(http_body_util::StreamBody::new(frames))
+    ///         .unwrap();
+    ///     Ok::<_, std::convert::Infallible>(response)
+    /// });
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
+    ///     .first_frame(Duration::from_secs(10))
+    ///     .llm_progress();
+    /// let mut svc = ServiceBuilder::new().layer(layer).service(upstream);
+    ///
+    /// // No token: the call fails at the first-frame budget (and `RetryFirstFrame` retries it).
+    /// let err = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap_err();
+    /// let deadline = DeadlineExceeded::find(&*err).unwrap();
+    /// assert_eq!(deadline.kind(), DeadlineKind::FirstFrame);
+    /// # }
+    /// ```
+    pub fn llm_progress(self) -> Self {
+        self.sse_progress_filter(crate::llm_progress::is_llm_output)
+    }
+
     /// For any other body: a data frame counts as progress (for the first-frame and idle
     /// budgets) only if `filter` accepts its bytes (the first chunk of its buffer). Trailers
     /// always count. Unset, every frame counts and nothing is called.

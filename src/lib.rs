@@ -135,6 +135,7 @@ mod grpc;
 mod grpc_frames;
 pub mod guide;
 mod layer;
+mod llm_progress;
 mod outcome;
 mod protocol;
 mod replay;
@@ -151,6 +152,7 @@ pub use body::DeadlineBody;
 pub use error::{DeadlineExceeded, DeadlineKind};
 pub use future::ResponseFuture;
 pub use layer::StreamDeadlineLayer;
+pub use llm_progress::is_llm_output;
 pub use outcome::{Ending, Outcome};
 pub use request::{Deadline, OnRequestOutcome, RequestBudgets};
 #[cfg(feature = "retry")]
