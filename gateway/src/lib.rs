@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod request_body;
 pub mod shutdown;
+pub mod stream_request;
 pub mod upstream;
 pub mod upstream_url;
