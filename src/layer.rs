@@ -61,7 +61,8 @@ use crate::timeout_header::HeaderRules;
 ///
 /// When keep-alives (SSE comments, empty frames, role-only chunks) would make a stuck stream
 /// look alive to the first-frame and idle budgets: [`sse_progress`](Self::sse_progress),
-/// [`sse_progress_filter`](Self::sse_progress_filter), [`progress`](Self::progress).
+/// [`sse_progress_filter`](Self::sse_progress_filter), [`llm_progress`](Self::llm_progress)
+/// for LLM servers, [`progress`](Self::progress).
 ///
 /// ## Observability
 ///
@@ -353,8 +354,10 @@ impl StreamDeadlineLayer {
     /// OpenAI (chat completions, Responses), Anthropic (Messages) and the servers compatible
     /// with them (vLLM, llama.cpp, LiteLLM, ...). Keep-alive comments, `event: ping`, empty
     /// events, role-only first chunks and opening events (`response.created`,
-    /// `message_start`, ...) leave the clocks running; they are still delivered, in order.
-    /// Events the rule does not know count, so other event streams keep their budgets.
+    /// `message_start`, ...) leave the clocks running; they are still delivered, in order
+    /// (before the first token, held and replayed with it, up to 64 KiB, as with
+    /// [`sse_progress`](Self::sse_progress)). Events the rule does not know count, so other
+    /// event streams keep their budgets.
     ///
     /// ```
     /// use std::time::Duration;

@@ -12,7 +12,8 @@
 //! - OpenAI chat completions (vLLM's `DeltaMessage` in
 //!   `vllm/entrypoints/openai/engine/protocol.py`: `role`, `content`, `reasoning` (older
 //!   releases: `reasoning_content`), `tool_calls`, which defaults to `[]`): vLLM's first
-//!   chunk is `{"role":"assistant","content":""}`, OpenAI's adds `"refusal":null`. A delta
+//!   chunk is `{"role":"assistant","content":""}` (`serving_chat.py`, on its first
+//!   iteration), OpenAI's adds `"refusal":null`. A delta
 //!   counts when a field other than `role` has a value: text, reasoning, a tool call, a
 //!   refusal, audio. A `finish_reason` counts too (an empty answer is still an answer);
 //!   a usage-only chunk (`"choices":[]`) does not. Legacy completions carry `text` in the
