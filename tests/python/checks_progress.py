@@ -19,9 +19,9 @@ Starts `upstream.py` and the gateway in front of it, as `checks.py` does, with
    `message_start`, `content_block_start`), then only keep-alives: no first token, retried at
    1 s, `504` naming the first-frame budget at 2 s.
 
-A gateway that counts every frame as progress fails 1 and 2 (a late answer is a stuck one
-to the first-frame budget), and 3 to 5 (keep-alives and opening events keep the budgets
-from firing until the total).
+A gateway that gives every request the first-frame budget fails 1 and 2 (to that budget a
+late answer is a stuck one: cut and retried); one that counts every frame as progress fails
+3 to 5 (keep-alives and opening events keep the budgets from firing until the total).
 """
 
 import sys
