@@ -343,6 +343,7 @@ impl StreamDeadlineLayer {
         mut self,
         filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
     ) -> Self {
+        let filter = move |_name: &[u8], data: &[u8]| filter(data);
         self.protocol_mut().sse_progress = Some(Some(Arc::new(filter)));
         self
     }
@@ -358,6 +359,11 @@ impl StreamDeadlineLayer {
     /// (before the first token, held and replayed with it, up to 64 KiB, as with
     /// [`sse_progress`](Self::sse_progress)). Events the rule does not know count, so other
     /// event streams keep their budgets.
+    ///
+    /// Beyond what `is_llm_output` reads in the data, an event *named* `ping` or as one of
+    /// the opening events (`event: message_start`, ...) does not count whatever its data:
+    /// sse-starlette's pings used to be `event: ping` with a timestamp for data, and the
+    /// `anthropic` SDK takes an event's type from its name when its data has none.
     ///
     /// ```
     /// use std::time::Duration;
@@ -390,8 +396,10 @@ impl StreamDeadlineLayer {
     /// assert_eq!(deadline.kind(), DeadlineKind::FirstFrame);
     /// # }
     /// ```
-    pub fn llm_progress(self) -> Self {
-        self.sse_progress_filter(crate::llm_progress::is_llm_output)
+    pub fn llm_progress(mut self) -> Self {
+        let filter = Arc::new(crate::llm_progress::is_llm_event);
+        self.protocol_mut().sse_progress = Some(Some(filter));
+        self
     }
 
     /// For any other body: a data frame counts as progress (for the first-frame and idle

@@ -33,9 +33,20 @@
 //!
 //! Keep-alives that are SSE comments (vLLM's `: keep-alive`, `: ping`) or events without
 //! data never reach the rule: an event counts only if it carries data. An event whose data
-//! is empty does not count. Data that is not a JSON object (`[DONE]`), that is not valid
+//! is empty does not count. With the layer, an event named `ping` or as an opening event
+//! does not count whatever its data: sse-starlette (the SSE response of many Python
+//! servers) sent its pings as `event: ping` with a timestamp for data before it made them
+//! comments, and the `anthropic` SDK's `_streaming.py` takes an event's `type` from its
+//! name when its data has none. Data that is not a JSON object (`[DONE]`), that is not valid
 //! JSON, or whose object has none of the fields above counts: for a stream the rule does
 //! not know, a frame is progress, as without it.
+
+/// [`is_llm_output`] of an event's data, unless the event is named `ping` or as an opening
+/// event: the rule of [`StreamDeadlineLayer::llm_progress`](crate::StreamDeadlineLayer::llm_progress),
+/// which sees each event's name too.
+pub(crate) fn is_llm_event(name: &[u8], data: &[u8]) -> bool {
+    !OPENING.contains(&name) && is_llm_output(data)
+}
 
 /// Opening events: sent at once, before any output (see the module docs for the sources).
 const OPENING: [&[u8]; 9] = [
@@ -61,8 +72,9 @@ const MAX_DEPTH: usize = 32;
 /// not JSON) does. It never panics, whatever the bytes.
 ///
 /// [`StreamDeadlineLayer::llm_progress`](crate::StreamDeadlineLayer::llm_progress) applies
-/// it to the first-frame and idle budgets; call it yourself to count tokens or to combine it
-/// with a rule of your own in [`sse_progress_filter`](crate::StreamDeadlineLayer::sse_progress_filter).
+/// it to the first-frame and idle budgets, and also reads each event's name (an event named
+/// `ping` does not count, whatever its data); call it yourself to count tokens or to combine
+/// it with a rule of your own in [`sse_progress_filter`](crate::StreamDeadlineLayer::sse_progress_filter).
 ///
 /// ```
 /// use tower_stream_deadline::is_llm_output;
@@ -365,6 +377,21 @@ mod tests {
             let data = format!(r#"{{ "type" : "{kind}" , "index": 0 }}"#);
             assert!(is_llm_output(data.as_bytes()), "{data}");
         }
+    }
+
+    #[test]
+    fn events_named_ping_or_as_an_opening_do_not_count_whatever_their_data() {
+        assert!(!is_llm_event(b"ping", b"2024-05-01 12:00:00.000000"));
+        assert!(!is_llm_event(
+            b"message_start",
+            br#"{"message":{"role":"assistant"}}"#
+        ));
+        assert!(!is_llm_event(b"", br#"{"type":"ping"}"#));
+        assert!(is_llm_event(
+            b"content_block_delta",
+            br#"{"index":0,"delta":{"text":"Hi"}}"#
+        ));
+        assert!(is_llm_event(b"", b"2024-05-01 12:00:00.000000"));
     }
 
     #[test]

@@ -22,6 +22,8 @@ const SSE: &str = "text/event-stream";
 const CHAT_OPENING: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 const CHAT_TOKEN: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 const KEEP_ALIVE: &str = ": keep-alive\n\n";
+/// sse-starlette's ping before it became a comment: a named event with a timestamp for data.
+const NAMED_PING: &str = "event: ping\r\ndata: 2024-05-01 12:00:00.000000\r\n\r\n";
 
 // OpenAI's Responses API.
 const RESPONSES_OPENING: [&str; 4] = [
@@ -83,6 +85,7 @@ async fn opening_events_then_keep_alives_are_no_first_token_in_any_api() {
             "messages, comments",
             opening_then(&MESSAGES_OPENING, KEEP_ALIVE),
         ),
+        ("named pings", opening_then(&[], NAMED_PING)),
     ] {
         let upstream = Upstream::new(Duration::ZERO, steps).with_content_type(SSE);
         let layer = StreamDeadlineLayer::new(60 * SEC)
@@ -105,6 +108,12 @@ async fn opening_events_then_keep_alives_are_no_first_token_in_any_api() {
 async fn tokens_then_only_pings_fail_at_the_idle_budget_after_the_last_token() {
     for (api, opening, token, keep_alive) in [
         ("chat", &[CHAT_OPENING][..], CHAT_TOKEN, KEEP_ALIVE),
+        (
+            "chat, named pings",
+            &[CHAT_OPENING][..],
+            CHAT_TOKEN,
+            NAMED_PING,
+        ),
         (
             "messages",
             &MESSAGES_OPENING[..],
