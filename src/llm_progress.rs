@@ -30,6 +30,9 @@
 //!   carries its `type`, the same as its `event:` name.
 //! - Errors count: `openai-python`'s `_streaming.py` raises on any data with an `error`,
 //!   and an upstream's error is the answer the client should get.
+//! - LiteLLM's proxy (`litellm/proxy/proxy_server.py`, `async_data_generator`) relays each
+//!   chunk as one `data:` line of JSON in the shape of the API it serves, so the same rules
+//!   apply to what it passes on.
 //!
 //! Keep-alives that are SSE comments (vLLM's `: keep-alive`, `: ping`) or events without
 //! data never reach the rule: an event counts only if it carries data. An event whose data
