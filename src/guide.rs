@@ -117,6 +117,10 @@
 //! [`progress`](crate::StreamDeadlineLayer::progress) for other bodies, only frames that
 //! count reset the idle clock and end the first-frame wait. The others are still delivered
 //! in order and at once; only the clocks ignore them.
+//! [`llm_progress`](crate::StreamDeadlineLayer::llm_progress) is that filter made for LLM
+//! servers ([`is_llm_output`](crate::is_llm_output)): a token of text, reasoning or a tool
+//! call counts; keep-alives, role-only first chunks and opening events such as
+//! `response.created` or `message_start` do not.
 //!
 //! # What it costs
 //!

@@ -62,7 +62,8 @@ use crate::timeout_header::HeaderRules;
 ///
 /// When keep-alives (SSE comments, empty frames, role-only chunks) would make a stuck stream
 /// look alive to the first-frame and idle budgets: [`sse_progress`](Self::sse_progress),
-/// [`sse_progress_filter`](Self::sse_progress_filter), [`progress`](Self::progress).
+/// [`sse_progress_filter`](Self::sse_progress_filter), [`llm_progress`](Self::llm_progress)
+/// for LLM servers, [`progress`](Self::progress).
 ///
 /// ## Observability
 ///
@@ -392,7 +393,62 @@ impl<R> StreamDeadlineLayer<R> {
         mut self,
         filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
     ) -> Self {
+        let filter = move |_name: &[u8], data: &[u8]| filter(data);
         self.protocol_mut().sse_progress = Some(Some(Arc::new(filter)));
+        self
+    }
+
+    /// For the event streams of LLM servers: like
+    /// [`sse_progress_filter`](Self::sse_progress_filter) with [`is_llm_output`](crate::is_llm_output),
+    /// so the first-frame and idle budgets count only events that carry output (a token of
+    /// text, reasoning or a tool call, the end of the answer, an error) by the APIs of
+    /// OpenAI (chat completions, Responses), Anthropic (Messages) and the servers compatible
+    /// with them (vLLM, llama.cpp, LiteLLM, ...). Keep-alive comments, `event: ping`, empty
+    /// events, role-only first chunks and opening events (`response.created`,
+    /// `message_start`, ...) leave the clocks running; they are still delivered, in order
+    /// (before the first token, held and replayed with it, up to 64 KiB, as with
+    /// [`sse_progress`](Self::sse_progress)). Events the rule does not know count, so other
+    /// event streams keep their budgets.
+    ///
+    /// Beyond what `is_llm_output` reads in the data, an event *named* `ping` or as one of
+    /// the opening events (`event: message_start`, ...) does not count whatever its data:
+    /// sse-starlette's pings used to be `event: ping` with a timestamp for data, and the
+    /// `anthropic` SDK takes an event's type from its name when its data has none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::StreamExt;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, StreamDeadlineLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // A server that opens the answer at once, then only keeps the connection alive.
+    /// let upstream = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let opening = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+    ///     let frames = futures::stream::iter([opening, ": keep-alive\n\n"])
+    ///         .map(|event| Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from(event))))
+    ///         .chain(futures::stream::pending());
+    ///     let response = http::Response::builder()
+    ///         .header("content-type", "text/event-stream")
+    ///         .body(http_body_util::StreamBody::new(frames))
+    ///         .unwrap();
+    ///     Ok::<_, std::convert::Infallible>(response)
+    /// });
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
+    ///     .first_frame(Duration::from_secs(10))
+    ///     .llm_progress();
+    /// let mut svc = ServiceBuilder::new().layer(layer).service(upstream);
+    ///
+    /// // No token: the call fails at the first-frame budget (and `RetryFirstFrame` retries it).
+    /// let err = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap_err();
+    /// let deadline = DeadlineExceeded::find(&*err).unwrap();
+    /// assert_eq!(deadline.kind(), DeadlineKind::FirstFrame);
+    /// # }
+    /// ```
+    pub fn llm_progress(mut self) -> Self {
+        let filter = Arc::new(crate::llm_progress::is_llm_event);
+        self.protocol_mut().sse_progress = Some(Some(filter));
         self
     }
 

@@ -57,7 +57,8 @@
 //!   left, [`RequestBudgets`] override budgets per request, and (opt-in) `grpc-timeout` or a
 //!   plain header may shorten the budget and is forwarded to the next hop.
 //! - **Protocol endings and progress** (opt-in): gRPC streams end with `grpc-status: 4`,
-//!   SSE streams with a final error event; keep-alives need not count as progress.
+//!   SSE streams with a final error event; keep-alives need not count as progress, and
+//!   for LLM servers only tokens do ([`llm_progress`](StreamDeadlineLayer::llm_progress)).
 //! - **Observability.** Every response ends with one [`Outcome`] (to a callback set with
 //!   [`on_outcome`](StreamDeadlineLayer::on_outcome), and to the request's own
 //!   [`OnRequestOutcome`], if it carries one) and one `tracing` event (target
@@ -139,6 +140,7 @@ mod grpc_frames;
 pub mod guide;
 mod hedge;
 mod layer;
+mod llm_progress;
 mod outcome;
 mod protocol;
 mod release;
@@ -158,6 +160,7 @@ pub use error::{DeadlineExceeded, DeadlineKind};
 pub use future::ResponseFuture;
 pub use hedge::{HedgeFirstFrame, HedgeFirstFrameLayer, HedgeFuture};
 pub use layer::StreamDeadlineLayer;
+pub use llm_progress::is_llm_output;
 pub use outcome::{Ending, Outcome};
 pub use release::{ReleaseOnPoll, ReleaseUnpolled};
 pub use request::{Deadline, OnRequestOutcome, RequestBudgets};

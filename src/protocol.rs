@@ -18,6 +18,8 @@ use crate::{grpc, grpc_frames};
 
 /// A user's judgement on data: does it count as progress?
 pub(crate) type Filter = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+/// A judgement on one SSE event, by its name and its data: does it count as progress?
+pub(crate) type SseFilter = Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
 /// A user's last SSE event for a stream cut at `DeadlineExceeded`.
 pub(crate) type EventFn = Arc<dyn Fn(&DeadlineExceeded) -> Bytes + Send + Sync>;
 
@@ -30,7 +32,7 @@ pub(crate) struct ProtocolConfig {
     /// End an SSE stream whose upstream fails after the head with an error event.
     pub(crate) sse_upstream_errors: bool,
     /// `Some(None)`: count SSE events with data, unfiltered.
-    pub(crate) sse_progress: Option<Option<Filter>>,
+    pub(crate) sse_progress: Option<Option<SseFilter>>,
     pub(crate) progress: Option<Filter>,
 }
 
@@ -123,7 +125,7 @@ enum Boundaries {
     Sse {
         scanner: Scanner,
         /// `Some(filter)` when only (filtered) data events count as progress.
-        progress: Option<Option<Filter>>,
+        progress: Option<Option<SseFilter>>,
     },
     Grpc(grpc_frames::Scanner),
 }
@@ -188,7 +190,7 @@ impl Protocol {
         let (end, progress) = match &mut framing.boundaries {
             Boundaries::Sse { scanner, progress } => {
                 let filter = progress.as_ref().and_then(|f| f.as_deref());
-                let filter = filter.map(|f| f as &sse::DataFilter<'_>);
+                let filter = filter.map(|f| f as &sse::EventFilter<'_>);
                 let scanned = scanner.feed(&bytes[..], filter);
                 let progress = match progress {
                     Some(_) => scanned.data_event,

@@ -4,10 +4,11 @@
 //! Frames do not align with events (an event may span frames, a frame may hold several), so
 //! the scanner keeps its state across frames. It follows the SSE line rules: lines end with
 //! CRLF, LF or CR; a line starting with `:` is a comment; an empty line ends an event; a
-//! `data` field (with or without a value) gives the event data.
+//! `data` field (with or without a value) gives the event data; an `event` field, its name.
 
-/// Judges an event's data: does it count?
-pub(crate) type DataFilter<'a> = dyn Fn(&[u8]) -> bool + 'a;
+/// Judges an event by its name (the value of its last `event` field, empty when it has
+/// none) and its data: does it count?
+pub(crate) type EventFilter<'a> = dyn Fn(&[u8], &[u8]) -> bool + 'a;
 
 /// What one call to [`Scanner::feed`] found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub(crate) struct Scanner {
     event_has_data: bool,
     /// The current event's data, kept only when a filter needs to read it.
     data: Option<Vec<u8>>,
+    /// The current event's name, kept only when a filter needs to read it.
+    name: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,15 +38,20 @@ enum Line {
     Name(u8),
     /// In a `data` field's value; `true` until its first byte (a leading space is dropped).
     Data(bool),
+    /// In the field name, when names are kept; how many bytes of `event` it has matched.
+    EventName(u8),
+    /// In an `event` field's value; `true` until its first byte.
+    Event(bool),
     /// In a comment or another field.
     Other,
 }
 
 const DATA: &[u8; 4] = b"data";
+const EVENT: &[u8; 5] = b"event";
 
 impl Scanner {
     /// A scanner at the start of a stream; `keep_data` when a filter must read each event's
-    /// data.
+    /// name and data.
     pub(crate) fn new(keep_data: bool) -> Self {
         Scanner {
             at_line_start: true,
@@ -51,24 +59,30 @@ impl Scanner {
             line: Line::Name(0),
             event_has_data: false,
             data: keep_data.then(Vec::new),
+            name: keep_data.then(Vec::new),
         }
     }
 
-    /// Feeds the next bytes of the stream; `filter` judges each completed event's data.
-    pub(crate) fn feed(&mut self, bytes: &[u8], filter: Option<&DataFilter<'_>>) -> Scanned {
+    /// Feeds the next bytes of the stream; `filter` judges each completed event.
+    pub(crate) fn feed(&mut self, bytes: &[u8], filter: Option<&EventFilter<'_>>) -> Scanned {
         let mut scanned = Scanned::default();
         let mut i = 0;
         while i < bytes.len() {
-            // The rest of a comment, another field or a data value: only its end matters,
-            // so jump to it (copying a value the filter will read).
-            if let Line::Other | Line::Data(false) = self.line {
+            // The rest of a comment, another field or a value: only its end matters, so jump
+            // to it (copying a value the filter will read).
+            if let Line::Other | Line::Data(false) | Line::Event(false) = self.line {
                 let rest = &bytes[i..];
                 let len = rest
                     .iter()
                     .position(|&b| b == b'\n' || b == b'\r')
                     .unwrap_or(rest.len());
-                if let (Line::Data(_), Some(data)) = (self.line, &mut self.data) {
-                    data.extend_from_slice(&rest[..len]);
+                let kept = match self.line {
+                    Line::Data(_) => self.data.as_mut(),
+                    Line::Event(_) => self.name.as_mut(),
+                    _ => None,
+                };
+                if let Some(kept) = kept {
+                    kept.extend_from_slice(&rest[..len]);
                 }
                 i += len;
                 if i == bytes.len() {
@@ -103,7 +117,17 @@ impl Scanner {
                     Line::Data(true)
                 }
                 Line::Name(n) if n < 4 && b == DATA[n as usize] => Line::Name(n + 1),
-                Line::Name(_) | Line::Other => Line::Other,
+                // Names are only read for a filter: without one, the line is skipped.
+                Line::Name(0) if b == EVENT[0] && self.name.is_some() => Line::EventName(1),
+                Line::EventName(5) if b == b':' => {
+                    // The last `event` field of an event names it.
+                    if let Some(name) = &mut self.name {
+                        name.clear();
+                    }
+                    Line::Event(true)
+                }
+                Line::EventName(n) if n < 5 && b == EVENT[n as usize] => Line::EventName(n + 1),
+                Line::Name(_) | Line::EventName(_) | Line::Other => Line::Other,
                 Line::Data(first) => {
                     if !(first && b == b' ') {
                         if let Some(data) = &mut self.data {
@@ -111,6 +135,14 @@ impl Scanner {
                         }
                     }
                     Line::Data(false)
+                }
+                Line::Event(first) => {
+                    if !(first && b == b' ') {
+                        if let Some(name) = &mut self.name {
+                            name.push(b);
+                        }
+                    }
+                    Line::Event(false)
                 }
             };
         }
@@ -125,6 +157,13 @@ impl Scanner {
                 true
             }
             Line::Data(_) => true,
+            // A bare `event` line names the event with the empty string.
+            Line::EventName(5) => {
+                if let Some(name) = &mut self.name {
+                    name.clear();
+                }
+                false
+            }
             _ => false,
         };
         if let (true, Some(data)) = (data_line, &mut self.data) {
@@ -133,15 +172,16 @@ impl Scanner {
     }
 
     /// Ends the current event; whether it counted as data.
-    fn end_event(&mut self, filter: Option<&DataFilter<'_>>) -> bool {
+    fn end_event(&mut self, filter: Option<&EventFilter<'_>>) -> bool {
         let has_data = std::mem::take(&mut self.event_has_data);
-        let Some(data) = &mut self.data else {
+        let (Some(data), Some(name)) = (&mut self.data, &mut self.name) else {
             return has_data;
         };
         // Data lines are joined with LF; the last LF is not part of the data.
         let value = data.strip_suffix(b"\n").unwrap_or(data);
-        let counts = has_data && filter.is_none_or(|filter| filter(value));
+        let counts = has_data && filter.is_none_or(|filter| filter(name, value));
         data.clear();
+        name.clear();
         counts
     }
 }
@@ -203,7 +243,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn scan_all(chunks: &[&[u8]], filter: Option<&DataFilter<'_>>) -> Vec<Scanned> {
+    fn scan_all(chunks: &[&[u8]], filter: Option<&EventFilter<'_>>) -> Vec<Scanned> {
         let mut scanner = Scanner::new(filter.is_some());
         chunks.iter().map(|c| scanner.feed(c, filter)).collect()
     }
@@ -254,7 +294,7 @@ mod tests {
     #[test]
     fn the_filter_reads_each_events_data_lines_joined() {
         let seen = std::cell::RefCell::new(Vec::new());
-        let filter = |data: &[u8]| {
+        let filter = |_: &[u8], data: &[u8]| {
             seen.borrow_mut()
                 .push(String::from_utf8_lossy(data).into_owned());
             !data.starts_with(b"{\"role\"")
@@ -270,6 +310,43 @@ mod tests {
         let data: Vec<_> = scanned.iter().map(|s| s.data_event).collect();
         assert_eq!(data, [false, true, false]);
         assert_eq!(*seen.borrow(), ["{\"role\":\"assistant\"}", "a\nb\n"]);
+    }
+
+    /// Each event as the filter sees it, name and data, for a stream fed in `chunks`.
+    fn events_seen(chunks: &[&[u8]]) -> Vec<(String, String)> {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let filter = |name: &[u8], data: &[u8]| {
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            seen.borrow_mut().push((text(name), text(data)));
+            true
+        };
+        scan_all(chunks, Some(&filter));
+        seen.into_inner()
+    }
+
+    #[test]
+    fn the_filter_reads_each_events_last_name_which_ends_with_it() {
+        let seen = events_seen(&[
+            b"event: ping\ndata: {\"type\": \"ping\"}\n\n",
+            b"event:message_start\r\nevent: content_block_start\r\ndata: x\r\n\r\n",
+            b"data: unnamed\n\n",
+            b"event: named\nevent\ndata: emptied\n\n",
+            b"event: no-data\n\ndata: after\n\n",
+            b"events: not a name\neven: nor this\ndata: y\n\n",
+        ]);
+        let expected = [
+            ("ping", "{\"type\": \"ping\"}"),
+            ("content_block_start", "x"),
+            ("", "unnamed"),
+            ("", "emptied"),
+            ("", "after"),
+            ("", "y"),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|(name, data)| (name.to_string(), data.to_string()))
+            .collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]
@@ -337,6 +414,25 @@ mod tests {
             };
             prop_assert_eq!(last.map(norm), expected.last().map(|e| norm(e.0)));
             prop_assert_eq!(any_data, expected.iter().any(|e| e.1));
+        }
+
+        /// However a stream is cut into frames, the filter sees the same names and data as
+        /// when the stream is read whole.
+        #[test]
+        fn framing_does_not_change_what_the_filter_sees(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                &b"data: tok"[..], b"data", b"event: ping", b"event", b"ev", b":", b": ping",
+                b"\n", b"\r", b"\r\n", b" ", b"x",
+            ]), 0..40),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let stream: Vec<u8> = parts.concat();
+            let mut offsets: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+            offsets.extend([0, stream.len()]);
+            offsets.sort_unstable();
+            offsets.dedup();
+            let framed: Vec<&[u8]> = offsets.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+            prop_assert_eq!(events_seen(&framed), events_seen(&[&stream[..]]));
         }
     }
 }

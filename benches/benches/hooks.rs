@@ -88,6 +88,12 @@ fn hooks(c: &mut Criterion) {
             EVENT,
         ),
         (
+            "sse/total+llm_progress",
+            base.clone().llm_progress(),
+            "text/event-stream",
+            EVENT,
+        ),
+        (
             "sse/total+sse_endings",
             base.clone().sse_endings(),
             "text/event-stream",

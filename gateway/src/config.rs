@@ -13,6 +13,12 @@ use crate::upstream_url::{DEFAULT_UPSTREAM, Upstream};
 const AFTER_HELP: &str = "\
 DURATIONS: a number and a unit (500ms, 45s, 1.5s, 2m, 1h); a bare number is seconds; at most 100y.
 
+STREAMED OR NOT: a request whose JSON body has \"stream\": true gets all three budgets and the
+first-frame retries, and its first frame is its first token: keep-alive comments, `event: ping`,
+a role-only first chunk and opening events (response.created, message_start, ...) do not
+count, and are still passed on. Any other request (no \"stream\": true, a body that is not JSON
+or over 1 MiB) has the total budget only: a non-streamed answer comes whole, at its end.
+
 Every flag can also be set from the environment: STREAM_DEADLINE_ and the flag in capitals,
 dashes as underscores (STREAM_DEADLINE_UPSTREAM, STREAM_DEADLINE_FIRST_FRAME, ...). A flag
 given on the command line wins.
@@ -53,19 +59,19 @@ pub struct Flags {
     #[arg(long, env = "STREAM_DEADLINE_H2C")]
     pub h2c: bool,
 
-    /// Budget of the whole response, head and body.
+    /// Budget of the whole response, head and body (the only one for an answer that is not streamed).
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_TOTAL", default_value = "45s", value_parser = duration::parse)]
     pub total: Duration,
 
-    /// Budget until the first body frame, or `off`.
+    /// Budget until the first token of a streamed answer, or `off` (see STREAMED OR NOT below).
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_FIRST_FRAME", default_value = "10s", value_parser = Budget::parse)]
     pub first_frame: Budget,
 
-    /// Longest wait between two frames, or `off`.
+    /// Longest wait between two tokens of a streamed answer, or `off`.
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_IDLE", default_value = "5s", value_parser = Budget::parse)]
     pub idle: Budget,
 
-    /// Retries of a request stuck before its first frame (only request bodies up to 1 MiB are replayed).
+    /// Retries of a streamed request stuck before its first token (only request bodies up to 1 MiB are replayed).
     #[arg(
         long,
         value_name = "N",
@@ -138,11 +144,13 @@ impl Flags {
     }
 
     /// The deadline layer these flags describe: SSE endings for deadlines and upstream
-    /// failures, and the upstream released at the deadline even while a client stops reading.
+    /// failures, the upstream released at the deadline even while a client stops reading,
+    /// and only tokens counted as progress (not keep-alives nor opening events).
     pub fn layer(&self) -> StreamDeadlineLayer<ReleaseUnpolled> {
         let mut layer = StreamDeadlineLayer::new(self.total)
             .sse_endings()
             .sse_upstream_errors()
+            .llm_progress()
             .release_unpolled();
         if let Some(first_frame) = self.first_frame.0 {
             layer = layer.first_frame(first_frame);

@@ -23,6 +23,7 @@ pub mod request_body;
 pub mod request_id;
 pub mod routing;
 pub mod shutdown;
+pub mod stream_request;
 pub mod subscriber;
 pub mod upstream;
 pub mod upstream_url;

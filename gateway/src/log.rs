@@ -176,7 +176,11 @@ impl Drop for RequestLog {
             .map(|id| id.as_bytes().escape_ascii().to_string());
         let elapsed = self.started.elapsed();
         let attempts = *self.attempts.get_mut();
-        let upstreams = self.upstreams.get_mut().map(std::mem::take).unwrap_or_default();
+        let upstreams = self
+            .upstreams
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         let upstreams = (!upstreams.is_empty()).then(|| {
             let shown: Vec<&str> = upstreams.iter().map(|(_, shown)| shown.as_str()).collect();
             shown.join(",")

@@ -14,6 +14,9 @@
 //!   when the upstream cannot be reached), with an OpenAI-shaped JSON error.
 //! - Request bodies up to 1 MiB are buffered so that a request stuck before its first frame
 //!   can be retried with fresh budgets.
+//! - Only a request that asks for a stream (`"stream": true`) gets the first-frame and idle
+//!   budgets, counted in tokens (keep-alives and opening events are not); any other has the
+//!   total budget only, since a non-streamed answer comes whole, at its end.
 //! - One log line per request on stderr (text, or JSON with `--log-format json`), written
 //!   when its response has ended, with the request's id; metrics and health on the admin
 //!   listener; SIGTERM drains within `--shutdown-grace`.

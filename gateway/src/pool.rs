@@ -148,7 +148,7 @@ impl Members {
     pub fn all(&self) -> Vec<Arc<Member>> {
         let by_url = self.by_url.lock().unwrap_or_else(PoisonError::into_inner);
         let mut all: Vec<_> = by_url.values().cloned().collect();
-        all.sort_by(|a, b| a.upstream.to_string().cmp(&b.upstream.to_string()));
+        all.sort_by_key(|member| member.upstream.to_string());
         all
     }
 }

@@ -24,6 +24,7 @@ use crate::log::RequestLog;
 use crate::metrics::Metrics;
 use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
 use crate::shutdown::DrainBody;
+use crate::stream_request::{self, asks_for_stream};
 use crate::upstream::{self, UpstreamClient};
 use crate::upstream_url::Upstream;
 use crate::{model, request_id};
@@ -170,6 +171,12 @@ impl Gateway {
             }
         };
         log.forwarding();
+        // A body too large to buffer is not read: it gets the total budget only, as a
+        // request that does not ask for a stream (see `stream_request`).
+        let streamed = matches!(&body, RequestBody::Replayable(bytes) if asks_for_stream(bytes));
+        if !streamed {
+            parts.extensions.insert(stream_request::total_only());
+        }
         let result = match body {
             RequestBody::Replayable(bytes) => {
                 ServiceBuilder::new()

@@ -23,6 +23,19 @@ also answer these models:
 - `dying`: the opening events, `STALL_AFTER` deltas and the first half of one more, then
   the server fails the response: uvicorn closes the connection before the last chunk of the
   chunked body, as a crashed or reset upstream does.
+- `keep-alive`: only keep-alives, every `KEEP_ALIVE_EVERY`, never a token: what vLLM sends
+  while a request waits in its queue or its prefill (`: keep-alive` comments).
+- `opening-then-pings`: the opening events, then only keep-alives.
+- `tokens-then-pings`: the opening events and `STALL_AFTER` deltas, then only keep-alives.
+
+Keep-alives are SSE comments (`: keep-alive`) in the OpenAI APIs and `event: ping` in
+Anthropic's, as each sends them.
+
+`POST /v1/chat/completions` without `"stream": true` answers these models with one JSON
+chat completion:
+
+- `late-answer`: the whole `ANSWER`, after `LATE_ANSWER` seconds;
+- `never-answers`: nothing, ever.
 
 Every generator that is cancelled (the client went away: `asyncio.CancelledError` or
 `GeneratorExit`) is recorded with a wall-clock timestamp. `GET /stats` returns the requests,
@@ -49,8 +62,12 @@ ANSWER = "Hello! Sorry for the wait: here is the whole answer, from the second a
 MODELS = ("babbler", "firehose", "stuck-once", "stuck-always")
 FIREHOSE_TOKEN = 256 * 1024
 # The models of every API, and the deltas sent before a `stalled` or `dying` stream stops.
-API_MODELS = ("babbler", "stalled", "dying")
+API_MODELS = ("babbler", "stalled", "dying", "keep-alive", "opening-then-pings", "tokens-then-pings")
 STALL_AFTER = 3
+KEEP_ALIVE_EVERY = 0.2
+# The models that answer without streaming, and how late `late-answer` does.
+UNSTREAMED_MODELS = ("late-answer", "never-answers")
+LATE_ANSWER = 1.5
 
 app = FastAPI()
 STATS: dict = {
@@ -91,8 +108,10 @@ async def stats() -> dict:
 async def chat_completions(request: Request):
     body = await request.json()
     model = body.get("model", "")
-    if model in ("stalled", "dying"):
+    if model in API_MODELS and model != "babbler":
         return _api_stream(body, request, "chat")
+    if model in UNSTREAMED_MODELS:
+        return await _unstreamed(body, request)
     tag = request.headers.get("x-check", "")
     request_id = next(_ids)
     STATS["requests"].append(
@@ -153,6 +172,39 @@ async def _generate(request_id: int, tag: str, model: str, stuck: bool):
     _record("completions", request_id, tag, model, sent)
 
 
+async def _unstreamed(body: dict, request: Request):
+    """A chat completion answered whole, late or never."""
+    model = body.get("model", "")
+    tag = request.headers.get("x-check", "")
+    request_id = next(_ids)
+    STATS["requests"].append(
+        {"id": request_id, "tag": tag, "model": model, "api": "chat", "at": time.time()}
+    )
+    if body.get("stream"):
+        return _error(400, f"{model!r} does not stream: leave stream unset")
+    try:
+        await asyncio.sleep(LATE_ANSWER if model == "late-answer" else 3600)
+    except asyncio.CancelledError:
+        _record("cancellations", request_id, tag, model, 0, how="CancelledError")
+        raise
+    _record("completions", request_id, tag, model, 1)
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": ANSWER},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 17, "total_tokens": 26},
+    }
+
+
 class UpstreamDied(Exception):
     """Raised by a `dying` stream after its headers went out: uvicorn then cuts the body."""
 
@@ -173,6 +225,9 @@ class ChatEvents:
 
     def delta(self, text: str) -> bytes:
         return _chunk(self.request_id, self.model, {"content": text})
+
+    def keep_alive(self) -> bytes:
+        return b": keep-alive\n\n"
 
 
 class ResponsesEvents:
@@ -229,6 +284,9 @@ class ResponsesEvents:
             logprobs=[],
         )
 
+    def keep_alive(self) -> bytes:
+        return b": keep-alive\n\n"
+
 
 class MessagesEvents:
     """Anthropic Messages API: named events, with pings."""
@@ -263,6 +321,9 @@ class MessagesEvents:
             {"type": "content_block_delta", "index": 0,
              "delta": {"type": "text_delta", "text": text}},
         )
+
+    def keep_alive(self) -> bytes:
+        return _sse("ping", {"type": "ping"})
 
 
 APIS = {"chat": ChatEvents, "responses": ResponsesEvents, "messages": MessagesEvents}
@@ -299,9 +360,12 @@ async def messages(request: Request):
 async def _generate_api(events, request_id: int, tag: str, model: str):
     sent, last_delta_at = 0, None
     try:
-        for event in events.opening():
-            yield event
+        if model != "keep-alive":
+            for event in events.opening():
+                yield event
         for word in itertools.cycle(BABBLE):
+            if model in ("keep-alive", "opening-then-pings"):
+                break
             if model != "babbler" and sent == STALL_AFTER:
                 break
             await asyncio.sleep(TOKEN_EVERY)
@@ -314,9 +378,13 @@ async def _generate_api(events, request_id: int, tag: str, model: str):
             yield half[: len(half) // 2]
             _record("failures", request_id, tag, model, sent)
             raise UpstreamDied(f"{model} gave up after {sent} deltas")
-        # `stalled`: the client or the gateway has to give up.
+        # `stalled` and the keep-alive models: the client or the gateway has to give up.
         _record("stalls", request_id, tag, model, sent, last_delta_at=last_delta_at)
-        await asyncio.sleep(3600)
+        if model == "stalled":
+            await asyncio.sleep(3600)
+        while True:
+            await asyncio.sleep(KEEP_ALIVE_EVERY)
+            yield events.keep_alive()
     except (asyncio.CancelledError, GeneratorExit) as stopped:
         _record("cancellations", request_id, tag, model, sent, how=type(stopped).__name__)
         raise
