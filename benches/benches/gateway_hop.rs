@@ -262,7 +262,7 @@ fn proxy_child(kind: &str) {
 /// upstream's body passed back as it is.
 async fn plain_proxy(listener: tokio::net::TcpListener, flags: &Flags) {
     let client = upstream::client(flags).unwrap();
-    let upstream = flags.upstream.clone();
+    let upstream = flags.upstreams[0].clone();
     let (idle, total) = (flags.request_body_idle, flags.total);
     let mut server = auto::Builder::new(TokioExecutor::new());
     server

@@ -24,6 +24,9 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
+    /// Brings the gauges that change with time (an upstream's time out ending) up to date
+    /// before each scrape.
+    pub refresh: Box<dyn Fn() + Send + Sync>,
 }
 
 /// Serves the admin endpoints until the process ends.
@@ -53,12 +56,17 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
 }
 
 impl Admin {
+    fn scrape(&self) -> Result<String, std::fmt::Error> {
+        (self.refresh)();
+        self.metrics.encode()
+    }
+
     fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
         }
         match request.uri().path() {
-            "/metrics" => match self.metrics.encode() {
+            "/metrics" => match self.scrape() {
                 Ok(exposition) => {
                     let mut response = Response::new(Full::new(Bytes::from(exposition)));
                     response

@@ -46,14 +46,16 @@ pub struct Flags {
     )]
     pub listen: SocketAddr,
 
-    /// The model server: http:// or https://, with an optional path prefix kept before every path
-    /// (`user:password@` in it goes as Basic auth where a request has no Authorization).
+    /// A model server: http:// or https://, with an optional path prefix kept before every path
+    /// (`user:password@` in it goes as Basic auth where a request has no Authorization). Give it
+    /// several times (the environment variable: a comma-separated list) for several replicas.
     // Read as text and checked in `from_args`: clap would echo a bad value, credentials and all.
-    #[arg(long = "upstream", value_name = "URL", env = "STREAM_DEADLINE_UPSTREAM", default_value = DEFAULT_UPSTREAM, hide_env_values = true)]
-    upstream_url: String,
+    #[arg(long = "upstream", value_name = "URL", env = "STREAM_DEADLINE_UPSTREAM", default_value = DEFAULT_UPSTREAM, hide_env_values = true, value_delimiter = ',')]
+    upstream_urls: Vec<String>,
 
+    /// The upstreams, in the order given.
     #[arg(skip)]
-    pub upstream: Upstream,
+    pub upstreams: Vec<Upstream>,
 
     /// Talk HTTP/2 with prior knowledge to an http:// upstream.
     #[arg(long, env = "STREAM_DEADLINE_H2C")]
@@ -79,6 +81,18 @@ pub struct Flags {
         default_value_t = 2
     )]
     pub retries: usize,
+
+    /// When a streamed request's first token is this late, start another attempt at another
+    /// upstream while the first goes on (the first to send a token wins); hedges count against
+    /// --retries. `off` by default.
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_HEDGE_AFTER", default_value = "off", value_parser = Budget::parse)]
+    pub hedge_after: Budget,
+
+    /// A TOML file with a policy per model (`[models."NAME"]`: upstreams, total, first_frame,
+    /// idle, retries, hedge_after), chosen by the `model` of the request's JSON body; read again
+    /// on SIGHUP.
+    #[arg(long, value_name = "FILE", env = "STREAM_DEADLINE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 
     /// Where to serve /metrics, /healthz and /readyz, or `off`.
     #[arg(long, value_name = "ADDR", env = "STREAM_DEADLINE_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = AdminListen::parse)]
@@ -134,32 +148,63 @@ impl Flags {
         T: Into<std::ffi::OsString> + Clone,
     {
         let mut flags = Flags::try_parse_from(args)?;
-        flags.upstream = Upstream::parse(&flags.upstream_url).map_err(|why| {
-            <Flags as clap::CommandFactory>::command().error(
-                clap::error::ErrorKind::ValueValidation,
-                format!("--upstream {why}"),
-            )
-        })?;
+        let invalid = |why: String| {
+            <Flags as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::ValueValidation, why)
+        };
+        flags.upstreams = flags
+            .upstream_urls
+            .iter()
+            .map(|url| Upstream::parse(url).map_err(|why| invalid(format!("--upstream {why}"))))
+            .collect::<Result<_, _>>()?;
+        if flags.upstreams.is_empty() {
+            return Err(invalid("--upstream needs a URL".to_owned()));
+        }
+        if flags.config.is_some() {
+            // A file that does not load is a usage error at start; on SIGHUP it is logged.
+            crate::policy::Policies::load(&flags, &crate::pool::Members::default())
+                .map_err(|why| invalid(format!("--config {why}")))?;
+        }
         Ok(flags)
     }
 
-    /// The deadline layer these flags describe: SSE endings for deadlines and upstream
-    /// failures, the upstream released at the deadline even while a client stops reading,
-    /// and only tokens counted as progress (not keep-alives nor opening events).
+    /// The deadline layer these flags describe (see [`deadline_layer`]).
     pub fn layer(&self) -> StreamDeadlineLayer<ReleaseUnpolled> {
-        let mut layer = StreamDeadlineLayer::new(self.total)
-            .sse_endings()
-            .sse_upstream_errors()
-            .llm_progress()
-            .release_unpolled();
-        if let Some(first_frame) = self.first_frame.0 {
-            layer = layer.first_frame(first_frame);
-        }
-        if let Some(idle) = self.idle.0 {
-            layer = layer.idle(idle);
-        }
-        layer
+        deadline_layer(self.total, self.first_frame, self.idle)
     }
+
+    /// The upstreams, as shown (never with their credentials).
+    pub fn shown_upstreams(&self) -> String {
+        let shown: Vec<String> = self.upstreams.iter().map(ToString::to_string).collect();
+        shown.join(",")
+    }
+
+    /// Whether any upstream is reached over https://.
+    pub fn any_https(&self) -> bool {
+        self.upstreams.iter().any(|upstream| upstream.https)
+    }
+}
+
+/// The gateway's deadline layer with these budgets: SSE endings for deadlines and upstream
+/// failures, the upstream released at the deadline even while a client stops reading, and
+/// only tokens counted as progress (not keep-alives nor opening events).
+pub fn deadline_layer(
+    total: Duration,
+    first_frame: Budget,
+    idle: Budget,
+) -> StreamDeadlineLayer<ReleaseUnpolled> {
+    let mut layer = StreamDeadlineLayer::new(total)
+        .sse_endings()
+        .sse_upstream_errors()
+        .llm_progress()
+        .release_unpolled();
+    if let Some(first_frame) = first_frame.0 {
+        layer = layer.first_frame(first_frame);
+    }
+    if let Some(idle) = idle.0 {
+        layer = layer.idle(idle);
+    }
+    layer
 }
 
 /// A budget that may be `off`.
@@ -207,11 +252,13 @@ mod tests {
     fn flags_keep_their_names_and_defaults() {
         let flags = Flags::try_from_iter(["gw"]).unwrap();
         assert_eq!(flags.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(flags.upstream.to_string(), "http://127.0.0.1:8000");
+        assert_eq!(flags.upstreams.len(), 1);
+        assert_eq!(flags.upstreams[0].to_string(), "http://127.0.0.1:8000");
         assert_eq!(flags.total, Duration::from_secs(45));
         assert_eq!(flags.first_frame, Budget(Some(Duration::from_secs(10))));
         assert_eq!(flags.idle, Budget(Some(Duration::from_secs(5))));
         assert_eq!(flags.retries, 2);
+        assert_eq!(flags.hedge_after, Budget(None));
         assert_eq!(
             flags.admin_listen,
             AdminListen(Some("127.0.0.1:9464".parse().unwrap()))
@@ -226,7 +273,7 @@ mod tests {
         assert_eq!(flags.idle, Budget(None));
         assert_eq!((flags.retries, flags.h2c), (1, true));
         assert_eq!(flags.admin_listen, AdminListen(None));
-        let uri = flags.upstream.uri_for(&"/v1/models?x=1".parse().unwrap());
+        let uri = flags.upstreams[0].uri_for(&"/v1/models?x=1".parse().unwrap());
         assert_eq!(uri.unwrap(), "http://10.0.0.1:8000/base/v1/models?x=1");
         assert!(Flags::try_from_iter(["gw", "--bogus"]).is_err());
         assert!(Flags::try_from_iter(["gw", "--upstream", "ftp://x"]).is_err());

@@ -82,6 +82,10 @@ async fn run(flags: Flags) -> Result<(), String> {
         let admin = Arc::new(admin::Admin {
             metrics,
             draining: draining.clone(),
+            refresh: Box::new({
+                let gateway = gateway.clone();
+                move || gateway.refresh_health()
+            }),
         });
         tokio::spawn(admin::serve(admin_listener, admin));
     }
@@ -89,7 +93,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     let _ = stdout.flush();
     tracing::info!(
         target: TARGET,
-        upstream = %flags.upstream,
+        upstreams = %flags.shown_upstreams(),
         h2c = flags.h2c,
         total = ?flags.total,
         first_frame = %flags.first_frame,
@@ -98,6 +102,10 @@ async fn run(flags: Flags) -> Result<(), String> {
         max_connections = flags.max_connections,
         "gateway ready"
     );
+
+    if flags.config.is_some() {
+        tokio::spawn(reload_on_hangup(gateway.clone()));
+    }
 
     let stop = async {
         let signal = shutdown::signal().await;
@@ -127,4 +135,29 @@ async fn run(flags: Flags) -> Result<(), String> {
     }
     tracing::info!(target: TARGET, "gateway stopped");
     Ok(())
+}
+
+/// Reads `--config` again at each SIGHUP; a file that does not load is named in the log, and
+/// the last good one stays in force.
+async fn reload_on_hangup(gateway: Arc<proxy::Gateway>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!(target: TARGET, "cannot listen for SIGHUP: --config is read at start only");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match gateway.reload() {
+                Ok(()) => tracing::info!(target: TARGET, "--config reloaded"),
+                Err(why) => tracing::error!(
+                    target: TARGET,
+                    error = %why,
+                    "--config not reloaded: the last good one stays in force"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = gateway;
 }

@@ -123,8 +123,8 @@ fn policy(
             .map(|url| Upstream::parse(url).map_err(|why| format!("an upstream {why}")))
             .collect::<Result<_, _>>()?,
     };
-    let pool = Pool::new(upstreams.iter().map(|u| members.get(u)).collect())
-        .ok_or("no upstream")?;
+    let pool =
+        Pool::new(upstreams.iter().map(|u| members.get(u)).collect()).ok_or("no upstream")?;
     let key = |name: &str, text: &Option<String>, parse: fn(&str) -> Result<Budget, String>| {
         text.as_deref()
             .map(|text| parse(text).map_err(|why| format!("`{name}`: {why}")))
@@ -135,10 +135,11 @@ fn policy(
     let total = key("total", &table.total, required)?
         .and_then(|b| b.0)
         .unwrap_or(flags.total);
-    let first_frame = key("first_frame", &table.first_frame, optional)?.unwrap_or(flags.first_frame);
+    let first_frame =
+        key("first_frame", &table.first_frame, optional)?.unwrap_or(flags.first_frame);
     let idle = key("idle", &table.idle, optional)?.unwrap_or(flags.idle);
-    let hedge_after = key("hedge_after", &table.hedge_after, optional)?
-        .map_or(flags.hedge_after.0, |b| b.0);
+    let hedge_after =
+        key("hedge_after", &table.hedge_after, optional)?.map_or(flags.hedge_after.0, |b| b.0);
     let retries = table.retries.unwrap_or(flags.retries);
     Ok(Policy {
         model: model.map(str::to_owned),

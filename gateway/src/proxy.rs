@@ -1,9 +1,9 @@
-//! Forwarding one request: the deadline layer (and first-frame retries) on the upstream
-//! client, the client's `x-request-timeout`, the request id, and the gateway's own error
-//! answers.
+//! Forwarding one request: its policy (by the model it names), the deadline layer on the
+//! upstream client, each attempt routed to an upstream, first-frame retries or hedges, the
+//! client's `x-request-timeout`, the request id, and the gateway's own error answers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tower::retry::RetryLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stream_deadline::{
-    Deadline, DeadlineBody, DeadlineExceeded, OnRequestOutcome, ReleaseUnpolled, RetryFirstFrame,
-    StreamDeadlineLayer,
+    Deadline, DeadlineBody, DeadlineExceeded, HedgeFirstFrameLayer, OnRequestOutcome,
+    RetryFirstFrame,
 };
 
 use crate::config::Flags;
@@ -22,12 +22,13 @@ use crate::errors::{error_chain, json_error, request_timeout};
 use crate::headers;
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
+use crate::policy::{Policies, Policy};
+use crate::pool::Members;
 use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
+use crate::routing::{AttemptsEnd, Route};
 use crate::shutdown::DrainBody;
-use crate::stream_request::{self, asks_for_stream};
 use crate::upstream::{self, UpstreamClient};
-use crate::upstream_url::Upstream;
-use crate::{model, request_id};
+use crate::{request_fields, request_id, stream_request};
 
 /// The header a client may use to shorten its request's total budget.
 const TIMEOUT_HEADER: &str = "x-request-timeout";
@@ -37,11 +38,14 @@ pub type GatewayBody = Either<DrainBody<DeadlineBody<Incoming>>, Full<Bytes>>;
 
 pub struct Gateway {
     client: UpstreamClient,
-    upstream: Upstream,
-    layer: StreamDeadlineLayer<ReleaseUnpolled>,
-    retries: usize,
+    flags: Flags,
+    /// Every upstream, with its health, kept across reloads.
+    members: Members,
+    /// Swapped whole on a reload; a request keeps the policy it started with.
+    policies: RwLock<Arc<Policies>>,
     request_body_idle: std::time::Duration,
-    /// The total budget of a request, which its body must also come within.
+    /// The flags' total budget, which a request body must also come within (the body is read
+    /// before its model, and so its policy, is known).
     total: std::time::Duration,
     metrics: Arc<Metrics>,
     /// Cancelled at the end of the shutdown grace: live responses end then.
@@ -54,16 +58,58 @@ impl Gateway {
         metrics: Arc<Metrics>,
         cut: CancellationToken,
     ) -> Result<Gateway, String> {
-        Ok(Gateway {
+        let members = Members::default();
+        let policies = Policies::load(flags, &members)?;
+        let gateway = Gateway {
             client: upstream::client(flags)?,
-            upstream: flags.upstream.clone(),
-            layer: flags.layer(),
-            retries: flags.retries,
+            flags: flags.clone(),
+            members,
+            policies: RwLock::new(Arc::new(policies)),
             request_body_idle: flags.request_body_idle,
             total: flags.total,
             metrics,
             cut,
-        })
+        };
+        gateway.count_policies();
+        Ok(gateway)
+    }
+
+    /// Reads `--config` again: requests from now on get the new policies, those in flight
+    /// keep theirs. A file that does not load leaves the last good one in force.
+    pub fn reload(&self) -> Result<(), String> {
+        let policies = Policies::load(&self.flags, &self.members)?;
+        *self
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(policies);
+        self.count_policies();
+        Ok(())
+    }
+
+    fn policies(&self) -> Arc<Policies> {
+        self.policies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The metrics' series for the policies in force: their models and upstreams.
+    fn count_policies(&self) {
+        let policies = self.policies();
+        self.metrics.set_models(policies.models());
+        for member in self.members.all() {
+            self.metrics.upstream(&member.upstream().to_string());
+        }
+        self.refresh_health();
+    }
+
+    /// Whether each upstream is left out now, for the metrics (read at each scrape).
+    pub fn refresh_health(&self) {
+        let now = tokio::time::Instant::now();
+        for member in self.members.all() {
+            let shown = member.upstream().to_string();
+            self.metrics.upstream_out(&shown, member.is_out(now));
+        }
     }
 
     pub async fn handle(
@@ -113,9 +159,6 @@ impl Gateway {
         let arrived = tokio::time::Instant::now();
         let (mut parts, body) = request.into_parts();
         let client_deadline = client_deadline(&parts.headers, log);
-        if let Some(deadline) = client_deadline {
-            parts.extensions.insert(deadline);
-        }
         // The body must come within the request's total budget too.
         let budget = client_deadline.map_or(self.total, |client| {
             client
@@ -124,35 +167,28 @@ impl Gateway {
                 .min(self.total)
         });
         let limits = BodyLimits::new(self.request_body_idle, arrived, budget);
-        parts.uri = self.upstream.uri_for(&parts.uri).map_err(|err| {
+        let policies = self.policies();
+        // Checked once against the flags' first upstream (every upstream makes its URI the
+        // same way), so that a bad target is the client's 400, not an attempt's failure.
+        let first = &policies.for_model(None).pool.members()[0];
+        if let Err(err) = first.upstream().uri_for(&parts.uri) {
             log.note(format!("bad request URI: {err}"));
-            json_error(
+            return Err(json_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 "bad_request",
                 &format!("cannot forward this URI: {err}"),
-            )
-        })?;
-        headers::prepare_request(&mut parts, peer);
-        if let Some(authorization) = &self.upstream.authorization {
-            // The URL's credentials, unless the client sent its own.
-            parts
-                .headers
-                .entry(http::header::AUTHORIZATION)
-                .or_insert_with(|| authorization.clone());
+            ));
         }
+        headers::prepare_request(&mut parts, peer);
         parts.extensions.insert(OnRequestOutcome::new({
             let log = log.clone();
             move |outcome| log.record(outcome)
         }));
+        // For the routing of each attempt: the upstreams tried, and the one that answered.
+        parts.extensions.insert(log.clone());
 
         let body = match request_body::read(&parts.headers, body, limits).await {
-            Ok(RequestBody::Replayable(bytes)) => {
-                if let Some(model) = model::named_in(&bytes) {
-                    log.model(model);
-                }
-                RequestBody::Replayable(bytes)
-            }
             Ok(body) => body,
             Err(ReadError::TimedOut(timeout)) => {
                 let why = timeout.to_string();
@@ -170,33 +206,88 @@ impl Gateway {
                 ));
             }
         };
-        log.forwarding();
-        // A body too large to buffer is not read: it gets the total budget only, as a
-        // request that does not ask for a stream (see `stream_request`).
-        let streamed = matches!(&body, RequestBody::Replayable(bytes) if asks_for_stream(bytes));
-        if !streamed {
+        // A body too large to buffer is not read: it gets the flags' policy and the total
+        // budget only, as a request that does not ask for a stream (see `stream_request`).
+        let fields = match &body {
+            RequestBody::Replayable(bytes) => request_fields::read(bytes),
+            RequestBody::Streamed(_) => Default::default(),
+        };
+        if let Some(model) = &fields.model {
+            log.model(model.clone());
+        }
+        if !fields.stream {
             parts.extensions.insert(stream_request::total_only());
         }
+        let policy = policies.for_model(fields.model.as_deref()).clone();
+        if let Some(deadline) = client_deadline {
+            parts.extensions.insert(deadline);
+        }
+        // `--total` bounds every attempt together, from now: the first attempt has it whole
+        // (and its errors name it), later ones what is left (see `routing`).
+        if let Some(end) = tokio::time::Instant::now().checked_add(policy.total) {
+            parts.extensions.insert(AttemptsEnd(end));
+        }
+        log.forwarding();
         let result = match body {
             RequestBody::Replayable(bytes) => {
-                ServiceBuilder::new()
-                    // Outside the deadline layer: each attempt gets the full budgets.
-                    .layer(RetryLayer::new(RetryFirstFrame::new(self.retries)))
-                    .layer(self.layer.clone())
-                    .map_request(|request: Request<Full<Bytes>>| request.map(Either::Left))
-                    .service(self.client.clone())
-                    .oneshot(Request::from_parts(parts, Full::new(bytes)))
-                    .await
+                let request = Request::from_parts(parts, Full::new(bytes));
+                self.attempts(&policy, fields.stream, request).await
             }
             RequestBody::Streamed(body) => {
-                ServiceBuilder::new()
-                    .layer(self.layer.clone())
-                    .service(self.client.clone())
+                self.routed(&policy)
                     .oneshot(Request::from_parts(parts, Either::Right(body)))
                     .await
             }
         };
         result.map_err(|err| self.failure(&*err, log))
+    }
+
+    /// The deadline layer on the upstream client, each attempt routed to an upstream of the
+    /// policy's pool.
+    fn routed(
+        &self,
+        policy: &Policy,
+    ) -> Route<
+        tower_stream_deadline::StreamDeadline<
+            UpstreamClient,
+            tower_stream_deadline::ReleaseUnpolled,
+        >,
+    > {
+        let client = ServiceBuilder::new()
+            .layer(policy.layer.clone())
+            .service(self.client.clone());
+        Route::new(client, policy.pool.clone(), self.metrics.clone())
+    }
+
+    /// The attempts of a request that can be sent again: retried at the first-frame budget,
+    /// or, with `hedge_after` and a streamed request, hedged after it; each attempt to an
+    /// upstream the request has not tried, while there is one.
+    async fn attempts(
+        &self,
+        policy: &Policy,
+        streamed: bool,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<DeadlineBody<Incoming>>, tower::BoxError> {
+        let routed = ServiceBuilder::new()
+            .map_request(|request: Request<Full<Bytes>>| request.map(Either::Left))
+            .service(self.routed(policy));
+        match policy.hedge_after {
+            Some(after) if streamed => {
+                // Hedges count against the retries: as many attempts in all.
+                ServiceBuilder::new()
+                    .layer(HedgeFirstFrameLayer::new(after, policy.retries + 1))
+                    .service(routed)
+                    .oneshot(request)
+                    .await
+            }
+            _ => {
+                ServiceBuilder::new()
+                    .layer(RetryLayer::new(RetryFirstFrame::new(policy.retries)))
+                    .service(routed)
+                    .oneshot(request)
+                    .await
+            }
+        }
     }
 
     /// The answer to a request that got no response head from upstream in time.

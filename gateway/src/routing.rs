@@ -15,13 +15,20 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body_util::Either;
+use tokio::time::Instant;
 use tower::{Service, ServiceExt};
-use tower_stream_deadline::{BoxError, DeadlineExceeded, DeadlineKind};
+use tower_stream_deadline::{BoxError, Deadline, DeadlineExceeded, DeadlineKind};
 
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
 use crate::pool::{Change, Pool, Verdict};
 use crate::upstream::UpstreamBody;
+
+/// When every attempt of a request must be over (`--total` from when it was forwarded): the
+/// first attempt's own total budget ends then, and each later attempt is given what is left,
+/// as the request's [`Deadline`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptsEnd(pub Instant);
 
 /// Routes each attempt of a request to an upstream of `pool`; see the module docs.
 #[derive(Clone)]
@@ -136,8 +143,12 @@ where
         let Some(request) = next.take() else {
             return Err("no request left to send".into());
         };
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let tried = log.as_ref().map(|log| log.tried()).unwrap_or_default();
+        let mut request = request;
+        if !tried.is_empty() {
+            limit_to_what_is_left(&mut request);
+        }
         let index = pool.pick(&tried, now);
         let member = pool.members()[index].clone();
         let upstream = member.upstream();
@@ -146,7 +157,6 @@ where
             log.trying(index, &shown);
         }
         let copy = copy(&request);
-        let mut request = request;
         *request.uri_mut() = upstream.uri_for(&target)?;
         if let Some(authorization) = &upstream.authorization {
             // The URL's credentials, unless the client sent its own.
@@ -167,7 +177,7 @@ where
         pending.upstream = None;
         let (verdict, label) = judge(&result);
         metrics.upstream_attempt(&shown, label);
-        if let Some(change) = member.report(verdict, tokio::time::Instant::now()) {
+        if let Some(change) = member.report(verdict, Instant::now()) {
             let out = change == Change::LeftOut;
             metrics.upstream_out(&shown, out);
             if out {
@@ -188,5 +198,17 @@ where
             log.hold(in_flight);
         }
         return result;
+    }
+}
+
+/// Gives a later attempt what is left of the request's `AttemptsEnd`, unless its own
+/// deadline (the client's) is earlier.
+fn limit_to_what_is_left<B>(request: &mut Request<B>) {
+    let Some(AttemptsEnd(end)) = request.extensions().get::<AttemptsEnd>().copied() else {
+        return;
+    };
+    let extensions = request.extensions_mut();
+    if extensions.get::<Deadline>().is_none_or(|d| d.at() > end) {
+        extensions.insert(Deadline::new(end));
     }
 }

@@ -24,7 +24,7 @@ pub fn client(flags: &Flags) -> Result<UpstreamClient, String> {
     http.set_nodelay(true);
     // The TLS connector above it takes https:// URIs.
     http.enforce_http(false);
-    let roots = if flags.upstream.https {
+    let roots = if flags.any_https() {
         trusted_roots()?
     } else {
         RootCertStore::empty()

@@ -31,7 +31,7 @@ async fn every_flag_also_comes_from_the_environment_and_the_command_line_wins() 
         "total=1.5s",
         "idle=off",
         "retries=7",
-        "upstream=http://127.0.0.1:9/base",
+        "upstreams=http://127.0.0.1:9/base",
     ] {
         assert!(line.contains(expected), "{expected} missing: {line}");
     }

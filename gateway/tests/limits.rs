@@ -268,7 +268,7 @@ async fn credentials_in_the_upstream_are_sent_as_basic_auth_and_never_printed() 
     let log = gateway
         .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
         .await;
-    assert!(log.contains("upstream=http://***@127.0.0.1"), "{log}");
+    assert!(log.contains("upstreams=http://***@127.0.0.1"), "{log}");
     assert!(!log.contains("s3cret"), "{log}");
 
     let unreachable = Gateway::start(&["--upstream", "http://user:s3cret@127.0.0.1:1"], &[]);
@@ -324,7 +324,7 @@ async fn a_password_holding_url_delimiters_is_sent_whole_and_never_printed_even_
         .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
         .await;
     let stdout = gateway.stdout();
-    assert!(log.contains("upstream=http://***@127.0.0.1"), "{log}");
+    assert!(log.contains("upstreams=http://***@127.0.0.1"), "{log}");
     assert!(log.contains("TRACE"), "not logging at trace: {log}");
     for printed in [&stdout, &log, &metrics.body] {
         for form in PASSWORD_FORMS {

@@ -128,6 +128,8 @@ async fn in_json_every_line_is_an_object_with_the_request_fields_of_each_ending(
             // Why it failed, in words.
             expected.insert("note");
         }
+        // The upstream of each attempt (an unreachable one too).
+        expected.insert("upstreams");
         assert_eq!(keys(&line), expected, "{ending}: {line:?}");
         assert_eq!(line["message"], "request", "{line:?}");
         assert_eq!(line["level"], "INFO", "{line:?}");

@@ -54,20 +54,29 @@ async fn after_a_known_mix_each_counter_holds_exactly_what_happened() {
     drop(left);
 
     let exposition = metrics_once(&gateway, |text| {
-        sample(text, "stream_deadline_requests_total{ending=\"dropped\"}") == Some(1.0)
+        sample(
+            text,
+            "stream_deadline_requests_total{ending=\"dropped\",model=\"other\"}",
+        ) == Some(1.0)
     })
     .await;
     let expected = [
-        ("stream_deadline_requests_total{ending=\"completed\"}", 2.0),
         (
-            "stream_deadline_requests_total{ending=\"deadline_total\"}",
+            "stream_deadline_requests_total{ending=\"completed\",model=\"other\"}",
+            2.0,
+        ),
+        (
+            "stream_deadline_requests_total{ending=\"deadline_total\",model=\"other\"}",
             1.0,
         ),
         (
-            "stream_deadline_requests_total{ending=\"deadline_idle\"}",
+            "stream_deadline_requests_total{ending=\"deadline_idle\",model=\"other\"}",
             1.0,
         ),
-        ("stream_deadline_requests_total{ending=\"dropped\"}", 1.0),
+        (
+            "stream_deadline_requests_total{ending=\"dropped\",model=\"other\"}",
+            1.0,
+        ),
         // One each, and two for the request stuck once.
         ("stream_deadline_attempts_total", 6.0),
         ("stream_deadline_time_to_first_frame_seconds_count", 5.0),
@@ -83,7 +92,7 @@ async fn after_a_known_mix_each_counter_holds_exactly_what_happened() {
     }
     // Endings that did not happen are there, at zero.
     for none in ["deadline_first_frame", "upstream_error"] {
-        let series = format!("stream_deadline_requests_total{{ending=\"{none}\"}}");
+        let series = format!("stream_deadline_requests_total{{ending=\"{none}\",model=\"other\"}}");
         assert_eq!(
             sample(&exposition, &series),
             Some(0.0),
@@ -125,13 +134,16 @@ async fn a_client_that_leaves_mid_body_is_counted_as_dropped_not_as_an_upstream_
     drop(stream);
 
     let exposition = metrics_once(&gateway, |text| {
-        sample(text, "stream_deadline_requests_total{ending=\"dropped\"}") == Some(1.0)
+        sample(
+            text,
+            "stream_deadline_requests_total{ending=\"dropped\",model=\"other\"}",
+        ) == Some(1.0)
     })
     .await;
     assert_eq!(
         sample(
             &exposition,
-            "stream_deadline_requests_total{ending=\"upstream_error\"}"
+            "stream_deadline_requests_total{ending=\"upstream_error\",model=\"other\"}"
         ),
         Some(0.0),
         "{exposition}"

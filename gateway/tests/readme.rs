@@ -69,11 +69,11 @@ fn the_flags_table_lists_every_flag_of_help_with_its_value_name_default_and_envi
             .iter()
             .map(|value| value.to_string_lossy().into_owned())
             .collect();
-        // A switch is off unless given.
-        let expected = if arg.get_action().takes_values() {
-            defaults
-        } else {
-            vec!["off".to_owned()]
+        // A switch is off unless given; a value without a default is `none`.
+        let expected = match (arg.get_action().takes_values(), defaults.is_empty()) {
+            (false, _) => vec!["off".to_owned()],
+            (true, true) => vec!["none".to_owned()],
+            (true, false) => defaults,
         };
         assert_eq!(
             expected,

@@ -261,7 +261,7 @@ def refuses_connections(url: str) -> bool:
 
 
 def completed(admin: str) -> float:
-    return metric(admin, "stream_deadline_requests_total", 'ending="completed"')
+    return metric(admin, "stream_deadline_requests_total", 'ending="completed",model="other"')
 
 
 def check_sigterm_one_replica(servers: Replicas) -> str:

@@ -34,6 +34,10 @@ pub struct Counts {
     pub authorizations: std::sync::Mutex<Vec<Option<String>>>,
     /// Each request's `x-request-id`, if any.
     pub request_ids: std::sync::Mutex<Vec<Option<String>>>,
+    /// Set: every request is left without an answer (a replica stuck before its first token).
+    pub stuck: std::sync::atomic::AtomicBool,
+    /// How long every stream waits before its first token (a slow prefill).
+    pub first_token_after: std::sync::Mutex<Duration>,
 }
 
 impl Counts {
@@ -110,6 +114,11 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         .unwrap()
         .push(header("x-request-id"));
     let path = request.uri().path().to_owned();
+    if counts.stuck.load(Ordering::SeqCst) {
+        // Counted as cancelled when the gateway gives up on it.
+        let _cancelled = OnDrop(counts.clone());
+        std::future::pending::<()>().await;
+    }
     if path == "/v1/headers" {
         let names: String = request
             .headers()
@@ -145,7 +154,15 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
     let (tx, body) = Tokens::channel();
     let counts = counts.clone();
     let idle_after_one = path == "/v1/idle";
+    let first_token_after = *counts.first_token_after.lock().unwrap();
     tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(first_token_after) => {}
+            () = tx.closed() => {
+                counts.cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
         let mut sent = 0;
         while sent < tokens {
             tokio::time::sleep(TOKEN_EVERY).await;
@@ -171,6 +188,15 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         http::HeaderValue::from_static("text/event-stream"),
     );
     response
+}
+
+/// Counts a request the gateway gave up on while it was left unanswered.
+struct OnDrop(Arc<Counts>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// A body fed by a channel; dropping it tells the sender.
