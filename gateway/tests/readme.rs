@@ -121,3 +121,37 @@ fn the_readme_s_gateway_commands_parse() {
         }
     }
 }
+
+#[test]
+fn the_readme_s_policy_file_loads() {
+    let mut blocks = Vec::new();
+    let mut block: Option<String> = None;
+    for line in README.lines() {
+        match (&mut block, line) {
+            (None, "```toml") => block = Some(String::new()),
+            (Some(text), "```") => {
+                blocks.push(std::mem::take(text));
+                block = None;
+            }
+            (Some(text), line) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(!blocks.is_empty(), "the README shows a policy file");
+    for (i, text) in blocks.iter().enumerate() {
+        let path = std::env::temp_dir().join(format!(
+            "stream-deadline-gateway-readme-{}-{i}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let flags = Flags::try_from_iter(["gw", "--config", path.to_str().unwrap()]);
+        let flags = flags.unwrap_or_else(|err| panic!("the README's policy file: {err}\n{text}"));
+        let members = stream_deadline_gateway::pool::Members::default();
+        let policies = stream_deadline_gateway::policy::Policies::load(&flags, &members);
+        let _ = std::fs::remove_file(&path);
+        assert!(policies.unwrap().models().count() >= 1, "{text}");
+    }
+}
