@@ -223,6 +223,14 @@ where
                                 None => (Some(frame), true),
                                 Some(protocol) => protocol.inspect(frame),
                             };
+                            let error = match (progress, w.protocol.as_deref_mut()) {
+                                (true, Some(protocol)) => protocol.first_event_error(),
+                                _ => None,
+                            };
+                            if let Some(error) = error {
+                                // Nothing of the answer came: an error of the call.
+                                return Poll::Ready(this.upstream_failed(error.into()));
+                            }
                             // All of it held back (an SSE event not finished yet): read on.
                             let Some(frame) = frame else { continue };
                             let size = frame.data_ref().map_or(0, |d| d.remaining());

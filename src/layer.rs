@@ -54,9 +54,10 @@ use crate::timeout_header::HeaderRules;
 ///
 /// When the client should learn of a deadline in its own protocol's terms instead of a cut
 /// stream: [`grpc_endings`](Self::grpc_endings), [`sse_endings`](Self::sse_endings),
-/// [`sse_ending_event`](Self::sse_ending_event), and
+/// [`sse_ending_event`](Self::sse_ending_event),
 /// [`sse_upstream_errors`](Self::sse_upstream_errors) for an upstream that fails
-/// mid-stream.
+/// mid-stream, and [`sse_first_event_errors`](Self::sse_first_event_errors) for one whose
+/// first event is an error.
 ///
 /// ## Progress
 ///
@@ -366,6 +367,55 @@ impl<R> StreamDeadlineLayer<R> {
     /// ```
     pub fn sse_upstream_errors(mut self) -> Self {
         self.protocol_mut().sse_upstream_errors = true;
+        self
+    }
+
+    /// Under a [first-frame budget](Self::first_frame), fail the *call* with an
+    /// [`UpstreamErrorEvent`](crate::UpstreamErrorEvent) when the first event of a
+    /// `text/event-stream` response (the first that counts as progress) says the answer
+    /// failed: an event named `error` (Anthropic's Messages API), data with a top-level
+    /// `error` object (OpenAI's APIs, vLLM, LiteLLM) or `"object": "error"` (older vLLM), or
+    /// a Responses `response.failed` / `error`. Overloaded servers answer `200` and then such
+    /// an event; as an error of the call, [`RetryFirstFrame`](struct.RetryFirstFrame.html)
+    /// retries it, on another backend if a router sends it there (see
+    /// [`Attempt`](crate::Attempt)), and the upstream is released at once.
+    ///
+    /// The event is read whole: with [`sse_progress`](Self::sse_progress) or
+    /// [`llm_progress`](Self::llm_progress) the call waits for the end of the first event
+    /// that counts; without them, a first frame that holds only the start of an error event
+    /// counts as progress before the event can be read. Without a first-frame budget the call
+    /// resolves at the head, and the first event is the body's to deliver. Needs the body's
+    /// data to be `bytes::Bytes`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_stream_deadline::{StreamDeadlineLayer, UpstreamErrorEvent};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // An overloaded server: 200, then an error event.
+    /// let upstream = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let event = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n";
+    ///     let response = http::Response::builder()
+    ///         .header("content-type", "text/event-stream")
+    ///         .body(http_body_util::Full::new(bytes::Bytes::from(event)))
+    ///         .unwrap();
+    ///     Ok::<_, std::convert::Infallible>(response)
+    /// });
+    /// let layer = StreamDeadlineLayer::new(Duration::from_secs(45))
+    ///     .first_frame(Duration::from_secs(10))
+    ///     .llm_progress()
+    ///     .sse_first_event_errors();
+    /// let mut svc = ServiceBuilder::new().layer(layer).service(upstream);
+    ///
+    /// let err = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap_err();
+    /// let event = UpstreamErrorEvent::find(&*err).unwrap();
+    /// assert_eq!(event.name(), Some("error"));
+    /// # }
+    /// ```
+    pub fn sse_first_event_errors(mut self) -> Self {
+        self.protocol_mut().sse_first_event_errors = true;
         self
     }
 }

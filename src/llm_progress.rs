@@ -103,6 +103,21 @@ pub fn is_llm_output(data: &[u8]) -> bool {
     }
 }
 
+/// Whether the data of an event is a JSON object that says the answer failed: a top-level
+/// `error` that is not null, `"object": "error"`, or a `type` of `error` or
+/// `response.failed`.
+pub(crate) fn says_error(data: &[u8]) -> bool {
+    let data = data.trim_ascii();
+    if data.first() != Some(&b'{') {
+        return false;
+    }
+    Fields::read(data).is_some_and(|fields| {
+        fields.error
+            || fields.object == Some(b"error")
+            || matches!(fields.kind, Some(b"error" | b"response.failed"))
+    })
+}
+
 /// What the rule reads of an event's JSON object.
 #[derive(Default)]
 struct Fields<'a> {
@@ -112,6 +127,8 @@ struct Fields<'a> {
     choices: Option<bool>,
     /// `error`, not null.
     error: bool,
+    /// `object`, as written.
+    object: Option<&'a [u8]>,
 }
 
 impl<'a> Fields<'a> {
@@ -131,6 +148,7 @@ impl<'a> Fields<'a> {
                     fields.choices = Some(output);
                 }
                 b"error" => fields.error = json.skip(1)?,
+                b"object" if json.peek()? == b'"' => fields.object = Some(json.string()?),
                 _ => {
                     json.skip(1)?;
                 }

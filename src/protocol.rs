@@ -13,6 +13,7 @@ use http_body::Frame;
 
 use crate::BoxError;
 use crate::error::DeadlineExceeded;
+use crate::first_event_error::UpstreamErrorEvent;
 use crate::sse::{self, Scanner};
 use crate::{grpc, grpc_frames};
 
@@ -31,6 +32,8 @@ pub(crate) struct ProtocolConfig {
     pub(crate) sse_endings: Option<Option<EventFn>>,
     /// End an SSE stream whose upstream fails after the head with an error event.
     pub(crate) sse_upstream_errors: bool,
+    /// Fail the call when the first SSE event that counts is an error.
+    pub(crate) sse_first_event_errors: bool,
     /// `Some(None)`: count SSE events with data, unfiltered.
     pub(crate) sse_progress: Option<Option<SseFilter>>,
     pub(crate) progress: Option<Filter>,
@@ -42,6 +45,7 @@ impl fmt::Debug for ProtocolConfig {
             .field("grpc_endings", &self.grpc_endings)
             .field("sse_endings", &self.sse_endings.is_some())
             .field("sse_upstream_errors", &self.sse_upstream_errors)
+            .field("sse_first_event_errors", &self.sse_first_event_errors)
             .field("sse_progress", &self.sse_progress.is_some())
             .field("progress", &self.progress.is_some())
             .finish()
@@ -74,8 +78,12 @@ impl ProtocolConfig {
         } else if is_sse {
             // An added event must not be spliced into one the upstream was half-way through.
             let hold_back = self.sse_endings.is_some() || upstream_errors;
-            (hold_back || sse_progress.is_some()).then(|| {
-                let scanner = Scanner::new(sse_progress.is_some_and(Option::is_some));
+            let first_errors = self.sse_first_event_errors;
+            (hold_back || sse_progress.is_some() || first_errors).then(|| {
+                let scanner = match first_errors {
+                    true => Scanner::watching_the_first_event(),
+                    false => Scanner::new(sse_progress.is_some_and(Option::is_some)),
+                };
                 let progress = sse_progress.cloned();
                 Framing::new(Boundaries::Sse { scanner, progress }, hold_back)
             })
@@ -205,6 +213,20 @@ impl Protocol {
         }
         let deliver = framing.split(std::mem::take(bytes), end);
         (deliver.and_then(from_bytes).map(Frame::data), progress)
+    }
+
+    /// The first event that counted as progress, if it was an error (under
+    /// `sse_first_event_errors`).
+    pub(crate) fn first_event_error(&mut self) -> Option<UpstreamErrorEvent> {
+        let Some(Framing {
+            boundaries: Boundaries::Sse { scanner, .. },
+            ..
+        }) = &mut self.framing
+        else {
+            return None;
+        };
+        let (name, data) = scanner.take_first_error()?;
+        Some(UpstreamErrorEvent::new(&name, data))
     }
 
     /// At the end of the stream: what was held back (a unit the upstream never finished).

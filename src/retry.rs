@@ -8,9 +8,12 @@ use tower::retry::Policy;
 use crate::BoxError;
 use crate::attempt::Attempt;
 use crate::error::{DeadlineExceeded, DeadlineKind};
+use crate::first_event_error::UpstreamErrorEvent;
 
-/// Retries a call that failed at the [first-frame budget](crate::StreamDeadlineLayer::first_frame),
-/// up to a number of times, and nothing else.
+/// Retries a call that failed at the [first-frame budget](crate::StreamDeadlineLayer::first_frame)
+/// (or, under [`sse_first_event_errors`](crate::StreamDeadlineLayer::sse_first_event_errors),
+/// whose first event was an error: an [`UpstreamErrorEvent`]), up to a number of times, and
+/// nothing else.
 ///
 /// A request stuck before its first token is often served at once by a second attempt; one
 /// that already streamed, failed upstream, or ran out its total budget is not retried (the
@@ -134,8 +137,9 @@ impl<B: Clone, Res> Policy<Request<B>, Res, BoxError> for RetryFirstFrame {
         result: &mut Result<Res, BoxError>,
     ) -> Option<Self::Future> {
         let Err(err) = result else { return None };
-        let deadline = DeadlineExceeded::find(&**err)?;
-        if deadline.kind() != DeadlineKind::FirstFrame || self.retries == 0 {
+        let stuck =
+            DeadlineExceeded::find(&**err).is_some_and(|d| d.kind() == DeadlineKind::FirstFrame);
+        if !(stuck || UpstreamErrorEvent::find(&**err).is_some()) || self.retries == 0 {
             return None;
         }
         self.retries -= 1;

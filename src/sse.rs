@@ -30,6 +30,10 @@ pub(crate) struct Scanner {
     data: Option<Vec<u8>>,
     /// The current event's name, kept only when a filter needs to read it.
     name: Option<Vec<u8>>,
+    /// While the first event that counts is awaited, to tell whether it is an error.
+    watch_first: bool,
+    /// The first event that counted, when it was an error: its name and data.
+    first_error: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +64,23 @@ impl Scanner {
             event_has_data: false,
             data: keep_data.then(Vec::new),
             name: keep_data.then(Vec::new),
+            watch_first: false,
+            first_error: None,
         }
+    }
+
+    /// A scanner that also tells whether the first event that counts is an error
+    /// ([`take_first_error`](Self::take_first_error)); it reads names and data.
+    pub(crate) fn watching_the_first_event() -> Self {
+        Scanner {
+            watch_first: true,
+            ..Scanner::new(true)
+        }
+    }
+
+    /// The first event that counted, if it was an error: its name and data.
+    pub(crate) fn take_first_error(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.first_error.take()
     }
 
     /// Feeds the next bytes of the stream; `filter` judges each completed event.
@@ -180,10 +200,21 @@ impl Scanner {
         // Data lines are joined with LF; the last LF is not part of the data.
         let value = data.strip_suffix(b"\n").unwrap_or(data);
         let counts = has_data && filter.is_none_or(|filter| filter(name, value));
+        if counts && std::mem::take(&mut self.watch_first) && is_error_event(name, value) {
+            self.first_error = Some((name.clone(), value.to_vec()));
+        }
         data.clear();
         name.clear();
         counts
     }
+}
+
+/// Whether an event says the answer failed: named `error` (Anthropic's Messages API), or
+/// whose data is a JSON object with a top-level `error` that is not null (OpenAI's APIs;
+/// vLLM's and LiteLLM's streaming errors), an `"object": "error"` (vLLM before 0.8), or a
+/// `type` of `error` or `response.failed` (the Responses API).
+pub(crate) fn is_error_event(name: &[u8], data: &[u8]) -> bool {
+    name == b"error" || crate::llm_progress::says_error(data)
 }
 
 /// The default last event of a stream cut at its deadline. See [`error_event`].
