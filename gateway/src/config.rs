@@ -186,8 +186,9 @@ impl Flags {
 }
 
 /// The gateway's deadline layer with these budgets: SSE endings for deadlines and upstream
-/// failures, the upstream released at the deadline even while a client stops reading, and
-/// only tokens counted as progress (not keep-alives nor opening events).
+/// failures, a first event that is an error failing the attempt (so it is retried), the
+/// upstream released at the deadline even while a client stops reading, and only tokens
+/// counted as progress (not keep-alives nor opening events).
 pub fn deadline_layer(
     total: Duration,
     first_frame: Budget,
@@ -196,6 +197,7 @@ pub fn deadline_layer(
     let mut layer = StreamDeadlineLayer::new(total)
         .sse_endings()
         .sse_upstream_errors()
+        .sse_first_event_errors()
         .llm_progress()
         .release_unpolled();
     if let Some(first_frame) = first_frame.0 {

@@ -32,9 +32,10 @@ pub const OTHER_MODEL: &str = "other";
 
 /// How an attempt at one upstream ended, as `stream_deadline_upstream_attempts_total` labels
 /// it.
-const ATTEMPT_RESULTS: [&str; 7] = [
+const ATTEMPT_RESULTS: [&str; 8] = [
     "answered",
     "deadline_first_frame",
+    "error_event",
     "refused",
     "status_5xx",
     "upstream_error",

@@ -14,7 +14,7 @@ use tower::retry::RetryLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stream_deadline::{
     Deadline, DeadlineBody, DeadlineExceeded, HedgeFirstFrameLayer, OnRequestOutcome,
-    RetryFirstFrame,
+    RetryFirstFrame, UpstreamErrorEvent,
 };
 
 use crate::config::Flags;
@@ -312,6 +312,17 @@ impl Gateway {
                     .headers_mut()
                     .insert("x-should-retry", HeaderValue::from_static("false"));
             }
+            return response;
+        }
+        if let Some(event) = UpstreamErrorEvent::find(err) {
+            // Every attempt's first event said the answer failed: the client gets the last
+            // one as its upstream sent it, so its SDK raises the upstream's error.
+            log.note(event.to_string());
+            let mut response = Response::new(Full::new(event.event()));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             return response;
         }
         if let Some(timeout) = crate::errors::find::<BodyTimeout>(err) {

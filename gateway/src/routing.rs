@@ -17,7 +17,9 @@ use http::{Request, Response};
 use http_body_util::Either;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
-use tower_stream_deadline::{BoxError, Deadline, DeadlineExceeded, DeadlineKind};
+use tower_stream_deadline::{
+    BoxError, Deadline, DeadlineExceeded, DeadlineKind, UpstreamErrorEvent,
+};
 
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
@@ -57,6 +59,7 @@ fn judge<B>(result: &Result<Response<B>, BoxError>) -> (Verdict, &'static str) {
             Some(DeadlineKind::FirstFrame) => (Verdict::Failed, "deadline_first_frame"),
             // The request ran out of time: nothing to learn of the upstream.
             Some(_) => (Verdict::Neither, "deadline_total"),
+            None if UpstreamErrorEvent::find(&**err).is_some() => (Verdict::Failed, "error_event"),
             None if refused(&**err) => (Verdict::Failed, "refused"),
             None => (Verdict::Failed, "upstream_error"),
         },

@@ -229,3 +229,53 @@ async fn the_total_budget_bounds_every_attempt_together() {
     );
     assert!(answer.body.contains("(2 attempts)"), "{}", answer.body);
 }
+
+#[tokio::test]
+async fn a_first_event_that_is_an_error_moves_to_another_upstream_and_alone_reaches_the_client() {
+    let (overloaded_url, overloaded) = healthy().await;
+    overloaded.overloaded.store(true, Ordering::SeqCst);
+    let (healthy_url, healthy) = healthy().await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &overloaded_url,
+            "--upstream",
+            &healthy_url,
+            "--retries",
+            "1",
+        ],
+        &[],
+    );
+    for i in 0..4 {
+        let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+        assert_eq!(answer.status, StatusCode::OK, "request {i}");
+        assert!(answer.body.contains("t2 "), "request {i}: {}", answer.body);
+        assert!(
+            !answer.body.contains("overloaded_error"),
+            "request {i}: {}",
+            answer.body
+        );
+    }
+    assert_eq!(requests(&healthy), 4);
+    let metrics = support::get(gateway.admin.unwrap(), "/metrics").await.body;
+    let series = format!(
+        "stream_deadline_upstream_attempts_total{{upstream=\"{overloaded_url}\",result=\"error_event\"}}"
+    );
+    assert_eq!(
+        sample(&metrics, &series),
+        Some(requests(&overloaded) as f64),
+        "{metrics}"
+    );
+
+    // Alone: after its retries, the client gets the upstream's own error event.
+    let gateway = Gateway::start(&["--upstream", &overloaded_url, "--retries", "1"], &[]);
+    let before = requests(&overloaded);
+    let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, upstream::OVERLOADED);
+    assert_eq!(
+        requests(&overloaded) - before,
+        2,
+        "one attempt and one retry"
+    );
+}

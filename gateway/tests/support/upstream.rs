@@ -19,6 +19,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+/// What an overloaded server sends after its `200` (Anthropic's Messages API).
+pub const OVERLOADED: &str = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+
 /// A token every this often.
 pub const TOKEN_EVERY: Duration = Duration::from_millis(20);
 
@@ -36,6 +39,8 @@ pub struct Counts {
     pub request_ids: std::sync::Mutex<Vec<Option<String>>>,
     /// Set: every request is left without an answer (a replica stuck before its first token).
     pub stuck: std::sync::atomic::AtomicBool,
+    /// Set: every stream answers `200`, then an `overloaded_error` event (an overloaded server).
+    pub overloaded: std::sync::atomic::AtomicBool,
     /// How long every stream waits before its first token (a slow prefill).
     pub first_token_after: std::sync::Mutex<Duration>,
 }
@@ -118,6 +123,16 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
         // Counted as cancelled when the gateway gives up on it.
         let _cancelled = OnDrop(counts.clone());
         std::future::pending::<()>().await;
+    }
+    if counts.overloaded.load(Ordering::SeqCst) {
+        let (tx, body) = Tokens::channel();
+        let _ = tx.try_send(Bytes::from_static(OVERLOADED.as_bytes()));
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        return response;
     }
     if path == "/v1/headers" {
         let names: String = request
