@@ -120,15 +120,22 @@ impl DeadlineExceeded {
     /// assert!(DeadlineExceeded::find(&*plain).is_none());
     /// ```
     pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a DeadlineExceeded> {
-        let mut next = Some(err);
-        while let Some(err) = next {
-            if let Some(deadline) = err.downcast_ref::<DeadlineExceeded>() {
-                return Some(deadline);
-            }
-            next = err.source();
-        }
-        None
+        find_in_chain(err)
     }
+}
+
+/// The first error of type `T` in `err`'s source chain, `err` included.
+pub(crate) fn find_in_chain<'a, T: Error + 'static>(
+    err: &'a (dyn Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
 }
 
 impl fmt::Display for DeadlineExceeded {

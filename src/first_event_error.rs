@@ -72,14 +72,7 @@ impl UpstreamErrorEvent {
 
     /// The `UpstreamErrorEvent` in `err`'s source chain, if any.
     pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a UpstreamErrorEvent> {
-        let mut next = Some(err);
-        while let Some(err) = next {
-            if let Some(event) = err.downcast_ref::<UpstreamErrorEvent>() {
-                return Some(event);
-            }
-            next = err.source();
-        }
-        None
+        crate::error::find_in_chain(err)
     }
 }
 

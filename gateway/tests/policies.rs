@@ -134,36 +134,29 @@ async fn each_model_goes_to_its_own_upstreams_under_its_own_budgets_and_sighup_a
 
 #[test]
 fn a_file_that_does_not_load_at_start_is_an_exit_2_naming_its_line() {
-    let dir = tempdir();
-    let file = dir.join("models.toml");
-    write(&file, "[models.\"m\"]\nretries = 1\nretries = 2\n");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"));
-    command.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        file.to_str().unwrap(),
-    ]);
-    let (status, stderr) = refused(command);
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--config"), "{stderr}");
-    assert!(stderr.contains("line 3"), "{stderr}");
-
-    write(&file, "[models.\"m\"]\nupstreams = []\n");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"));
-    command.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        file.to_str().unwrap(),
-    ]);
-    let (status, stderr) = refused(command);
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("[models.\"m\"]: `upstreams` is empty"),
-        "{stderr}"
-    );
-    let _ = std::fs::remove_dir_all(dir);
+    for (text, named) in [
+        ("[models.\"m\"]\nretries = 1\nretries = 2\n", "line 3"),
+        (
+            "[models.\"m\"]\nupstreams = []\n",
+            "[models.\"m\"]: `upstreams` is empty",
+        ),
+    ] {
+        let dir = tempdir();
+        let file = dir.join("models.toml");
+        write(&file, text);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stream-deadline-gateway"));
+        command.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.to_str().unwrap(),
+        ]);
+        let (status, stderr) = refused(command);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--config"), "{stderr}");
+        assert!(stderr.contains(named), "{named}: {stderr}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A directory of its own under the system's temporary directory.

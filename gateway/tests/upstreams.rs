@@ -37,39 +37,49 @@ fn requests(counts: &Counts) -> usize {
     Counts::get(&counts.requests)
 }
 
+/// The gateway in front of `upstreams`, with `flags`.
+fn start(upstreams: &[&str], flags: &[&str]) -> Gateway {
+    let mut args = Vec::new();
+    for upstream in upstreams {
+        args.extend(["--upstream", upstream]);
+    }
+    args.extend(flags);
+    Gateway::start(&args, &[])
+}
+
+/// A streamed request for a whole answer: it must come whole; how long it took.
+async fn complete(gateway: &Gateway, i: usize) -> Duration {
+    let started = Instant::now();
+    let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+    let took = started.elapsed();
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "request {i}: {}",
+        answer.body
+    );
+    assert!(
+        answer.body.contains("t2 "),
+        "request {i}: whole: {}",
+        answer.body
+    );
+    assert!(
+        !answer.body.contains("error"),
+        "request {i}: no error: {}",
+        answer.body
+    );
+    took
+}
+
 #[tokio::test]
 async fn a_stuck_upstream_costs_one_first_frame_budget_at_most_and_is_left_out() {
     let (stuck_url, stuck) = stuck().await;
     let (healthy_url, healthy) = healthy().await;
-    let gateway = Gateway::start(
-        &[
-            "--upstream",
-            &stuck_url,
-            "--upstream",
-            &healthy_url,
-            "--first-frame",
-            "300ms",
-            "--retries",
-            "2",
-        ],
-        &[],
-    );
+    let flags = ["--first-frame", "300ms", "--retries", "2"];
+    let gateway = start(&[&stuck_url, &healthy_url], &flags);
 
     for i in 0..8 {
-        let started = Instant::now();
-        let answer = send(gateway.addr, post("/v1/complete", &[])).await;
-        let took = started.elapsed();
-        assert_eq!(
-            answer.status,
-            StatusCode::OK,
-            "request {i}: {}",
-            answer.body
-        );
-        assert!(
-            answer.body.contains("t2 "),
-            "request {i}: whole: {}",
-            answer.body
-        );
+        let took = complete(&gateway, i).await;
         assert!(
             took < Duration::from_millis(300 + 250),
             "request {i} waited {took:?}: more than one first-frame budget"
@@ -87,28 +97,22 @@ async fn a_stuck_upstream_costs_one_first_frame_budget_at_most_and_is_left_out()
 
     let metrics = support::get(gateway.admin.unwrap(), "/metrics").await.body;
     let series = |name: &str, labels: &str| sample(&metrics, &format!("{name}{{{labels}}}"));
-    let stuck_label = format!("upstream=\"{stuck_url}\"");
+    let attempts = |upstream: &str, result: &str| {
+        let labels = format!("upstream=\"{upstream}\",result=\"{result}\"");
+        series("stream_deadline_upstream_attempts_total", &labels)
+    };
+    let stuck_out = format!("upstream=\"{stuck_url}\"");
     assert_eq!(
-        series("stream_deadline_upstream_out", &stuck_label),
+        series("stream_deadline_upstream_out", &stuck_out),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        series(
-            "stream_deadline_upstream_attempts_total",
-            &format!("{stuck_label},result=\"deadline_first_frame\"")
-        ),
+        attempts(&stuck_url, "deadline_first_frame"),
         Some(3.0),
         "{metrics}"
     );
-    assert_eq!(
-        series(
-            "stream_deadline_upstream_attempts_total",
-            &format!("upstream=\"{healthy_url}\",result=\"answered\"")
-        ),
-        Some(8.0),
-        "{metrics}"
-    );
+    assert_eq!(attempts(&healthy_url, "answered"), Some(8.0), "{metrics}");
     let log = gateway
         .wait_for_log("a request line naming both upstreams", |log| {
             log.contains(&format!("upstreams={stuck_url},{healthy_url}"))
@@ -121,30 +125,10 @@ async fn a_stuck_upstream_costs_one_first_frame_budget_at_most_and_is_left_out()
 async fn a_refused_connection_moves_to_the_next_upstream_at_once_and_is_no_retry() {
     let refused_url = refusing().await;
     let (healthy_url, healthy) = healthy().await;
-    let gateway = Gateway::start(
-        &[
-            "--upstream",
-            &refused_url,
-            "--upstream",
-            &healthy_url,
-            "--retries",
-            "0",
-        ],
-        &[],
-    );
+    let gateway = start(&[&refused_url, &healthy_url], &["--retries", "0"]);
     for i in 0..4 {
-        let started = Instant::now();
-        let answer = send(gateway.addr, post("/v1/complete", &[])).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::OK,
-            "request {i}: {}",
-            answer.body
-        );
-        assert!(
-            started.elapsed() < Duration::from_millis(500),
-            "request {i}: at once"
-        );
+        let took = complete(&gateway, i).await;
+        assert!(took < Duration::from_millis(500), "request {i}: at once");
     }
     assert_eq!(requests(&healthy), 4);
 }
@@ -154,29 +138,10 @@ async fn a_hedge_on_another_upstream_wins_and_the_slow_attempt_is_cancelled() {
     let (slow_url, slow) = healthy().await;
     *slow.first_token_after.lock().unwrap() = Duration::from_secs(2);
     let (fast_url, fast) = healthy().await;
-    let gateway = Gateway::start(
-        &[
-            "--upstream",
-            &slow_url,
-            "--upstream",
-            &fast_url,
-            "--hedge-after",
-            "300ms",
-            "--retries",
-            "1",
-        ],
-        &[],
-    );
+    let flags = ["--hedge-after", "300ms", "--retries", "1"];
+    let gateway = start(&[&slow_url, &fast_url], &flags);
     for i in 0..4 {
-        let started = Instant::now();
-        let answer = send(gateway.addr, post("/v1/complete", &[])).await;
-        let took = started.elapsed();
-        assert_eq!(
-            answer.status,
-            StatusCode::OK,
-            "request {i}: {}",
-            answer.body
-        );
+        let took = complete(&gateway, i).await;
         assert!(took < Duration::from_secs(1), "request {i} took {took:?}");
     }
     // The slow upstream got the first attempt of some requests; each was hedged on the fast
@@ -198,21 +163,8 @@ async fn a_hedge_on_another_upstream_wins_and_the_slow_attempt_is_cancelled() {
 async fn the_total_budget_bounds_every_attempt_together() {
     let (first_url, _) = stuck().await;
     let (second_url, _) = stuck().await;
-    let gateway = Gateway::start(
-        &[
-            "--upstream",
-            &first_url,
-            "--upstream",
-            &second_url,
-            "--total",
-            "1s",
-            "--first-frame",
-            "700ms",
-            "--retries",
-            "1",
-        ],
-        &[],
-    );
+    let flags = ["--total", "1s", "--first-frame", "700ms", "--retries", "1"];
+    let gateway = start(&[&first_url, &second_url], &flags);
     let started = Instant::now();
     let answer = send(gateway.addr, post("/v1/complete", &[])).await;
     let took = started.elapsed();
@@ -235,26 +187,9 @@ async fn a_first_event_that_is_an_error_moves_to_another_upstream_and_alone_reac
     let (overloaded_url, overloaded) = healthy().await;
     overloaded.overloaded.store(true, Ordering::SeqCst);
     let (healthy_url, healthy) = healthy().await;
-    let gateway = Gateway::start(
-        &[
-            "--upstream",
-            &overloaded_url,
-            "--upstream",
-            &healthy_url,
-            "--retries",
-            "1",
-        ],
-        &[],
-    );
+    let gateway = start(&[&overloaded_url, &healthy_url], &["--retries", "1"]);
     for i in 0..4 {
-        let answer = send(gateway.addr, post("/v1/complete", &[])).await;
-        assert_eq!(answer.status, StatusCode::OK, "request {i}");
-        assert!(answer.body.contains("t2 "), "request {i}: {}", answer.body);
-        assert!(
-            !answer.body.contains("overloaded_error"),
-            "request {i}: {}",
-            answer.body
-        );
+        complete(&gateway, i).await;
     }
     assert_eq!(requests(&healthy), 4);
     let metrics = support::get(gateway.admin.unwrap(), "/metrics").await.body;
@@ -268,9 +203,9 @@ async fn a_first_event_that_is_an_error_moves_to_another_upstream_and_alone_reac
     );
 
     // Alone: after its retries, the client gets the upstream's own error event.
-    let gateway = Gateway::start(&["--upstream", &overloaded_url, "--retries", "1"], &[]);
+    let alone = start(&[&overloaded_url], &["--retries", "1"]);
     let before = requests(&overloaded);
-    let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+    let answer = send(alone.addr, post("/v1/complete", &[])).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, upstream::OVERLOADED);
     assert_eq!(
