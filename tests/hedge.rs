@@ -15,7 +15,9 @@ use tower_stream_deadline::{
     Attempt, BoxError, DeadlineKind, HedgeFirstFrameLayer, RetryFirstFrame, StreamDeadlineLayer,
 };
 
-use support::{DropFlag, MS, Scripted, Step, UpstreamError, assert_fired, deadline_of, drain};
+use support::{
+    DropFlag, MS, Scripted, Step, UpstreamError, assert_fired, deadline_of, drain, send_prompt,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -78,16 +80,6 @@ impl Replicas {
     }
 }
 
-async fn send<S>(svc: &mut S) -> Result<S::Response, BoxError>
-where
-    S: Service<Request<String>, Error = BoxError>,
-{
-    svc.ready()
-        .await?
-        .call(Request::new("prompt".to_owned()))
-        .await
-}
-
 fn first_token_after(wait: Duration) -> Vec<Step> {
     vec![Step::After(wait), Step::Data("first"), Step::Data(" token")]
 }
@@ -101,7 +93,7 @@ async fn a_late_first_frame_is_hedged_and_the_faster_attempt_wins() {
         .service(replicas.service());
 
     let start = Instant::now();
-    let mut body = send(&mut svc).await.unwrap().into_body();
+    let mut body = send_prompt(&mut svc).await.unwrap().into_body();
     assert_eq!(
         start.elapsed(),
         350 * MS,
@@ -126,7 +118,7 @@ async fn an_attempt_that_answers_in_time_is_never_hedged() {
         .layer(StreamDeadlineLayer::new(60 * SEC).first_frame(10 * SEC))
         .service(replicas.service());
 
-    let mut body = send(&mut svc).await.unwrap().into_body();
+    let mut body = send_prompt(&mut svc).await.unwrap().into_body();
     // Long after the hedge delay: the race is over, nothing else starts.
     assert_eq!(drain(&mut body).await.text(), "first token");
     tokio::time::sleep(SEC).await;
@@ -142,7 +134,7 @@ async fn hedges_are_bounded_and_the_last_error_is_returned() {
         .service(replicas.service());
 
     let start = Instant::now();
-    let result = send(&mut svc).await;
+    let result = send_prompt(&mut svc).await;
 
     // Started at 0, 300 and 600 ms; each abandoned one first-frame budget later.
     assert_eq!(start.elapsed(), SEC + 600 * MS);
@@ -166,7 +158,7 @@ async fn a_failed_attempt_starts_the_next_at_once() {
         .service(replicas.service());
 
     let start = Instant::now();
-    let mut body = send(&mut svc).await.unwrap().into_body();
+    let mut body = send_prompt(&mut svc).await.unwrap().into_body();
     assert_eq!(start.elapsed(), 50 * MS, "no wait for the hedge delay");
     assert_eq!(
         replicas.attempts(),
@@ -190,7 +182,7 @@ async fn an_attempt_out_of_total_time_starts_no_other() {
         .layer(StreamDeadlineLayer::new(200 * MS))
         .service(silent);
 
-    let result = send(&mut svc).await;
+    let result = send_prompt(&mut svc).await;
     assert_fired(deadline_of(&result), DeadlineKind::Total, 200 * MS);
     tokio::time::sleep(SEC).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -208,7 +200,7 @@ async fn retries_are_numbered_for_a_router_inside() {
         .layer(StreamDeadlineLayer::new(60 * SEC).first_frame(SEC))
         .service(replicas.service());
 
-    let mut body = send(&mut svc).await.unwrap().into_body();
+    let mut body = send_prompt(&mut svc).await.unwrap().into_body();
     assert_eq!(drain(&mut body).await.text(), "first token");
     assert_eq!(
         replicas.attempts(),
@@ -230,7 +222,7 @@ async fn a_retry_outside_hedging_tries_the_whole_race_again() {
         .service(replicas.service());
 
     let start = Instant::now();
-    let mut body = send(&mut svc).await.unwrap().into_body();
+    let mut body = send_prompt(&mut svc).await.unwrap().into_body();
     // The race of attempts 1 and 2 is lost at 1.3 s; the retry answers 1 ms later.
     assert_eq!(start.elapsed(), SEC + 300 * MS + MS);
     assert_eq!(drain(&mut body).await.text(), "first token");

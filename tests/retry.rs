@@ -10,10 +10,10 @@ use std::time::Duration;
 use http::{Request, Response};
 use tokio::time::Instant;
 use tower::retry::RetryLayer;
-use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_stream_deadline::{BoxError, DeadlineKind, RetryFirstFrame, StreamDeadlineLayer};
+use tower::{Service, ServiceBuilder};
+use tower_stream_deadline::{DeadlineKind, RetryFirstFrame, StreamDeadlineLayer};
 
-use support::{MS, Scripted, Step, UpstreamError, assert_fired, deadline_of, drain};
+use support::{MS, Scripted, Step, UpstreamError, assert_fired, deadline_of, drain, send_prompt};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -40,16 +40,6 @@ fn scripted_upstream(
     (svc, calls)
 }
 
-async fn send<S>(svc: &mut S) -> Result<S::Response, BoxError>
-where
-    S: Service<Request<String>, Error = BoxError>,
-{
-    svc.ready()
-        .await?
-        .call(Request::new("prompt".to_owned()))
-        .await
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_stuck_attempt_is_abandoned_at_the_first_frame_budget_and_the_retry_is_served() {
     let stuck = vec![Step::Stall];
@@ -65,7 +55,7 @@ async fn a_stuck_attempt_is_abandoned_at_the_first_frame_budget_and_the_retry_is
         .service(upstream);
 
     let start = Instant::now();
-    let mut body = send(&mut svc).await.unwrap().into_body();
+    let mut body = send_prompt(&mut svc).await.unwrap().into_body();
     assert_eq!(
         start.elapsed(),
         SEC + 50 * MS,
@@ -86,7 +76,7 @@ async fn retries_are_bounded_and_the_last_first_frame_error_is_returned() {
         .layer(StreamDeadlineLayer::new(60 * SEC).first_frame(SEC))
         .service(upstream);
 
-    let result = send(&mut svc).await;
+    let result = send_prompt(&mut svc).await;
 
     assert_fired(deadline_of(&result), DeadlineKind::FirstFrame, SEC);
     assert_eq!(
@@ -104,7 +94,7 @@ async fn total_deadlines_and_upstream_errors_are_not_retried() {
         .layer(RetryLayer::new(RetryFirstFrame::new(2)))
         .layer(StreamDeadlineLayer::new(SEC).first_frame(5 * SEC))
         .service(upstream);
-    let mut body = send(&mut svc).await.unwrap().into_body();
+    let mut body = send_prompt(&mut svc).await.unwrap().into_body();
     assert_eq!(
         drain(&mut body).await.deadline().kind(),
         DeadlineKind::Total
@@ -116,7 +106,7 @@ async fn total_deadlines_and_upstream_errors_are_not_retried() {
         .layer(RetryLayer::new(RetryFirstFrame::new(2)))
         .layer(StreamDeadlineLayer::new(60 * SEC).first_frame(SEC))
         .service(upstream);
-    let err = send(&mut svc).await.unwrap_err();
+    let err = send_prompt(&mut svc).await.unwrap_err();
     assert_eq!(
         err.downcast_ref::<UpstreamError>(),
         Some(&UpstreamError("reset"))

@@ -202,6 +202,18 @@ where
     call_with(svc, Request::new(())).await
 }
 
+/// Makes one call through `svc` with a request whose body is `prompt`: one that can be
+/// sent again (a `String` is `Clone`), for retries and hedges.
+pub async fn send_prompt<S>(svc: &mut S) -> Result<S::Response, BoxError>
+where
+    S: Service<Request<String>, Error = BoxError>,
+{
+    svc.ready()
+        .await?
+        .call(Request::new("prompt".to_owned()))
+        .await
+}
+
 /// Makes one call through `svc` with `req` (one that carries extensions, say).
 pub async fn call_with<S>(svc: &mut S, req: Request<()>) -> Result<S::Response, BoxError>
 where
