@@ -10,9 +10,9 @@ use std::time::Duration;
 use http::{Request, Response};
 use tokio::time::Instant;
 use tower::retry::RetryLayer;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder};
 use tower_stream_deadline::{
-    Attempt, BoxError, DeadlineKind, HedgeFirstFrameLayer, RetryFirstFrame, StreamDeadlineLayer,
+    Attempt, DeadlineKind, HedgeFirstFrameLayer, RetryFirstFrame, StreamDeadlineLayer,
 };
 
 use support::{
