@@ -40,7 +40,8 @@ const AFTER_CUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let flags = Flags::from_args();
-    subscriber::init(flags.log_format);
+    // Kept to the end of `main`: dropping it writes out the last log lines.
+    let _log_writer = subscriber::init(flags.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,9 +1,15 @@
 //! Where the gateway's `tracing` events go: stderr, as text for people or as one JSON object
 //! per line for log pipelines (Loki, Elasticsearch, Datadog), filtered by `RUST_LOG`.
+//!
+//! Lines are handed to a thread of their own that writes them (tracing-appender's
+//! non-blocking writer), so a request's line never waits on stderr inside a worker of the
+//! runtime; when the buffer is full the worker waits rather than drop a line, and the guard
+//! that [`init`] returns writes out what is left when the process ends.
 
 use std::io::IsTerminal;
 
 use clap::ValueEnum;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
@@ -20,15 +26,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the process's subscriber: every event in `format` on stderr.
-pub fn init(format: LogFormat) {
+/// Installs the process's subscriber: every event in `format` on stderr. Keep the guard
+/// until the process ends: dropping it writes out the lines still buffered.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(format: LogFormat) -> WorkerGuard {
     let targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|spec| spec.parse::<Targets>().ok())
         .unwrap_or_else(|| DEFAULT_FILTER.parse().unwrap_or_default());
+    let (stderr, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(stderr.clone())
             .with_ansi(std::io::stderr().is_terminal())
     });
     let json = (format == LogFormat::Json).then(|| {
@@ -39,11 +51,12 @@ pub fn init(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
     });
     tracing_subscriber::registry()
         .with(text)
         .with(json)
         .with(targets)
         .init();
+    guard
 }
