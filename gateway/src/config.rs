@@ -23,9 +23,14 @@ Every flag can also be set from the environment: STREAM_DEADLINE_ and the flag i
 dashes as underscores (STREAM_DEADLINE_UPSTREAM, STREAM_DEADLINE_FIRST_FRAME, ...). A flag
 given on the command line wins.
 
-A client may shorten (never lengthen) the total budget of its request with the header
-`x-request-timeout`, in the same grammar (`x-request-timeout: 5` is five seconds). A value
-that cannot be read is ignored and named in that request's log line, at warn.
+A client may shorten (never lengthen) the budgets of its request with headers in the same
+grammar: x-request-timeout (the total, all attempts, from its arrival; `x-request-timeout: 5`
+is five seconds), x-first-frame-timeout and x-idle-timeout (of a request that asks for a
+stream). Envoy's x-envoy-expected-rq-timeout-ms shortens the total too, and the openai and
+anthropic SDKs' x-stainless-read-timeout the silences the gateway allows, so that such a
+client gets the gateway's error before its own timer fires (both less a margin: a tenth, at
+least 250 ms). A value that cannot be read is ignored and named in that request's log line,
+at warn.
 
 The upstream's https:// certificates are checked against the system's roots, or against the
 PEM bundle named by SSL_CERT_FILE when it is set. One line per request is logged on stderr

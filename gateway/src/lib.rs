@@ -8,6 +8,7 @@
 #![allow(clippy::new_without_default)]
 
 pub mod admin;
+pub mod client_budgets;
 pub mod config;
 pub mod connection_idle;
 pub mod duration;

@@ -1,6 +1,6 @@
 //! Forwarding one request: the deadline layer (and first-frame retries) on the upstream
-//! client, the client's `x-request-timeout`, the request id, and the gateway's own error
-//! answers.
+//! client, the budgets the client's headers ask for, the request id, and the gateway's own
+//! error answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tower::retry::RetryLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stream_deadline::{
-    Deadline, DeadlineBody, DeadlineExceeded, OnRequestOutcome, ReleaseUnpolled, RetryFirstFrame,
+    DeadlineBody, DeadlineExceeded, OnRequestOutcome, ReleaseUnpolled, RetryFirstFrame,
     StreamDeadlineLayer,
 };
 
+use crate::client_budgets::{ClientBudgets, Configured};
 use crate::config::Flags;
 use crate::errors::{error_chain, json_error, request_timeout};
 use crate::headers;
@@ -24,13 +25,10 @@ use crate::log::RequestLog;
 use crate::metrics::Metrics;
 use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
 use crate::shutdown::DrainBody;
-use crate::stream_request::{self, asks_for_stream};
+use crate::stream_request::asks_for_stream;
 use crate::upstream::{self, UpstreamClient};
 use crate::upstream_url::Upstream;
 use crate::{model, request_id};
-
-/// The header a client may use to shorten its request's total budget.
-const TIMEOUT_HEADER: &str = "x-request-timeout";
 
 /// What the gateway answers with: the upstream's body under its deadlines, or its own error.
 pub type GatewayBody = Either<DrainBody<DeadlineBody<Incoming>>, Full<Bytes>>;
@@ -41,8 +39,9 @@ pub struct Gateway {
     layer: StreamDeadlineLayer<ReleaseUnpolled>,
     retries: usize,
     request_body_idle: std::time::Duration,
-    /// The total budget of a request, which its body must also come within.
-    total: std::time::Duration,
+    /// The budgets a client's headers may shorten; the total one its body must also come
+    /// within.
+    budgets: Configured,
     metrics: Arc<Metrics>,
     /// Cancelled at the end of the shutdown grace: live responses end then.
     cut: CancellationToken,
@@ -60,7 +59,7 @@ impl Gateway {
             layer: flags.layer(),
             retries: flags.retries,
             request_body_idle: flags.request_body_idle,
-            total: flags.total,
+            budgets: Configured::from_flags(flags),
             metrics,
             cut,
         })
@@ -112,17 +111,12 @@ impl Gateway {
     ) -> Result<Response<DeadlineBody<Incoming>>, Response<Full<Bytes>>> {
         let arrived = tokio::time::Instant::now();
         let (mut parts, body) = request.into_parts();
-        let client_deadline = client_deadline(&parts.headers, log);
-        if let Some(deadline) = client_deadline {
+        let client = ClientBudgets::read(&parts.headers, arrived, log);
+        if let Some(deadline) = client.deadline() {
             parts.extensions.insert(deadline);
         }
         // The body must come within the request's total budget too.
-        let budget = client_deadline.map_or(self.total, |client| {
-            client
-                .at()
-                .saturating_duration_since(arrived)
-                .min(self.total)
-        });
+        let budget = client.total(self.budgets.total, arrived);
         let limits = BodyLimits::new(self.request_body_idle, arrived, budget);
         parts.uri = self.upstream.uri_for(&parts.uri).map_err(|err| {
             log.note(format!("bad request URI: {err}"));
@@ -174,9 +168,9 @@ impl Gateway {
         // A body too large to buffer is not read: it gets the total budget only, as a
         // request that does not ask for a stream (see `stream_request`).
         let streamed = matches!(&body, RequestBody::Replayable(bytes) if asks_for_stream(bytes));
-        if !streamed {
-            parts.extensions.insert(stream_request::total_only());
-        }
+        parts
+            .extensions
+            .insert(client.request_budgets(&self.budgets, streamed));
         let result = match body {
             RequestBody::Replayable(bytes) => {
                 ServiceBuilder::new()
@@ -254,27 +248,6 @@ impl Gateway {
                 "upstream_unavailable",
                 &format!("the upstream request failed: {chain}"),
             ),
-        }
-    }
-}
-
-/// The deadline a client asks for with `x-request-timeout` (same grammar as the flags): it
-/// caps the total of every attempt of the request, counted from its arrival, and can only
-/// shorten the gateway's budget. A value that cannot be read is ignored, and named in the
-/// request's log line.
-fn client_deadline(headers: &http::HeaderMap, log: &RequestLog) -> Option<Deadline> {
-    let value = headers.get(TIMEOUT_HEADER)?;
-    let parsed = value
-        .to_str()
-        .map_err(|_| "not visible ASCII".to_owned())
-        .and_then(crate::duration::parse);
-    match parsed {
-        Ok(budget) => tokio::time::Instant::now()
-            .checked_add(budget)
-            .map(Deadline::new),
-        Err(why) => {
-            log.warn(format!("ignored {TIMEOUT_HEADER}: {value:?}: {why}"));
-            None
         }
     }
 }

@@ -79,6 +79,7 @@ where
 /// - `/v1/babble`: a token every 20 ms, forever;
 /// - `/v1/idle`: one token, then silence;
 /// - `/v1/stuck-once`: the first request gets nothing at all; later ones are `/v1/complete`;
+/// - `/v1/stuck`: nothing at all, ever;
 /// - `/v1/own-id`: `200 upstream /v1/own-id`, with an `x-request-id` of its own;
 /// - `/v1/headers`: the names of the request's headers, one a line;
 /// - anything else: `200 upstream <path>` in plain text.
@@ -130,6 +131,7 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
             None
         }
         "/v1/stuck-once" => Some(3),
+        "/v1/stuck" => std::future::pending().await,
         _ => None,
     };
     let Some(tokens) = tokens else {
