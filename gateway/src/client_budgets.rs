@@ -14,7 +14,8 @@
 //!   silences the gateway allows end [early enough](within) for the client to get the
 //!   gateway's error event (or `504`), and for the upstream to be released, before the
 //!   client's own timer fires: the idle budget, and the wait for the first token across all
-//!   attempts, or, for a request that does not ask for a stream and so gets its answer
+//!   attempts (unless heartbeats come often enough to keep the client's timer from running
+//!   out), or, for a request that does not ask for a stream and so gets its answer
 //!   whole, the total.
 //!
 //! A value that cannot be read is ignored, and named in the request's log line at `warn`.
@@ -58,6 +59,8 @@ pub struct Configured {
     pub first_frame: Option<Duration>,
     pub idle: Option<Duration>,
     pub retries: usize,
+    /// How often heartbeats go to a stream waiting for its first token, if they do.
+    pub heartbeat: Option<Duration>,
 }
 
 impl Configured {
@@ -67,6 +70,7 @@ impl Configured {
             first_frame: flags.first_frame.0,
             idle: flags.idle.0,
             retries: flags.retries,
+            heartbeat: flags.heartbeat.0,
         }
     }
 }
@@ -162,10 +166,19 @@ impl ClientBudgets {
                 _ => budgets,
             };
         }
+        // Heartbeats keep a client's read timer from running out while the first token is
+        // awaited, if they come often enough.
+        let heartbeats_in_time = configured
+            .heartbeat
+            .zip(self.silence)
+            .is_some_and(|(every, silence)| every <= silence);
         // The wait for a first token is one first-frame budget per attempt: all of them fit
         // in the client's silence.
         let attempts = u32::try_from(configured.retries.saturating_add(1)).unwrap_or(u32::MAX);
-        let first_frame_wait = self.silence.map(|silence| silence / attempts);
+        let first_frame_wait = self
+            .silence
+            .filter(|_| !heartbeats_in_time)
+            .map(|silence| silence / attempts);
         let first_frame = shortest([configured.first_frame, self.first_frame, first_frame_wait]);
         let idle = shortest([configured.idle, self.idle, self.silence]);
         let mut budgets = RequestBudgets::new();
@@ -192,6 +205,7 @@ mod tests {
         first_frame: Some(Duration::from_secs(10)),
         idle: Some(Duration::from_secs(5)),
         retries: 2,
+        heartbeat: None,
     };
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -303,6 +317,24 @@ mod tests {
             .first_frame(ms(1250) / 3)
             .idle(ms(1250));
         assert_eq!(budgets.request_budgets(&DEFAULTS, true), expected);
+
+        // Heartbeats often enough keep its timer alive before the first token; not after.
+        let heartbeats = Configured {
+            heartbeat: Some(ms(400)),
+            ..DEFAULTS
+        };
+        let expected = RequestBudgets::new()
+            .first_frame(Duration::from_secs(10))
+            .idle(ms(1250));
+        assert_eq!(budgets.request_budgets(&heartbeats, true), expected);
+        let rare = Configured {
+            heartbeat: Some(Duration::from_secs(2)),
+            ..DEFAULTS
+        };
+        assert_eq!(
+            budgets.request_budgets(&rare, true),
+            budgets.request_budgets(&DEFAULTS, true)
+        );
     }
 
     #[test]

@@ -124,6 +124,21 @@ pub struct Flags {
         value_enum
     )]
     pub log_format: LogFormat,
+
+    /// For a request that asks for a stream and has no answer yet after DUR: send the response
+    /// head and an SSE comment, one more every DUR until the answer comes (`off`: never).
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_HEARTBEAT", default_value = "off", value_parser = parse_heartbeat)]
+    pub heartbeat: Budget,
+}
+
+/// A heartbeat interval: a duration above zero, or `off`.
+fn parse_heartbeat(text: &str) -> Result<Budget, String> {
+    match duration::parse_optional(text)? {
+        Some(every) if every.is_zero() => Err(format!(
+            "`{text}`: a heartbeat needs an interval above zero (or off)"
+        )),
+        every => Ok(Budget(every)),
+    }
 }
 
 impl Flags {
@@ -231,6 +246,13 @@ mod tests {
         assert_eq!(flags.idle, Budget(None));
         assert_eq!((flags.retries, flags.h2c), (1, true));
         assert_eq!(flags.admin_listen, AdminListen(None));
+        assert_eq!(flags.heartbeat, Budget(None));
+        let heartbeats = Flags::try_from_iter(["gw", "--heartbeat", "400ms"]).unwrap();
+        assert_eq!(
+            heartbeats.heartbeat,
+            Budget(Some(Duration::from_millis(400)))
+        );
+        assert!(Flags::try_from_iter(["gw", "--heartbeat", "0s"]).is_err());
         let uri = flags.upstream.uri_for(&"/v1/models?x=1".parse().unwrap());
         assert_eq!(uri.unwrap(), "http://10.0.0.1:8000/base/v1/models?x=1");
         assert!(Flags::try_from_iter(["gw", "--bogus"]).is_err());

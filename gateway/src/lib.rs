@@ -14,6 +14,7 @@ pub mod connection_idle;
 pub mod duration;
 pub mod errors;
 pub mod headers;
+pub mod heartbeat;
 pub mod listener;
 pub mod log;
 pub mod metrics;

@@ -95,6 +95,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         first_frame = %flags.first_frame,
         idle = %flags.idle,
         retries = flags.retries,
+        heartbeat = %flags.heartbeat,
         max_connections = flags.max_connections,
         "gateway ready"
     );

@@ -1,6 +1,6 @@
 //! Forwarding one request: the deadline layer (and first-frame retries) on the upstream
-//! client, the budgets the client's headers ask for, the request id, and the gateway's own
-//! error answers.
+//! client, the budgets the client's headers ask for, the heartbeats of a slow stream, the
+//! request id, and the gateway's own error answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::client_budgets::{ClientBudgets, Configured};
 use crate::config::Flags;
 use crate::errors::{error_chain, json_error, request_timeout};
 use crate::headers;
+use crate::heartbeat::{self, Heartbeat, Raced};
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
 use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
@@ -30,8 +31,12 @@ use crate::upstream::{self, UpstreamClient};
 use crate::upstream_url::Upstream;
 use crate::{model, request_id};
 
-/// What the gateway answers with: the upstream's body under its deadlines, or its own error.
-pub type GatewayBody = Either<DrainBody<DeadlineBody<Incoming>>, Full<Bytes>>;
+/// What the gateway answers with: the upstream's body under its deadlines (after the
+/// heartbeats, if they began before it), or its own error.
+pub type GatewayBody = Either<DrainBody<UpstreamBody>, Full<Bytes>>;
+
+/// The upstream's body, as it came or after the heartbeats.
+type UpstreamBody = Either<DeadlineBody<Incoming>, Heartbeat<DeadlineBody<Incoming>>>;
 
 pub struct Gateway {
     client: UpstreamClient,
@@ -66,7 +71,7 @@ impl Gateway {
     }
 
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<GatewayBody> {
@@ -80,14 +85,31 @@ impl Gateway {
         if let Some(ignored) = ignored {
             log.warn(ignored);
         }
-        let mut response = match self.forward(request, peer, &log).await {
-            Ok(response) => {
+        let forwarded = match self.budgets.heartbeat {
+            None => Raced::Answered(self.forward(request, peer, &log).await),
+            Some(every) => {
+                let asks = heartbeat::ask(request.extensions_mut());
+                let (gateway, held) = (self.clone(), log.clone());
+                let forward = async move { gateway.forward(request, peer, &held).await };
+                heartbeat::race(forward, every, asks, log.clone()).await
+            }
+        };
+        let mut response = match forwarded {
+            Raced::Answered(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 let event_stream = headers::prepare_response(&mut parts.headers);
-                let body = DrainBody::new(body, &self.cut, event_stream, log.clone());
+                let body = DrainBody::new(Either::Left(body), &self.cut, event_stream, log.clone());
                 Response::from_parts(parts, Either::Left(body))
             }
-            Err(answer) => answer.map(Either::Right),
+            Raced::Answered(Err(answer)) => answer.map(Either::Right),
+            Raced::Committed(response) => response.map(|body| {
+                Either::Left(DrainBody::new(
+                    Either::Right(body),
+                    &self.cut,
+                    true,
+                    log.clone(),
+                ))
+            }),
         };
         // The client gets the id its request went upstream with; an upstream's own id (a
         // hosted API's, say) stays findable in the log line.
@@ -171,6 +193,7 @@ impl Gateway {
         parts
             .extensions
             .insert(client.request_budgets(&self.budgets, streamed));
+        heartbeat::tell(&parts.extensions, streamed);
         let result = match body {
             RequestBody::Replayable(bytes) => {
                 ServiceBuilder::new()

@@ -59,6 +59,37 @@ pub async fn start() -> (SocketAddr, Arc<Counts>) {
     (addr, counts)
 }
 
+/// A server of its own on 127.0.0.1, whose `answer` makes each response; its address, and
+/// the number of requests it has got.
+pub async fn answering<F, Fut, B>(answer: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (counted, answer) = (counted.clone(), answer.clone());
+            let service = service_fn(move |request: Request<Incoming>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let response = answer(request);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            tokio::spawn(
+                auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned(),
+            );
+        }
+    });
+    (addr, requests)
+}
+
 /// Serves one connection (plain or TLS) with the routes below.
 pub fn serve<I>(io: I, counts: Arc<Counts>)
 where
