@@ -326,3 +326,35 @@ async fn an_answer_before_the_interval_passes_as_it_came() {
     assert!(answer.comments().is_empty(), "{}", answer.body());
     assert_eq!(answer.body(), TOKENS.concat());
 }
+
+#[tokio::test]
+async fn a_shutdown_ends_a_stream_still_waiting_behind_heartbeats_with_its_error_event() {
+    let (upstream, _) = model_server().await;
+    let mut gateway = gateway(
+        upstream,
+        &["--first-frame", "30s", "--shutdown-grace", "300ms"],
+    );
+    let request = Request::post("/v1/stuck")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(STREAMED.as_bytes())))
+        .unwrap();
+    let response = send_head(gateway.addr, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // The head came from the heartbeat; the grace starts now, the upstream still silent.
+    gateway.signal("TERM");
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("the body ends in time")
+        .expect("the body reads without error")
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with(COMMENT), "{body}");
+    let event = body.replace(COMMENT, "");
+    assert!(
+        event.starts_with("event: error\ndata: ")
+            && event.contains("\"code\":\"gateway_shutting_down\""),
+        "{body}"
+    );
+    let status = gateway.exit_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status:?}");
+}
