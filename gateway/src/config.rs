@@ -23,9 +23,14 @@ Every flag can also be set from the environment: STREAM_DEADLINE_ and the flag i
 dashes as underscores (STREAM_DEADLINE_UPSTREAM, STREAM_DEADLINE_FIRST_FRAME, ...). A flag
 given on the command line wins.
 
-A client may shorten (never lengthen) the total budget of its request with the header
-`x-request-timeout`, in the same grammar (`x-request-timeout: 5` is five seconds). A value
-that cannot be read is ignored and named in that request's log line, at warn.
+A client may shorten (never lengthen) the budgets of its request with headers in the same
+grammar: x-request-timeout (the total, all attempts, from its arrival; `x-request-timeout: 5`
+is five seconds), x-first-frame-timeout and x-idle-timeout (of a request that asks for a
+stream). Envoy's x-envoy-expected-rq-timeout-ms shortens the total too, and the openai and
+anthropic SDKs' x-stainless-read-timeout the silences the gateway allows, so that such a
+client gets the gateway's error before its own timer fires (both less a margin: a tenth, at
+least 250 ms). A value that cannot be read is ignored and named in that request's log line,
+at warn.
 
 The upstream's https:// certificates are checked against the system's roots, or against the
 PEM bundle named by SSL_CERT_FILE when it is set. One line per request is logged on stderr
@@ -133,6 +138,21 @@ pub struct Flags {
         value_enum
     )]
     pub log_format: LogFormat,
+
+    /// For a request that asks for a stream and has no answer yet after DUR: send the response
+    /// head and an SSE comment, one more every DUR until the answer comes (`off`: never).
+    #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_HEARTBEAT", default_value = "off", value_parser = parse_heartbeat)]
+    pub heartbeat: Budget,
+}
+
+/// A heartbeat interval: a duration above zero, or `off`.
+fn parse_heartbeat(text: &str) -> Result<Budget, String> {
+    match duration::parse_optional(text)? {
+        Some(every) if every.is_zero() => Err(format!(
+            "`{text}`: a heartbeat needs an interval above zero (or off)"
+        )),
+        every => Ok(Budget(every)),
+    }
 }
 
 impl Flags {
@@ -275,6 +295,13 @@ mod tests {
         assert_eq!(flags.idle, Budget(None));
         assert_eq!((flags.retries, flags.h2c), (1, true));
         assert_eq!(flags.admin_listen, AdminListen(None));
+        assert_eq!(flags.heartbeat, Budget(None));
+        let heartbeats = Flags::try_from_iter(["gw", "--heartbeat", "400ms"]).unwrap();
+        assert_eq!(
+            heartbeats.heartbeat,
+            Budget(Some(Duration::from_millis(400)))
+        );
+        assert!(Flags::try_from_iter(["gw", "--heartbeat", "0s"]).is_err());
         let uri = flags.upstreams[0].uri_for(&"/v1/models?x=1".parse().unwrap());
         assert_eq!(uri.unwrap(), "http://10.0.0.1:8000/base/v1/models?x=1");
         assert!(Flags::try_from_iter(["gw", "--bogus"]).is_err());

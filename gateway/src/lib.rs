@@ -8,11 +8,13 @@
 #![allow(clippy::new_without_default)]
 
 pub mod admin;
+pub mod client_budgets;
 pub mod config;
 pub mod connection_idle;
 pub mod duration;
 pub mod errors;
 pub mod headers;
+pub mod heartbeat;
 pub mod listener;
 pub mod log;
 pub mod metrics;

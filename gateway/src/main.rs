@@ -14,6 +14,12 @@
 //!   when the upstream cannot be reached), with an OpenAI-shaped JSON error.
 //! - Request bodies up to 1 MiB are buffered so that a request stuck before its first frame
 //!   can be retried with fresh budgets.
+//! - With `--heartbeat`, a request that asks for a stream and has no answer after the
+//!   interval gets the response head and an SSE comment every interval, so that proxies in
+//!   front do not time out while its first token is awaited and retried.
+//! - A client's headers may shorten its budgets (`x-request-timeout`,
+//!   `x-first-frame-timeout`, `x-idle-timeout`, Envoy's `x-envoy-expected-rq-timeout-ms`),
+//!   and the SDKs' `x-stainless-read-timeout` makes the gateway's error come before theirs.
 //! - Only a request that asks for a stream (`"stream": true`) gets the first-frame and idle
 //!   budgets, counted in tokens (keep-alives and opening events are not); any other has the
 //!   total budget only, since a non-streamed answer comes whole, at its end.
@@ -100,6 +106,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         first_frame = %flags.first_frame,
         idle = %flags.idle,
         retries = flags.retries,
+        heartbeat = %flags.heartbeat,
         max_connections = flags.max_connections,
         "gateway ready"
     );

@@ -10,10 +10,11 @@
 //! idle = "10s"
 //! retries = 1
 //! hedge_after = "3s"
+//! heartbeat = "15s"
 //! ```
 //!
 //! A table may leave out any key: what it leaves out comes from the flags. Durations are in
-//! the flags' grammar (`off` for `first_frame`, `idle` and `hedge_after`).
+//! the flags' grammar (`off` for `first_frame`, `idle`, `hedge_after` and `heartbeat`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -40,6 +41,9 @@ pub struct Policy {
     /// When set, a request whose first token is late by this much gets another attempt at
     /// another upstream while the first goes on; hedges count against `retries`.
     pub hedge_after: Option<Duration>,
+    /// How often a streamed request still waiting for its answer gets an SSE comment, with
+    /// the response head sent by the gateway; `None` for none.
+    pub heartbeat: Option<Duration>,
     pub layer: StreamDeadlineLayer<ReleaseUnpolled>,
 }
 
@@ -59,6 +63,7 @@ struct Table {
     idle: Option<String>,
     retries: Option<usize>,
     hedge_after: Option<String>,
+    heartbeat: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +105,12 @@ impl Policies {
     pub fn all(&self) -> impl Iterator<Item = &Arc<Policy>> {
         std::iter::once(&self.default).chain(self.by_model.values())
     }
+
+    /// Whether any policy sends heartbeats (then every request is raced against them until
+    /// its policy is known).
+    pub fn any_heartbeat(&self) -> bool {
+        self.all().any(|policy| policy.heartbeat.is_some())
+    }
 }
 
 fn read(path: &Path) -> Result<File, String> {
@@ -140,6 +151,11 @@ fn policy(
     let idle = key("idle", &table.idle, optional)?.unwrap_or(flags.idle);
     let hedge_after =
         key("hedge_after", &table.hedge_after, optional)?.map_or(flags.hedge_after.0, |b| b.0);
+    let heartbeat =
+        key("heartbeat", &table.heartbeat, optional)?.map_or(flags.heartbeat.0, |b| b.0);
+    if heartbeat == Some(Duration::ZERO) {
+        return Err("`heartbeat` must be longer than 0".to_owned());
+    }
     let retries = table.retries.unwrap_or(flags.retries);
     Ok(Policy {
         model: model.map(str::to_owned),
@@ -150,5 +166,6 @@ fn policy(
         idle,
         retries,
         hedge_after,
+        heartbeat,
     })
 }

@@ -1,6 +1,7 @@
 //! Forwarding one request: its policy (by the model it names), the deadline layer on the
 //! upstream client, each attempt routed to an upstream, first-frame retries or hedges, the
-//! client's `x-request-timeout`, the request id, and the gateway's own error answers.
+//! budgets the client's headers ask for, the heartbeats of a slow stream, the request id,
+//! and the gateway's own error answers.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -13,13 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tower::retry::RetryLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stream_deadline::{
-    Deadline, DeadlineBody, DeadlineExceeded, HedgeFirstFrameLayer, OnRequestOutcome,
-    RetryFirstFrame, UpstreamErrorEvent,
+    DeadlineBody, DeadlineExceeded, HedgeFirstFrameLayer, OnRequestOutcome, RetryFirstFrame,
+    UpstreamErrorEvent,
 };
 
+use crate::client_budgets::{ClientBudgets, Configured};
 use crate::config::Flags;
 use crate::errors::{error_chain, json_error, request_timeout};
 use crate::headers;
+use crate::heartbeat::{self, Heartbeat, Raced};
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
 use crate::policy::{Policies, Policy};
@@ -28,13 +31,14 @@ use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, 
 use crate::routing::{AttemptsEnd, Route};
 use crate::shutdown::DrainBody;
 use crate::upstream::{self, UpstreamClient};
-use crate::{request_fields, request_id, stream_request};
+use crate::{request_fields, request_id};
 
-/// The header a client may use to shorten its request's total budget.
-const TIMEOUT_HEADER: &str = "x-request-timeout";
+/// What the gateway answers with: the upstream's body under its deadlines (after the
+/// heartbeats, if they began before it), or its own error.
+pub type GatewayBody = Either<DrainBody<UpstreamBody>, Full<Bytes>>;
 
-/// What the gateway answers with: the upstream's body under its deadlines, or its own error.
-pub type GatewayBody = Either<DrainBody<DeadlineBody<Incoming>>, Full<Bytes>>;
+/// The upstream's body, as it came or after the heartbeats.
+type UpstreamBody = Either<DeadlineBody<Incoming>, Heartbeat<DeadlineBody<Incoming>>>;
 
 pub struct Gateway {
     client: UpstreamClient,
@@ -44,9 +48,9 @@ pub struct Gateway {
     /// Swapped whole on a reload; a request keeps the policy it started with.
     policies: RwLock<Arc<Policies>>,
     request_body_idle: std::time::Duration,
-    /// The flags' total budget, which a request body must also come within (the body is read
-    /// before its model, and so its policy, is known).
-    total: std::time::Duration,
+    /// The budgets a client's headers may shorten; the total one its body must also come
+    /// within.
+    budgets: Configured,
     metrics: Arc<Metrics>,
     /// Cancelled at the end of the shutdown grace: live responses end then.
     cut: CancellationToken,
@@ -66,7 +70,7 @@ impl Gateway {
             members,
             policies: RwLock::new(Arc::new(policies)),
             request_body_idle: flags.request_body_idle,
-            total: flags.total,
+            budgets: Configured::from_flags(flags),
             metrics,
             cut,
         };
@@ -113,7 +117,7 @@ impl Gateway {
     }
 
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<GatewayBody> {
@@ -127,14 +131,31 @@ impl Gateway {
         if let Some(ignored) = ignored {
             log.warn(ignored);
         }
-        let mut response = match self.forward(request, peer, &log).await {
-            Ok(response) => {
+        let forwarded = match self.policies().any_heartbeat() {
+            false => Raced::Answered(self.forward(request, peer, &log).await),
+            true => {
+                let told = heartbeat::ask(request.extensions_mut());
+                let (gateway, held) = (self.clone(), log.clone());
+                let forward = async move { gateway.forward(request, peer, &held).await };
+                heartbeat::race(forward, told, log.clone()).await
+            }
+        };
+        let mut response = match forwarded {
+            Raced::Answered(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 let event_stream = headers::prepare_response(&mut parts.headers);
-                let body = DrainBody::new(body, &self.cut, event_stream, log.clone());
+                let body = DrainBody::new(Either::Left(body), &self.cut, event_stream, log.clone());
                 Response::from_parts(parts, Either::Left(body))
             }
-            Err(answer) => answer.map(Either::Right),
+            Raced::Answered(Err(answer)) => answer.map(Either::Right),
+            Raced::Committed(response) => response.map(|body| {
+                Either::Left(DrainBody::new(
+                    Either::Right(body),
+                    &self.cut,
+                    true,
+                    log.clone(),
+                ))
+            }),
         };
         // The client gets the id its request went upstream with; an upstream's own id (a
         // hosted API's, say) stays findable in the log line.
@@ -158,14 +179,9 @@ impl Gateway {
     ) -> Result<Response<DeadlineBody<Incoming>>, Response<Full<Bytes>>> {
         let arrived = tokio::time::Instant::now();
         let (mut parts, body) = request.into_parts();
-        let client_deadline = client_deadline(&parts.headers, log);
+        let client = ClientBudgets::read(&parts.headers, arrived, log);
         // The body must come within the request's total budget too.
-        let budget = client_deadline.map_or(self.total, |client| {
-            client
-                .at()
-                .saturating_duration_since(arrived)
-                .min(self.total)
-        });
+        let budget = client.total(self.budgets.total, arrived);
         let limits = BodyLimits::new(self.request_body_idle, arrived, budget);
         let policies = self.policies();
         // Checked once against the flags' first upstream (every upstream makes its URI the
@@ -215,13 +231,18 @@ impl Gateway {
         if let Some(model) = &fields.model {
             log.model(model.clone());
         }
-        if !fields.stream {
-            parts.extensions.insert(stream_request::total_only());
-        }
         let policy = policies.for_model(fields.model.as_deref()).clone();
-        if let Some(deadline) = client_deadline {
+        if let Some(deadline) = client.deadline() {
             parts.extensions.insert(deadline);
         }
+        let configured = Configured::from_policy(&policy);
+        parts
+            .extensions
+            .insert(client.request_budgets(&configured, fields.stream));
+        heartbeat::tell(
+            &parts.extensions,
+            policy.heartbeat.filter(|_| fields.stream),
+        );
         // `--total` bounds every attempt together, from now: the first attempt has it whole
         // (and its errors name it), later ones what is left (see `routing`).
         if let Some(end) = tokio::time::Instant::now().checked_add(policy.total) {
@@ -356,27 +377,6 @@ impl Gateway {
                 "upstream_unavailable",
                 &format!("the upstream request failed: {chain}"),
             ),
-        }
-    }
-}
-
-/// The deadline a client asks for with `x-request-timeout` (same grammar as the flags): it
-/// caps the total of every attempt of the request, counted from its arrival, and can only
-/// shorten the gateway's budget. A value that cannot be read is ignored, and named in the
-/// request's log line.
-fn client_deadline(headers: &http::HeaderMap, log: &RequestLog) -> Option<Deadline> {
-    let value = headers.get(TIMEOUT_HEADER)?;
-    let parsed = value
-        .to_str()
-        .map_err(|_| "not visible ASCII".to_owned())
-        .and_then(crate::duration::parse);
-    match parsed {
-        Ok(budget) => tokio::time::Instant::now()
-            .checked_add(budget)
-            .map(Deadline::new),
-        Err(why) => {
-            log.warn(format!("ignored {TIMEOUT_HEADER}: {value:?}: {why}"));
-            None
         }
     }
 }

@@ -17,10 +17,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{Either, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 
 use support::{Gateway, send};
 
@@ -51,44 +47,27 @@ impl Body for KeepAlives {
 /// `/v1/keep-alive` streams keep-alives only, and whose other paths never answer; it counts
 /// the requests it gets.
 async fn model_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                counted.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    let response = Response::builder();
-                    let response = match request.uri().path() {
-                        "/v1/late" => {
-                            tokio::time::sleep(LATE).await;
-                            let answer = Full::new(Bytes::from_static(ANSWER.as_bytes()));
-                            response
-                                .header("content-type", "application/json")
-                                .body(Either::Left(answer))
-                        }
-                        "/v1/keep-alive" => {
-                            let every = tokio::time::interval(Duration::from_millis(100));
-                            response
-                                .header("content-type", "text/event-stream")
-                                .body(Either::Right(KeepAlives(every)))
-                        }
-                        _ => std::future::pending().await,
-                    };
-                    Ok::<_, Infallible>(response.unwrap())
-                }
-            });
-            tokio::spawn(
-                auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned(),
-            );
-        }
-    });
-    (addr, requests)
+    support::upstream::answering(|request: Request<hyper::body::Incoming>| async move {
+        let response = Response::builder();
+        let response = match request.uri().path() {
+            "/v1/late" => {
+                tokio::time::sleep(LATE).await;
+                let answer = Full::new(Bytes::from_static(ANSWER.as_bytes()));
+                response
+                    .header("content-type", "application/json")
+                    .body(Either::Left(answer))
+            }
+            "/v1/keep-alive" => {
+                let every = tokio::time::interval(Duration::from_millis(100));
+                response
+                    .header("content-type", "text/event-stream")
+                    .body(Either::Right(KeepAlives(every)))
+            }
+            _ => std::future::pending().await,
+        };
+        response.unwrap()
+    })
+    .await
 }
 
 fn gateway(upstream: SocketAddr, total: &str) -> Gateway {

@@ -312,6 +312,14 @@ def stream_chat(sdk: openai.OpenAI, model: str, tag: str, first_token: threading
     result.update(text=text, err=err, took=time.monotonic() - called)
 
 
+def langchain_llm(origin: str, model: str, tag: str) -> ChatOpenAI:
+    """LangChain's `ChatOpenAI` streaming `model` from `origin` (a gateway, or nginx in front
+    of one), with no retries of its own and `STALL_GUARD` as its read timeout."""
+    return ChatOpenAI(model=model, base_url=f"{origin}/v1", api_key="sk-local", streaming=True,
+                      max_retries=0, use_responses_api=False, timeout=STALL_GUARD,
+                      default_headers={"x-check": tag})
+
+
 def is_deadline_event(err) -> bool:
     """The gateway's SSE ending, as the SDK raises it: a plain APIError, not a transport one."""
     return (

@@ -47,6 +47,7 @@ from checks import (
     free_port,
     gateway_argument,
     is_deadline_event,
+    langchain_llm,
     poll_stats,
     run_checks,
     stream_chat,
@@ -55,7 +56,6 @@ from checks import (
     upstream_stats,
     wait_until_serving,
 )
-from langchain_openai import ChatOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "gateway" / "nginx-replicas.conf"
@@ -225,10 +225,7 @@ def check_langchain_through_nginx(servers: Servers) -> str:
     tag = "nginx-langchain"
 
     async def run():
-        llm = ChatOpenAI(model="babbler", base_url=f"{servers.gateway_url}/v1",
-                         api_key="sk-local", streaming=True, max_retries=0,
-                         use_responses_api=False, timeout=STALL_GUARD,
-                         default_headers={"x-check": tag})
+        llm = langchain_llm(servers.gateway_url, "babbler", tag)
         arrivals, err = [], None
         try:
             async for chunk in (PROMPT | llm).astream({"question": "Tell me everything."}):
@@ -261,6 +258,7 @@ def refuses_connections(url: str) -> bool:
 
 
 def completed(admin: str) -> float:
+    # No model of these requests has a policy of its own: they are counted as `other`.
     return metric(admin, "stream_deadline_requests_total", 'ending="completed",model="other"')
 
 

@@ -13,6 +13,8 @@ by model name:
 - `stuck-once`: the first request of each `x-check` tag sends its headers and then nothing,
   ever; later ones stream `ANSWER` a word every 20 ms and finish with `data: [DONE]`.
 - `stuck-always`: headers, then nothing, ever.
+- `slow-first-token`: headers, then nothing for `SLOW_FIRST_TOKEN` seconds (a long prompt's
+  prefill on a busy server), then `ANSWER` a word every 20 ms and `data: [DONE]`.
 
 `POST /v1/chat/completions`, `POST /v1/responses` (OpenAI's Responses API) and
 `POST /v1/messages` (Anthropic's Messages API), streamed in each API's own wire format,
@@ -59,7 +61,8 @@ BABBLE = (
     "Moreover, it is worth noting that "
 ).split(" ")
 ANSWER = "Hello! Sorry for the wait: here is the whole answer, from the second attempt."
-MODELS = ("babbler", "firehose", "stuck-once", "stuck-always")
+MODELS = ("babbler", "firehose", "stuck-once", "stuck-always", "slow-first-token")
+SLOW_FIRST_TOKEN = 3.0
 FIREHOSE_TOKEN = 256 * 1024
 # The models of every API, and the deltas sent before a `stalled` or `dying` stream stops.
 API_MODELS = ("babbler", "stalled", "dying", "keep-alive", "opening-then-pings", "tokens-then-pings")
@@ -149,6 +152,8 @@ async def _generate(request_id: int, tag: str, model: str, stuck: bool):
         if stuck:
             # Headers have gone out; the first chunk never comes.
             await asyncio.sleep(3600)
+        if model == "slow-first-token":
+            await asyncio.sleep(SLOW_FIRST_TOKEN)
         yield _chunk(request_id, model, {"role": "assistant", "content": ""})
         sent += 1
         if model in ("babbler", "firehose"):

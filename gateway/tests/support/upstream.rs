@@ -68,6 +68,37 @@ pub async fn start() -> (SocketAddr, Arc<Counts>) {
     (addr, counts)
 }
 
+/// A server of its own on 127.0.0.1, whose `answer` makes each response; its address, and
+/// the number of requests it has got.
+pub async fn answering<F, Fut, B>(answer: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (counted, answer) = (counted.clone(), answer.clone());
+            let service = service_fn(move |request: Request<Incoming>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let response = answer(request);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            tokio::spawn(
+                auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned(),
+            );
+        }
+    });
+    (addr, requests)
+}
+
 /// Serves one connection (plain or TLS) with the routes below.
 pub fn serve<I>(io: I, counts: Arc<Counts>)
 where
@@ -88,6 +119,7 @@ where
 /// - `/v1/babble`: a token every 20 ms, forever;
 /// - `/v1/idle`: one token, then silence;
 /// - `/v1/stuck-once`: the first request gets nothing at all; later ones are `/v1/complete`;
+/// - `/v1/stuck`: nothing at all, ever;
 /// - `/v1/own-id`: `200 upstream /v1/own-id`, with an `x-request-id` of its own;
 /// - `/v1/headers`: the names of the request's headers, one a line;
 /// - anything else: `200 upstream <path>` in plain text.
@@ -154,6 +186,7 @@ async fn route(request: Request<Incoming>, counts: &Arc<Counts>) -> Response<Tok
             None
         }
         "/v1/stuck-once" => Some(3),
+        "/v1/stuck" => std::future::pending().await,
         _ => None,
     };
     let Some(tokens) = tokens else {
