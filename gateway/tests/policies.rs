@@ -170,3 +170,34 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn a_model_s_table_may_turn_heartbeats_on_for_its_requests_only() {
+    let (slow, counts) = upstream::start().await;
+    *counts.first_token_after.lock().unwrap() = Duration::from_millis(600);
+    let dir = tempdir();
+    let file = dir.join("models.toml");
+    write(&file, "[models.\"model-a\"]\nheartbeat = \"200ms\"\n");
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{slow}"),
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let request = |model: &str| {
+        let body = format!(r#"{{"model":"{model}","stream":true}}"#);
+        Request::post("/v1/complete")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let answer = send(gateway.addr, request("model-a")).await;
+    assert!(answer.body.starts_with(": heartbeat"), "{}", answer.body);
+    assert!(answer.body.contains("t2 "), "{}", answer.body);
+    let answer = send(gateway.addr, request("model-b")).await;
+    assert!(answer.body.starts_with("data: "), "{}", answer.body);
+    let _ = std::fs::remove_dir_all(dir);
+}
