@@ -38,6 +38,23 @@
 //!   budget is shorter than an attempt's first-frame budget, the first-frame budget no
 //!   longer applies to it (the total wins, as always) and that attempt ends as `Total`.
 //!
+//! ## Hedging, and sending retries elsewhere
+//!
+//! A retry waits out a whole first-frame budget before it tries again;
+//! [`HedgeFirstFrameLayer`](crate::HedgeFirstFrameLayer), in the same place as the retry
+//! layer, starts another attempt after a shorter delay while the first goes on, and keeps
+//! the first to send a token. A replica that left one request stuck is usually stuck for the
+//! next, so a retry or a hedge is worth more on another backend: both mark each request they
+//! send again with its [`Attempt`](crate::Attempt) number, which a router between them and
+//! the backends reads (first attempts to one backend, the second to the next, and so on).
+//! The router sits *inside* the deadline layer when it only picks where to send, or
+//! *outside* it (between the retry and the deadline layers) when it also learns from each
+//! attempt's outcome, as the `stream-deadline-gateway`'s does: there a first-frame deadline
+//! is an error it sees. With
+//! [`sse_first_event_errors`](crate::StreamDeadlineLayer::sse_first_event_errors), a first
+//! event that says the answer failed (an overloaded server's `200` and `event: error`) is
+//! a failed attempt too.
+//!
 //! ## On a server (axum, hyper)
 //!
 //! Wrap the router or one route. The body of each response becomes a `DeadlineBody`, and
