@@ -74,6 +74,12 @@ def connect(servers: Servers) -> socket.socket:
     return client
 
 
+def connected(servers: Servers) -> tuple:
+    """A new connection, and the time just before it was made."""
+    started = time.monotonic()
+    return connect(servers), started
+
+
 def watch_until_closed(clients: list, within: float) -> list:
     """Reads and discards what the gateway sends on `clients` until it closes each: the
     seconds each stayed open after `started` (None for one still open after `within`)."""
@@ -121,21 +127,21 @@ def answer_of(client: socket.socket, within: float) -> tuple:
 def check_slow_clients_alongside_normal_traffic(servers: Servers) -> str:
     baseline = first_token_latencies(servers, "slow-clients-baseline")
 
+    # Each clock starts before the connect: the gateway's starts at its accept, which may
+    # come before `connect` returns here.
     silent = []
     for _ in range(SILENT):
-        silent.append((connect(servers), time.monotonic()))
+        silent.append(connected(servers))
     for _ in range(H2_ONLY_PREFACE):
-        client = connect(servers)
+        client, started = connected(servers)
         client.sendall(H2_PREFACE)
-        silent.append((client, time.monotonic()))
+        silent.append((client, started))
     stop = threading.Event()
-    slow_head = connect(servers)
-    head_started = time.monotonic()
+    slow_head, head_started = connected(servers)
     threading.Thread(target=trickle, daemon=True, args=(
         slow_head, b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nx-pad: ", stop,
     )).start()
-    slow_body = connect(servers)
-    body_started = time.monotonic()
+    slow_body, body_started = connected(servers)
     threading.Thread(target=trickle, daemon=True, args=(
         slow_body,
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json"
