@@ -166,11 +166,19 @@ class Chat:
     took: float
 
 
-def chat(origin: str, tag: str, model: str = "answer") -> Chat:
+def sdk(origin: str) -> openai.OpenAI:
+    """An `openai` client, made before any clock starts, with its chat resource loaded: the
+    SDK imports it at first use, which is no time of the gateway's."""
+    client = openai_client(origin)
+    _ = client.chat.completions
+    return client
+
+
+def chat(client: openai.OpenAI, tag: str, model: str = "answer") -> Chat:
     """One `openai` SDK chat stream, read to its end."""
     started, started_at = time.monotonic(), time.time()
     text, finish_reason, first_token, first_token_at = "", None, None, None
-    stream = openai_client(origin).chat.completions.create(
+    stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": "Say hello."}],
         stream=True,
@@ -224,10 +232,11 @@ def check_stuck_upstream(servers: Replicas) -> str:
     _, url, admin = servers.front(
         *upstreams(servers, "stuck", "healthy"), "--first-frame", "500ms", "--retries", "2"
     )
+    client = sdk(url)
     tags = [f"stuck-{i}" for i in range(STUCK_STREAMS)]
     answers = []
     for tag in tags:
-        answer = chat(url, tag)
+        answer = chat(client, tag)
         expect_whole(answer, tag)
         expect(
             answer.first_token <= STUCK_FIRST_FRAME + SLACK,
@@ -280,10 +289,11 @@ def check_refusing_upstream(servers: Replicas) -> str:
         "--upstream", refused, *upstreams(servers, "healthy"), "--first-frame", "1s",
         "--retries", "0",
     )
+    client = sdk(url)
     tags = [f"refused-{i}" for i in range(REFUSED_STREAMS)]
     firsts = []
     for tag in tags:
-        answer = chat(url, tag)
+        answer = chat(client, tag)
         expect_whole(answer, tag)
         expect(answer.first_token <= AT_ONCE, f"{tag}: first token after {answer.first_token:.3f} s")
         firsts.append(answer.first_token)
@@ -311,10 +321,11 @@ def check_hedging(servers: Replicas) -> str:
         *upstreams(servers, "slow", "fast"), "--hedge-after", "300ms", "--retries", "1",
         "--first-frame", "5s",
     )
+    client = sdk(url)
     tags = [f"hedge-{i}" for i in range(HEDGED_STREAMS)]
     firsts = {}
     for tag in tags:
-        answer = chat(url, tag)
+        answer = chat(client, tag)
         expect_whole(answer, tag)
         expect(
             answer.first_token <= HEDGED_FIRST_TOKEN_WITHIN,
@@ -365,14 +376,16 @@ def check_overloaded_beside_healthy(servers: Replicas) -> str:
     _, url, admin = servers.front(
         *upstreams(servers, "overloaded", "healthy"), "--retries", "1", "--first-frame", "1s"
     )
+    client = sdk(url)
+    messages_client = anthropic_client(url)
     tags = []
     for i in range(OVERLOADED_STREAMS):
         tag = f"overloaded-chat-{i}"
-        expect_whole(chat(url, tag), tag)
+        expect_whole(chat(client, tag), tag)
         tags.append(tag)
     for i in range(OVERLOADED_STREAMS):
         tag = f"overloaded-messages-{i}"
-        text = "".join(messages_deltas(anthropic_client(url), "answer", tag))
+        text = "".join(messages_deltas(messages_client, "answer", tag))
         expect(text == ANSWER, f"{tag}: the answer was {text!r}")
         tags.append(tag)
     overloaded = by_tag(servers.stats("overloaded"), "requests")
@@ -397,8 +410,9 @@ def check_overloaded_alone(servers: Replicas) -> str:
     _, url, _ = servers.front(
         *upstreams(servers, "overloaded"), "--retries", str(retries), "--first-frame", "1s"
     )
+    client = sdk(url)
     try:
-        chat(url, "alone-chat")
+        chat(client, "alone-chat")
     except openai.APIError as raised:
         chat_err = raised
     else:
@@ -429,13 +443,13 @@ def check_overloaded_alone(servers: Replicas) -> str:
     )
 
 
-def babble(origin: str, model: str, tag: str) -> tuple:
+def babble(client: openai.OpenAI, model: str, tag: str) -> tuple:
     """An `openai` SDK stream of a babbling upstream, to the error that ends it:
     (content tokens, the APIError, seconds taken)."""
     started = time.monotonic()
     tokens, err = 0, None
     try:
-        stream = openai_client(origin).chat.completions.create(
+        stream = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": "Tell me everything."}],
             stream=True,
@@ -483,10 +497,11 @@ def check_policies(servers: Replicas) -> str:
         "--upstream", flags, "--total", "2s", "--config", str(config)
     )
     log_name = f"gateway-{servers.gateways}.log"
+    client = sdk(url)
     cuts = [
-        expect_cut(babble(url, "model-a", "policy-a"), 0.8, "800ms", "model-a"),
-        expect_cut(babble(url, "model-b", "policy-b"), 1.4, "1.4s", "model-b"),
-        expect_cut(babble(url, "model-c", "policy-c"), 2.0, "2s", "model-c (the flags)"),
+        expect_cut(babble(client, "model-a", "policy-a"), 0.8, "800ms", "model-a"),
+        expect_cut(babble(client, "model-b", "policy-b"), 1.4, "1.4s", "model-b"),
+        expect_cut(babble(client, "model-c", "policy-c"), 2.0, "2s", "model-c (the flags)"),
     ]
     seen = {name: by_tag(servers.stats(name), "requests")
             for name in ("babbler-a", "babbler-b", "babbler-flags")}
@@ -500,7 +515,7 @@ def check_policies(servers: Replicas) -> str:
     # on the other upstream.
     in_flight: dict = {}
     thread = threading.Thread(
-        target=lambda: in_flight.update(result=babble(url, "model-a", "policy-a-in-flight"))
+        target=lambda: in_flight.update(result=babble(sdk(url), "model-a", "policy-a-in-flight"))
     )
     thread.start()
     poll(servers, "babbler-a", lambda s: tagged(s, "first_tokens", "policy-a-in-flight"), 5)
@@ -510,7 +525,7 @@ def check_policies(servers: Replicas) -> str:
     thread.join(timeout=10)
     expect("result" in in_flight, "the stream in flight did not end")
     kept = expect_cut(in_flight["result"], 0.8, "800ms", "model-a in flight across the reload")
-    changed = expect_cut(babble(url, "model-a", "policy-a-changed"), 0.5, "500ms", "model-a")
+    changed = expect_cut(babble(client, "model-a", "policy-a-changed"), 0.5, "500ms", "model-a")
     expect(tagged(servers.stats("babbler-b"), "requests", "policy-a-changed"),
            "model-a after the reload did not go to its new upstream")
 
@@ -518,7 +533,7 @@ def check_policies(servers: Replicas) -> str:
     config.write_text('[models."model-a"]\ntotal = "soon"\n')
     proc.send_signal(signal.SIGHUP)
     wait_for_log(servers, log_name, "--config not reloaded")
-    still = expect_cut(babble(url, "model-a", "policy-a-kept"), 0.5, "500ms", "model-a")
+    still = expect_cut(babble(client, "model-a", "policy-a-kept"), 0.5, "500ms", "model-a")
     expect(tagged(servers.stats("babbler-b"), "requests", "policy-a-kept"),
            "model-a after a bad file did not stay on its upstream")
     return (
