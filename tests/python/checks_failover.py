@@ -61,7 +61,12 @@ from checks import (  # noqa: E402
     tagged,
     wait_until_serving,
 )
-from checks_endings import anthropic_client, messages_deltas, openai_client  # noqa: E402
+from checks_endings import (  # noqa: E402
+    anthropic_client,
+    chat_deltas,
+    messages_deltas,
+    openai_client,
+)
 from upstream import ANSWER, OVERLOADED  # noqa: E402
 
 # The replicas: the arguments each `upstream.py` gets after its port.
@@ -128,7 +133,8 @@ class Replicas(Servers):
     def log(self, name: str) -> str:
         if name != "upstream.log":
             return super().log(name)
-        return "\n".join(f"{n}: {super(Replicas, self).log(f'upstream-{n}.log')}" for n in self.urls)
+        logs = (f"{n}: {super(Replicas, self).log(f'upstream-{n}.log')}" for n in self.urls)
+        return "\n".join(logs)
 
 
 def upstreams(servers: Replicas, *names: str) -> list:
@@ -201,6 +207,28 @@ def expect_whole(answer: Chat, tag: str):
     expect(answer.finish_reason == "stop", f"{tag}: finish_reason {answer.finish_reason!r}")
 
 
+def stream_each(client: openai.OpenAI, tags: list, first_token_within: float) -> dict:
+    """Streams one request per tag, one after another, each read whole and its first token
+    within `first_token_within` s: {tag: Chat}."""
+    answers = {}
+    for tag in tags:
+        answer = chat(client, tag)
+        expect_whole(answer, tag)
+        expect(
+            answer.first_token <= first_token_within,
+            f"{tag}: first token after {answer.first_token:.3f} s "
+            f"(allowed {first_token_within:.2f} s)",
+        )
+        answers[tag] = answer
+    return answers
+
+
+def expect_each_once(servers: Replicas, name: str, key: str, tags: list):
+    seen = by_tag(servers.stats(name), key)
+    counts = {tag: len(seen.get(tag, [])) for tag in tags}
+    expect(all(n == 1 for n in counts.values()), f"{key} at the {name} upstream: {counts}")
+
+
 def by_tag(stats: dict, key: str) -> dict:
     """{tag: [records]} of `stats[key]`."""
     found: dict = {}
@@ -234,16 +262,8 @@ def check_stuck_upstream(servers: Replicas) -> str:
     )
     client = sdk(url)
     tags = [f"stuck-{i}" for i in range(STUCK_STREAMS)]
-    answers = []
-    for tag in tags:
-        answer = chat(client, tag)
-        expect_whole(answer, tag)
-        expect(
-            answer.first_token <= STUCK_FIRST_FRAME + SLACK,
-            f"{tag}: first token after {answer.first_token:.3f} s, more than one first-frame "
-            f"budget ({STUCK_FIRST_FRAME} s)",
-        )
-        answers.append(answer)
+    # None waits more than one first-frame budget.
+    answers = stream_each(client, tags, STUCK_FIRST_FRAME + SLACK).values()
     stuck = poll(
         servers, "stuck",
         lambda s: len(by_tag(s, "cancellations").keys() & set(tags)) >= FAILURES_TO_LEAVE_OUT,
@@ -257,9 +277,7 @@ def check_stuck_upstream(servers: Replicas) -> str:
     )
     released = by_tag(stuck, "cancellations").keys() & set(tags)
     expect(released == tried.keys(), f"stuck attempts not released: {tried.keys() - released}")
-    healthy = by_tag(servers.stats("healthy"), "requests")
-    expect(all(len(healthy.get(tag, [])) == 1 for tag in tags), "not every request reached "
-           "the healthy upstream exactly once")
+    expect_each_once(servers, "healthy", "requests", tags)
     samples = metrics(admin)
     stuck_url, healthy_url = servers.urls["stuck"], servers.urls["healthy"]
     expect(out(samples, stuck_url) == 1, f"stuck upstream out: {out(samples, stuck_url)}")
@@ -291,15 +309,8 @@ def check_refusing_upstream(servers: Replicas) -> str:
     )
     client = sdk(url)
     tags = [f"refused-{i}" for i in range(REFUSED_STREAMS)]
-    firsts = []
-    for tag in tags:
-        answer = chat(client, tag)
-        expect_whole(answer, tag)
-        expect(answer.first_token <= AT_ONCE, f"{tag}: first token after {answer.first_token:.3f} s")
-        firsts.append(answer.first_token)
-    healthy = by_tag(servers.stats("healthy"), "requests")
-    expect(all(len(healthy.get(tag, [])) == 1 for tag in tags), "not every request reached "
-           "the healthy upstream exactly once")
+    firsts = [a.first_token for a in stream_each(client, tags, AT_ONCE).values()]
+    expect_each_once(servers, "healthy", "requests", tags)
     samples = metrics(admin)
     refusals = attempts(samples, refused, "refused")
     # Sequential requests take turns: the refusing one is first for the first three, then out.
@@ -323,16 +334,8 @@ def check_hedging(servers: Replicas) -> str:
     )
     client = sdk(url)
     tags = [f"hedge-{i}" for i in range(HEDGED_STREAMS)]
-    firsts = {}
-    for tag in tags:
-        answer = chat(client, tag)
-        expect_whole(answer, tag)
-        expect(
-            answer.first_token <= HEDGED_FIRST_TOKEN_WITHIN,
-            f"{tag}: first token after {answer.first_token:.3f} s "
-            f"(allowed {HEDGED_FIRST_TOKEN_WITHIN:.2f} s)",
-        )
-        firsts[tag] = answer.first_token
+    answers = stream_each(client, tags, HEDGED_FIRST_TOKEN_WITHIN)
+    firsts = {tag: answer.first_token for tag, answer in answers.items()}
     slow_tags = set(by_tag(servers.stats("slow"), "requests")) & set(tags)
     expect(slow_tags, "the slow upstream got no first attempt")
     # One request at a time, both idle: first attempts take turns, whatever the hedges.
@@ -342,7 +345,7 @@ def check_hedging(servers: Replicas) -> str:
     )
     slow = poll(servers, "slow", lambda s: slow_tags <= set(by_tag(s, "cancellations")))
     cancelled = by_tag(slow, "cancellations")
-    expect(slow_tags <= set(cancelled), f"slow attempts never cancelled: {slow_tags - set(cancelled)}")
+    expect(slow_tags <= set(cancelled), f"never cancelled: {slow_tags - set(cancelled)}")
     expect(not set(by_tag(slow, "completions")) & set(tags), "a slow attempt answered")
     expect(not set(by_tag(slow, "first_tokens")) & set(tags), "a slow attempt sent a token")
     fast_firsts = by_tag(servers.stats("fast"), "first_tokens")
@@ -363,8 +366,9 @@ def check_hedging(servers: Replicas) -> str:
     return (
         f"{HEDGED_STREAMS} streams whole, first tokens {min(firsts.values()):.3f}-"
         f"{max(firsts.values()):.3f} s ({len(hedged)} first attempts at the slow one, hedged: "
-        f"{min(hedged):.3f}-{max(hedged):.3f} s); each slow generator cancelled {min(lags) * 1000:.0f}-"
-        f"{max(lags) * 1000:.0f} ms after the fast first token, none answered"
+        f"{min(hedged):.3f}-{max(hedged):.3f} s); each slow generator cancelled "
+        f"{min(lags) * 1000:.0f}-{max(lags) * 1000:.0f} ms after the fast first token, none "
+        "answered"
     )
 
 
@@ -392,9 +396,7 @@ def check_overloaded_beside_healthy(servers: Replicas) -> str:
     tried = [tag for tag in tags if tag in overloaded]
     expect(tried, "the overloaded upstream got no attempt")
     expect(all(len(overloaded[tag]) == 1 for tag in tried), "a request tried twice there")
-    healthy = by_tag(servers.stats("healthy"), "completions")
-    expect(all(len(healthy.get(tag, [])) == 1 for tag in tags), "not every request answered "
-           "by the healthy upstream")
+    expect_each_once(servers, "healthy", "completions", tags)
     errors = attempts(metrics(admin), servers.urls["overloaded"], "error_event")
     expect(errors == len(tried), f"{errors:g} error_event attempts counted, {len(tried)} made")
     return (
@@ -417,7 +419,7 @@ def check_overloaded_alone(servers: Replicas) -> str:
         chat_err = raised
     else:
         chat_err = None
-    expect(type(chat_err) is openai.APIError, f"openai raised {type(chat_err).__name__}: {chat_err}")
+    expect(type(chat_err) is openai.APIError, f"openai: {type(chat_err).__name__}: {chat_err}")
     expect(chat_err.message == OVERLOADED, f"openai's message: {chat_err.message!r}")
     expect(chat_err.type == "overloaded_error", f"openai's error type: {chat_err.type!r}")
     try:
@@ -449,15 +451,8 @@ def babble(client: openai.OpenAI, model: str, tag: str) -> tuple:
     started = time.monotonic()
     tokens, err = 0, None
     try:
-        stream = client.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": "Tell me everything."}],
-            stream=True,
-            extra_headers={"x-check": tag},
-        )
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                tokens += 1
+        for _ in chat_deltas(client, model, tag):
+            tokens += 1
             expect(time.monotonic() - started < 10, f"{tag}: still streaming after 10 s")
     except openai.APIError as raised:
         err = raised
@@ -469,7 +464,7 @@ def expect_cut(result: tuple, budget: float, named: str, tag: str) -> float:
     expect(tokens > 0, f"{tag}: no tokens")
     expect(type(err) is openai.APIError and err.code == "deadline_exceeded",
            f"{tag}: not the gateway's deadline error: {type(err).__name__}: {err}")
-    expect(f"total budget of {named}" in err.message, f"{tag}: {err.message!r} names another budget")
+    expect(f"total budget of {named}" in err.message, f"{tag}: {err.message!r}: another budget")
     expect(budget <= took <= budget + SLACK, f"{tag}: cut after {took:.3f} s, budget {budget} s")
     return took
 
@@ -506,7 +501,7 @@ def check_policies(servers: Replicas) -> str:
     seen = {name: by_tag(servers.stats(name), "requests")
             for name in ("babbler-a", "babbler-b", "babbler-flags")}
     expect(
-        {name: sorted(r["model"] for rs in tags.values() for r in rs) for name, tags in seen.items()}
+        {name: sorted(r["model"] for rs in by.values() for r in rs) for name, by in seen.items()}
         == {"babbler-a": ["model-a"], "babbler-b": ["model-b"], "babbler-flags": ["model-c"]},
         f"requests not on their models' upstreams: {seen}",
     )
