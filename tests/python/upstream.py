@@ -8,7 +8,9 @@ request of every API one of the behaviours below whatever model it names (`answe
 `babbler`, `stuck`, `overloaded`...): several of these processes then stand for replicas
 of one model, one healthy, one stuck, one overloaded. `--first-token-after` makes the first
 text delta of every stream of these behaviours that late (a slow prefill) instead of
-`TOKEN_EVERY`.
+`TOKEN_EVERY`. `--stuck-rate P` makes each stream of `answer` or `babbler` `stuck` instead
+with probability `P` (drawn from a generator seeded by `--seed`): a replica that is often
+stuck, for `failover_batch.py`.
 
 `POST /v1/chat/completions` (always streamed, as server-sent events) chooses its behaviour
 by model name:
@@ -62,6 +64,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import random
 import time
 
 import uvicorn
@@ -108,6 +111,10 @@ STATS: dict = {
 # Set from the command line: the behaviour of every stream, and how late its first delta is.
 EVERY_STREAM = None
 FIRST_TOKEN_AFTER = TOKEN_EVERY
+# With `--stuck-rate`: the chance that a stream of `answer` or `babbler` is stuck instead,
+# drawn from a generator seeded by `--seed`.
+STUCK_RATE = 0.0
+DRAWS = random.Random(0)
 _stuck_tags: set = set()
 _ids = itertools.count(1)
 
@@ -446,6 +453,8 @@ async def _generate_api(events, request_id: int, tag: str, model: str, behaviour
         sent += 1
         return events.delta(text)
 
+    if behaviour in ("answer", "babbler") and DRAWS.random() < STUCK_RATE:
+        behaviour = "stuck"
     try:
         if behaviour == "stuck":
             # Headers have gone out; nothing else ever comes.
@@ -494,11 +503,15 @@ def main():
     parser.add_argument("tls", nargs="*", metavar="CERTFILE KEYFILE")
     parser.add_argument("--every-stream", choices=API_MODELS, metavar="BEHAVIOUR")
     parser.add_argument("--first-token-after", type=float, metavar="SECONDS", default=TOKEN_EVERY)
+    parser.add_argument("--stuck-rate", type=float, metavar="P", default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if len(args.tls) not in (0, 2):
         parser.error("give both CERTFILE and KEYFILE, or neither")
-    global EVERY_STREAM, FIRST_TOKEN_AFTER
+    global EVERY_STREAM, FIRST_TOKEN_AFTER, STUCK_RATE
     EVERY_STREAM, FIRST_TOKEN_AFTER = args.every_stream, args.first_token_after
+    STUCK_RATE = args.stuck_rate
+    DRAWS.seed(args.seed)
     tls = {}
     if args.tls:
         tls = {"ssl_certfile": args.tls[0], "ssl_keyfile": args.tls[1]}
