@@ -26,7 +26,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True  # no __pycache__ next to the sources
-from checks import free_port, read_listen_address, wait_until_serving  # noqa: E402
+from checks import Servers, free_port, read_listen_address, wait_until_serving  # noqa: E402
 from upstream import ANSWER  # noqa: E402
 
 GATEWAY_FLAGS = ["--first-frame", "1s", "--retries", "2", "--total", "30s"]
@@ -44,21 +43,12 @@ BODY = {"model": "answer", "messages": [{"role": "user", "content": "Say hello."
         "stream": True}
 
 
-class Processes:
-    def __init__(self):
-        self.logs = Path(tempfile.mkdtemp(prefix="stream-deadline-failover-batch-"))
-        self.procs: list = []
-
-    def spawn(self, argv: list, log_name: str, stdout=None) -> subprocess.Popen:
-        log = open(self.logs / log_name, "w")
-        proc = subprocess.Popen(argv, stdout=stdout or log, stderr=log,
-                                stdin=subprocess.DEVNULL, start_new_session=True, text=True)
-        self.procs.append(proc)
-        return proc
+class Processes(Servers):
+    """The replicas and gateways of the runs, each in its own process group (`Servers`'s)."""
 
     def upstream(self, name: str, stuck_rate: float, seed: int) -> str:
         port = free_port()
-        proc = self.spawn(
+        proc = self._spawn(
             [sys.executable, str(HERE / "upstream.py"), str(port), "--every-stream", "answer",
              "--first-token-after", FIRST_TOKEN_AFTER, "--stuck-rate", str(stuck_rate),
              "--seed", str(seed)],
@@ -68,21 +58,15 @@ class Processes:
         wait_until_serving(f"{url}/stats", proc, f"the {name} replica")
         return url
 
-    def gateway(self, gateway_bin: str, upstreams: list, name: str) -> str:
-        argv = [gateway_bin, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+    def front(self, upstreams: list, name: str) -> str:
+        argv = [self.gateway_bin, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                 *GATEWAY_FLAGS]
         for url in upstreams:
             argv += ["--upstream", url]
-        proc = self.spawn(argv, f"gateway-{name}.log", stdout=subprocess.PIPE)
+        proc = self._spawn(argv, f"gateway-{name}.log", stdout=subprocess.PIPE)
         url, admin = read_listen_address(proc)
         wait_until_serving(f"{admin}/readyz", proc, "the gateway")
         return url
-
-    def stop(self):
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            proc.wait(timeout=10)
 
 
 async def call(client: httpx.AsyncClient, origin: str, tag: str) -> bool:
@@ -136,7 +120,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rates = [float(rate) for rate in args.stuck_rate.split(",")]
-    processes = Processes()
+    processes = Processes(args.gateway, gateway_flags=[])
     try:
         rows = []
         for variant in ("retries-on-one-upstream", "failover"):
@@ -144,10 +128,9 @@ def main() -> int:
             replicas = [processes.upstream(f"{variant}-{i}", rate, args.seed + i)
                         for i, rate in enumerate(rates)]
             if variant == "failover":
-                origins = [processes.gateway(args.gateway, replicas, variant)]
+                origins = [processes.front(replicas, variant)]
             else:
-                origins = [processes.gateway(args.gateway, [r], f"{variant}-{i}")
-                           for i, r in enumerate(replicas)]
+                origins = [processes.front([r], f"{variant}-{i}") for i, r in enumerate(replicas)]
             total, times, failed = asyncio.run(
                 run(origins, args.batches, args.batch_size, variant))
             seen = [attempts(r, variant) for r in replicas]
