@@ -22,6 +22,33 @@
 //! cargo run --example stuck_batch -- --stuck-rate 0.02 --stuck-for 300s --seed 11
 //! ```
 //!
+//! ## Two replicas, one often stuck: failover on the attempt number
+//!
+//! With `--replicas P,P..` the stand-in is several replicas of one model, each attempt at
+//! replica `r` stuck with probability `P[r]`; the calls take turns for their first attempt
+//! (call `i` to replica `i % n`). Three variants: no deadline; `first_frame(10s)` with 3
+//! attempts, each retry on the replica of the call's first attempt; and the same with each
+//! retry on the next replica (failover):
+//!
+//! ```text
+//! cargo run --example stuck_batch -- --replicas 0.2,0.01
+//! ```
+//!
+//! The router is the pattern for any tower stack that retries or hedges across backends:
+//! [`RetryFirstFrame`] (and `HedgeFirstFrame`) mark each attempt with its
+//! [`Attempt`] number in the request's extensions, and a service *inside* the retry and
+//! deadline layers reads it with [`Attempt::of`] to pick the backend:
+//!
+//! ```text
+//! ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryFirstFrame::new(2)))   // marks attempts 2 and 3
+//!     .layer(StreamDeadlineLayer::new(total).first_frame(budget))
+//!     .service(service_fn(|request| {
+//!         let attempt = Attempt::of(&request).number();  // 1, 2, 3
+//!         backends[(first_backend + attempt - 1) % backends.len()].call(request)
+//!     }))
+//! ```
+//!
 //! ## What the stand-in models
 //!
 //! - A `tower::service_fn` answering at once with headers and a streaming body: the first
@@ -30,7 +57,9 @@
 //! - Each *attempt* is stuck with probability `--stuck-rate`; a stuck attempt's first frame
 //!   comes after `--stuck-for` instead of `--normal-first-token`. A retry is a fresh draw.
 //! - Draws are keyed by (seed, call, attempt), so the three variants meet the same stuck
-//!   calls on their first attempts, and a run is the same every time.
+//!   calls on their first attempts, and a run is the same every time. With `--replicas`, an
+//!   attempt's draw is the same whichever replica it goes to, and is stuck there if it falls
+//!   below that replica's rate.
 //!
 //! The defaults are read off the article's own figures: the 20 s run is about 6.3 s per batch
 //! slower than the 10 s run, so about 63 % of batches held a stuck call, which is a 1 %
@@ -43,7 +72,9 @@
 //! that makes stuck calls cluster in time, answers of varying length, the `openai` client's
 //! own 600 s timeout and retries, and tenacity retrying *any* error (here only first-frame
 //! deadlines are retried). A stuck attempt here does answer in the end; the article's may
-//! not have.
+//! not have. With `--replicas`, a replica's stuck attempts are drawn independently: a
+//! replica that is stuck for a while (and that the gateway's passive health would leave
+//! out) is not modelled.
 
 use std::convert::Infallible;
 use std::future::ready;
@@ -63,7 +94,7 @@ use hyper::body::Frame;
 use tokio::time::{Instant, sleep};
 use tower::retry::RetryLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_stream_deadline::{BoxError, RetryFirstFrame, StreamDeadlineLayer};
+use tower_stream_deadline::{Attempt, BoxError, RetryFirstFrame, StreamDeadlineLayer};
 
 /// Retries after the first attempt: tenacity's `stop_after_attempt(3)`.
 const RETRIES: usize = 2;
@@ -81,6 +112,8 @@ usage: cargo run --example stuck_batch -- [flags]
   --batches N                   batches, run one after another       [10]
   --batch-size N                calls per batch, run concurrently    [100]
   --seed N                      seed of the draws                    [7]
+  --replicas P,P..              replicas, each attempt at replica r stuck
+                                with p = P[r]; replaces --stuck-rate  [one replica]
 
 durations: 20ms, 4s, 1.5s, 3m; D..D is drawn uniformly.";
 
@@ -108,10 +141,18 @@ async fn main() -> ExitCode {
 
     let wall = std::time::Instant::now();
     let mut reports = Vec::new();
-    for first_frame in [None, Some(10), Some(20)] {
-        reports.push(run_variant(&config, first_frame.map(Duration::from_secs)).await);
+    if config.replicas.is_some() {
+        for variant in [None, Some(Retry::SameReplica), Some(Retry::Failover)] {
+            reports.push(run_replicas(&config, variant).await);
+        }
+        print_replicas_table(&reports);
+    } else {
+        for first_frame in [None, Some(10), Some(20)] {
+            reports.push(run_variant(&config, first_frame.map(Duration::from_secs)).await);
+        }
+        print_table(&reports);
     }
-    print_table(&reports);
+    print_batches(&reports);
     println!(
         "\nreal wall time for all three: {:.2} s",
         wall.elapsed().as_secs_f64()
@@ -131,6 +172,17 @@ struct Report {
     attempts: u32,
     stuck: usize,
     failed: usize,
+    /// Attempts and stuck attempts at each replica.
+    replicas: Vec<(usize, usize)>,
+}
+
+/// Where a retry of a call goes, with several replicas.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// To the replica of the call's first attempt.
+    SameReplica,
+    /// To the next replica: attempt `k` of call `i` to replica `(i + k - 1) % n`.
+    Failover,
 }
 
 /// Runs every batch against a fresh stand-in, with the deadline and retry layers when
@@ -157,18 +209,29 @@ async fn run_variant(config: &Arc<Config>, first_frame: Option<Duration>) -> Rep
             (label, run_batches(config, svc).await)
         }
     };
-    Report {
-        label,
-        total,
-        batches,
-        attempts: server
-            .attempts
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .sum(),
-        stuck: server.stuck.load(Ordering::Relaxed),
-        failed,
-    }
+    server.report(label, total, batches, failed)
+}
+
+/// Runs every batch against fresh replicas: without any deadline when `retry` is `None`,
+/// otherwise with `first_frame(10s)`, 3 attempts, each retry routed as `retry` says.
+async fn run_replicas(config: &Arc<Config>, retry: Option<Retry>) -> Report {
+    let server = StandIn::new(config.clone());
+    let router = server.router(retry);
+    let (label, (total, batches, failed)) = match retry {
+        None => ("no deadline".to_owned(), run_batches(config, router).await),
+        Some(retry) => {
+            let svc = ServiceBuilder::new()
+                .layer(RetryLayer::new(RetryFirstFrame::new(RETRIES)))
+                .layer(StreamDeadlineLayer::new(Duration::MAX).first_frame(REPLICAS_BUDGET))
+                .service(router);
+            let label = match retry {
+                Retry::SameReplica => "first_frame(10s), 3 attempts, same replica",
+                Retry::Failover => "first_frame(10s), 3 attempts, failover",
+            };
+            (label.to_owned(), run_batches(config, svc).await)
+        }
+    };
+    server.report(label, total, batches, failed)
 }
 
 /// The article's loop: batch after batch, the calls of one batch all at once (`join_all`, like
@@ -209,6 +272,30 @@ where
     Ok(())
 }
 
+/// The first-frame budget of the variants with several replicas.
+const REPLICAS_BUDGET: Duration = Duration::from_secs(10);
+
+fn print_replicas_table(reports: &[Report]) {
+    let baseline = reports[0].total.as_secs_f64();
+    println!("| variant | simulated total | speed-up | attempts (stuck) per replica | failed |");
+    println!("|---|---|---|---|---|");
+    for report in reports {
+        let replicas: Vec<String> = report
+            .replicas
+            .iter()
+            .map(|(attempts, stuck)| format!("{attempts} ({stuck})"))
+            .collect();
+        println!(
+            "| {} | {} | {:.1}x | {} | {} |",
+            report.label,
+            minutes(report.total),
+            baseline / report.total.as_secs_f64(),
+            replicas.join(", "),
+            report.failed,
+        );
+    }
+}
+
 fn print_table(reports: &[Report]) {
     let baseline = reports[0].total.as_secs_f64();
     println!(
@@ -226,6 +313,9 @@ fn print_table(reports: &[Report]) {
             report.failed,
         );
     }
+}
+
+fn print_batches(reports: &[Report]) {
     println!("\nper batch, simulated seconds:");
     for report in reports {
         let secs: Vec<String> = report
@@ -233,7 +323,7 @@ fn print_table(reports: &[Report]) {
             .iter()
             .map(|b| format!("{:.0}", b.as_secs_f64()))
             .collect();
-        println!("  {:<30} {}", report.label, secs.join(" "));
+        println!("  {:<44} {}", report.label, secs.join(" "));
     }
 }
 
@@ -254,21 +344,25 @@ fn minutes(d: Duration) -> String {
 #[derive(Clone, Copy, Debug)]
 struct CallId(usize);
 
-/// The stand-in, and what it saw: attempts per call, and how many attempts were stuck.
+/// The stand-in, and what it saw: attempts per call, and attempts and stuck attempts per
+/// replica (one replica unless `--replicas`).
 #[derive(Clone)]
 struct StandIn {
     config: Arc<Config>,
     attempts: Arc<[AtomicU32]>,
-    stuck: Arc<AtomicUsize>,
+    at_replica: Arc<[AtomicUsize]>,
+    stuck_at_replica: Arc<[AtomicUsize]>,
 }
 
 impl StandIn {
     fn new(config: Arc<Config>) -> Self {
         let calls = config.batches * config.batch_size;
+        let replicas = config.stuck_rates().len();
         StandIn {
             config,
             attempts: (0..calls).map(|_| AtomicU32::new(0)).collect(),
-            stuck: Arc::default(),
+            at_replica: (0..replicas).map(|_| AtomicUsize::new(0)).collect(),
+            stuck_at_replica: (0..replicas).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
 
@@ -278,16 +372,64 @@ impl StandIn {
     ) -> impl Service<Request<()>, Response = Response<TokenBody>, Error = Infallible> + Clone + use<>
     {
         let server = self.clone();
-        tower::service_fn(move |req: Request<()>| ready(Ok(server.respond(&req))))
+        tower::service_fn(move |req: Request<()>| ready(Ok(server.respond(0, &req))))
     }
 
-    /// Draws this attempt's fate and returns a body that plays it out.
-    fn respond(&self, req: &Request<()>) -> Response<TokenBody> {
+    /// The replicas behind a router: a call's first attempt to replica `call % n`, and each
+    /// retry (its [`Attempt`] number read from the request) to the same replica or the next.
+    /// Without a deadline there are no retries, and both routes are the same.
+    fn router(
+        &self,
+        retry: Option<Retry>,
+    ) -> impl Service<Request<()>, Response = Response<TokenBody>, Error = Infallible> + Clone + use<>
+    {
+        let server = self.clone();
+        let replicas = server.at_replica.len();
+        tower::service_fn(move |req: Request<()>| {
+            let CallId(id) = *req.extensions().get().expect("every call carries its id");
+            let moved_on = match retry {
+                Some(Retry::Failover) => Attempt::of(&req).number() - 1,
+                Some(Retry::SameReplica) | None => 0,
+            };
+            ready(Ok(server.respond((id + moved_on) % replicas, &req)))
+        })
+    }
+
+    /// What the variant saw.
+    fn report(
+        &self,
+        label: String,
+        total: Duration,
+        batches: Vec<Duration>,
+        failed: usize,
+    ) -> Report {
+        let load = |counts: &[AtomicUsize]| -> Vec<usize> {
+            counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        };
+        let (attempts, stuck) = (load(&self.at_replica), load(&self.stuck_at_replica));
+        Report {
+            label,
+            total,
+            batches,
+            attempts: self
+                .attempts
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .sum(),
+            stuck: stuck.iter().sum(),
+            failed,
+            replicas: attempts.into_iter().zip(stuck).collect(),
+        }
+    }
+
+    /// Draws this attempt's fate at `replica` and returns a body that plays it out.
+    fn respond(&self, replica: usize, req: &Request<()>) -> Response<TokenBody> {
         let CallId(id) = *req.extensions().get().expect("every call carries its id");
         let attempt = self.attempts[id].fetch_add(1, Ordering::Relaxed);
+        self.at_replica[replica].fetch_add(1, Ordering::Relaxed);
         let mut rng = SplitMix64::keyed(self.config.seed, id, attempt);
-        let first_token = if rng.unit() < self.config.stuck_rate {
-            self.stuck.fetch_add(1, Ordering::Relaxed);
+        let first_token = if rng.unit() < self.config.stuck_rates()[replica] {
+            self.stuck_at_replica[replica].fetch_add(1, Ordering::Relaxed);
             self.config.stuck_for.sample(&mut rng)
         } else {
             self.config.normal_first_token.sample(&mut rng)
@@ -402,9 +544,18 @@ struct Config {
     batches: usize,
     batch_size: usize,
     seed: u64,
+    /// With several replicas, the stuck rate of each.
+    replicas: Option<Vec<f64>>,
 }
 
 impl Config {
+    /// The stuck rate of each replica: `--replicas`, or `--stuck-rate` for the one.
+    fn stuck_rates(&self) -> &[f64] {
+        self.replicas
+            .as_deref()
+            .unwrap_or(std::slice::from_ref(&self.stuck_rate))
+    }
+
     fn from_args(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
         let mut config = Config {
             stuck_rate: 0.01,
@@ -415,6 +566,7 @@ impl Config {
             batches: 10,
             batch_size: 100,
             seed: 7,
+            replicas: None,
         };
         while let Some(flag) = args.next() {
             let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -432,11 +584,22 @@ impl Config {
                     config.batch_size = value.parse().map_err(|_| number("a count"))?;
                 }
                 "--seed" => config.seed = value.parse().map_err(|_| number("a number"))?,
+                "--replicas" => {
+                    let rates = value.split(',').map(|rate| rate.trim().parse::<f64>());
+                    let rates = rates
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| number("a list of numbers"))?;
+                    config.replicas = Some(rates);
+                }
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
-        if !(0.0..=1.0).contains(&config.stuck_rate) {
-            return Err("--stuck-rate must be between 0 and 1".into());
+        if !config
+            .stuck_rates()
+            .iter()
+            .all(|rate| (0.0..=1.0).contains(rate))
+        {
+            return Err("--stuck-rate and --replicas must be between 0 and 1".into());
         }
         if config.batches == 0 || config.batch_size == 0 {
             return Err("--batches and --batch-size must be at least 1".into());
@@ -447,13 +610,18 @@ impl Config {
 
 impl std::fmt::Display for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rates: Vec<String> = self.stuck_rates().iter().map(f64::to_string).collect();
+        let replicas = match self.stuck_rates().len() {
+            1 => String::new(),
+            n => format!(" at replica 1..{n}"),
+        };
         write!(
             f,
-            "{} batches of {} calls; each attempt stuck with p = {} for {}, otherwise first \
-             token after {}; then {} tokens {:?} apart; seed {}",
+            "{} batches of {} calls; each attempt stuck with p = {}{replicas} for {}, \
+             otherwise first token after {}; then {} tokens {:?} apart; seed {}",
             self.batches,
             self.batch_size,
-            self.stuck_rate,
+            rates.join(", "),
             self.stuck_for,
             self.normal_first_token,
             self.tokens,

@@ -180,7 +180,15 @@ impl Pool {
         let any_untried = (0..n).any(|i| untried(&i));
         let candidate = |i: &usize| !any_untried || untried(i);
         let any_in = (0..n).any(|i| candidate(&i) && !self.members[i].is_out(now));
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        // Only first attempts move the turn on: were retries and hedges to move it too, a
+        // request that takes two attempts of two upstreams would leave the turn where it
+        // was, and every first attempt would go to the same upstream.
+        let turn = if tried.is_empty() {
+            self.turn.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.turn.load(Ordering::Relaxed)
+        };
+        let start = turn % n;
         (0..n)
             .map(|k| (start + k) % n)
             .filter(|i| candidate(i) && (!any_in || !self.members[*i].is_out(now)))
@@ -224,6 +232,20 @@ mod tests {
             assert_ne!(first, second);
             assert!(third != first && third != second);
         }
+    }
+
+    #[test]
+    fn first_attempts_take_turns_whatever_the_retries() {
+        let pool = pool(2);
+        let now = Instant::now();
+        let firsts: Vec<usize> = (0..4)
+            .map(|_| {
+                let first = pool.pick(&[], now);
+                pool.pick(&[first], now);
+                first
+            })
+            .collect();
+        assert_eq!(firsts, [0, 1, 0, 1]);
     }
 
     #[test]

@@ -1,8 +1,16 @@
 """A model server stand-in that speaks OpenAI's and Anthropic's APIs, for the gateway checks.
 
-    python upstream.py PORT [CERTFILE KEYFILE]
+    python upstream.py PORT [CERTFILE KEYFILE] [--every-stream BEHAVIOUR]
+                       [--first-token-after SECONDS]
 
-With a certificate (and its key), it serves HTTPS.
+With a certificate (and its key), it serves HTTPS. `--every-stream` gives every streamed
+request of every API one of the behaviours below whatever model it names (`answer`,
+`babbler`, `stuck`, `overloaded`...): several of these processes then stand for replicas
+of one model, one healthy, one stuck, one overloaded. `--first-token-after` makes the first
+text delta of every stream of these behaviours that late (a slow prefill) instead of
+`TOKEN_EVERY`. `--stuck-rate P` makes each stream of `answer` or `babbler` `stuck` instead
+with probability `P` (drawn from a generator seeded by `--seed`): a replica that is often
+stuck, for `failover_batch.py`.
 
 `POST /v1/chat/completions` (always streamed, as server-sent events) chooses its behaviour
 by model name:
@@ -20,7 +28,15 @@ by model name:
 `POST /v1/messages` (Anthropic's Messages API), streamed in each API's own wire format,
 also answer these models:
 
+- `answer`: the API's opening events, `ANSWER` a word every 20 ms, then the API's
+  closing events (chat: a `finish_reason: stop` chunk and `data: [DONE]`; Messages:
+  `content_block_stop`, `message_delta`, `message_stop`; Responses: `response.completed`).
 - `babbler`: the API's opening events, then one text delta every 20 ms, forever.
+- `stuck`: headers, then nothing, ever.
+- `overloaded`: the API's error event as its first event, then the end of the stream, as
+  an overloaded server answers `200` (chat: `data: {"error": {...}}`; Messages:
+  `event: error` with an `overloaded_error`; Responses: `event: error`), each with the
+  message `OVERLOADED`.
 - `stalled`: the opening events and `STALL_AFTER` deltas, then nothing, ever.
 - `dying`: the opening events, `STALL_AFTER` deltas and the first half of one more, then
   the server fails the response: uvicorn closes the connection before the last chunk of the
@@ -41,14 +57,16 @@ chat completion:
 
 Every generator that is cancelled (the client went away: `asyncio.CancelledError` or
 `GeneratorExit`) is recorded with a wall-clock timestamp. `GET /stats` returns the requests,
-cancellations, completions, failures (`dying`) and stalls (`stalled`, with the time its last
-delta was made) seen so far, each with its `x-check` tag.
+cancellations, completions, failures (`dying`), stalls (`stalled`, with the time its last
+delta was made) and first tokens (when the first text delta of `answer` or `babbler` was
+made) seen so far, each with its `x-check` tag.
 """
 
+import argparse
 import asyncio
 import itertools
 import json
-import sys
+import random
 import time
 
 import uvicorn
@@ -65,7 +83,19 @@ MODELS = ("babbler", "firehose", "stuck-once", "stuck-always", "slow-first-token
 SLOW_FIRST_TOKEN = 3.0
 FIREHOSE_TOKEN = 256 * 1024
 # The models of every API, and the deltas sent before a `stalled` or `dying` stream stops.
-API_MODELS = ("babbler", "stalled", "dying", "keep-alive", "opening-then-pings", "tokens-then-pings")
+API_MODELS = (
+    "answer",
+    "babbler",
+    "stuck",
+    "overloaded",
+    "stalled",
+    "dying",
+    "keep-alive",
+    "opening-then-pings",
+    "tokens-then-pings",
+)
+# What an overloaded server says.
+OVERLOADED = "Overloaded"
 STALL_AFTER = 3
 KEEP_ALIVE_EVERY = 0.2
 # The models that answer without streaming, and how late `late-answer` does.
@@ -79,7 +109,15 @@ STATS: dict = {
     "completions": [],
     "failures": [],
     "stalls": [],
+    "first_tokens": [],
 }
+# Set from the command line: the behaviour of every stream, and how late its first delta is.
+EVERY_STREAM = None
+FIRST_TOKEN_AFTER = TOKEN_EVERY
+# With `--stuck-rate`: the chance that a stream of `answer` or `babbler` is stuck instead,
+# drawn from a generator seeded by `--seed`.
+STUCK_RATE = 0.0
+DRAWS = random.Random(0)
 _stuck_tags: set = set()
 _ids = itertools.count(1)
 
@@ -111,7 +149,7 @@ async def stats() -> dict:
 async def chat_completions(request: Request):
     body = await request.json()
     model = body.get("model", "")
-    if model in API_MODELS and model != "babbler":
+    if EVERY_STREAM or (model in API_MODELS and model != "babbler"):
         return _api_stream(body, request, "chat")
     if model in UNSTREAMED_MODELS:
         return await _unstreamed(body, request)
@@ -231,6 +269,14 @@ class ChatEvents:
     def delta(self, text: str) -> bytes:
         return _chunk(self.request_id, self.model, {"content": text})
 
+    def closing(self) -> list:
+        return [_chunk(self.request_id, self.model, {}, finish_reason="stop"), b"data: [DONE]\n\n"]
+
+    def overloaded(self) -> list:
+        # vLLM's and OpenAI's shape: a data-only event whose object has a top-level error.
+        error = {"message": OVERLOADED, "type": "overloaded_error", "param": None, "code": None}
+        return [f"data: {json.dumps({'error': error})}\n\n".encode(), b"data: [DONE]\n\n"]
+
     def keep_alive(self) -> bytes:
         return b": keep-alive\n\n"
 
@@ -247,25 +293,31 @@ class ResponsesEvents:
         self.seq += 1
         return _sse(kind, data)
 
-    def opening(self) -> list:
-        response = {
+    def _response(self, status: str, output: list) -> dict:
+        return {
             "id": f"resp_{self.request_id}",
             "object": "response",
             "created_at": int(time.time()),
-            "status": "in_progress",
+            "status": status,
             "model": self.model,
-            "output": [],
+            "output": output,
             "parallel_tool_calls": True,
             "tool_choice": "auto",
             "tools": [],
         }
-        item = {
+
+    def _item(self, status: str, content: list) -> dict:
+        return {
             "id": self.item,
             "type": "message",
-            "status": "in_progress",
+            "status": status,
             "role": "assistant",
-            "content": [],
+            "content": content,
         }
+
+    def opening(self) -> list:
+        response = self._response("in_progress", [])
+        item = self._item("in_progress", [])
         return [
             self._event("response.created", response=response),
             self._event("response.in_progress", response=response),
@@ -288,6 +340,20 @@ class ResponsesEvents:
             delta=text,
             logprobs=[],
         )
+
+    def closing(self) -> list:
+        part = {"type": "output_text", "text": ANSWER, "annotations": []}
+        item = self._item("completed", [part])
+        where = {"item_id": self.item, "output_index": 0, "content_index": 0}
+        return [
+            self._event("response.output_text.done", **where, text=ANSWER, logprobs=[]),
+            self._event("response.content_part.done", **where, part=part),
+            self._event("response.output_item.done", output_index=0, item=item),
+            self._event("response.completed", response=self._response("completed", [item])),
+        ]
+
+    def overloaded(self) -> list:
+        return [self._event("error", code="server_error", message=OVERLOADED, param=None)]
 
     def keep_alive(self) -> bytes:
         return b": keep-alive\n\n"
@@ -327,6 +393,22 @@ class MessagesEvents:
              "delta": {"type": "text_delta", "text": text}},
         )
 
+    def closing(self) -> list:
+        return [
+            _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _sse(
+                "message_delta",
+                {"type": "message_delta",
+                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                 "usage": {"output_tokens": len(ANSWER.split(" "))}},
+            ),
+            _sse("message_stop", {"type": "message_stop"}),
+        ]
+
+    def overloaded(self) -> list:
+        error = {"type": "overloaded_error", "message": OVERLOADED}
+        return [_sse("error", {"type": "error", "error": error})]
+
     def keep_alive(self) -> bytes:
         return _sse("ping", {"type": "ping"})
 
@@ -336,17 +418,18 @@ APIS = {"chat": ChatEvents, "responses": ResponsesEvents, "messages": MessagesEv
 
 def _api_stream(body: dict, request: Request, api: str):
     model = body.get("model", "")
+    behaviour = EVERY_STREAM or model
     tag = request.headers.get("x-check", "")
     request_id = next(_ids)
     STATS["requests"].append(
         {"id": request_id, "tag": tag, "model": model, "api": api, "at": time.time()}
     )
-    if model not in API_MODELS:
+    if behaviour not in API_MODELS:
         return _error(404, f"unknown model {model!r}; try one of {', '.join(API_MODELS)}")
     if not body.get("stream"):
         return _error(400, "this stand-in only streams: set stream=true")
     return StreamingResponse(
-        _generate_api(APIS[api](request_id, model), request_id, tag, model),
+        _generate_api(APIS[api](request_id, model), request_id, tag, model, behaviour),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
@@ -362,30 +445,54 @@ async def messages(request: Request):
     return _api_stream(await request.json(), request, "messages")
 
 
-async def _generate_api(events, request_id: int, tag: str, model: str):
+async def _generate_api(events, request_id: int, tag: str, model: str, behaviour: str):
     sent, last_delta_at = 0, None
+
+    async def delta(text: str) -> bytes:
+        nonlocal sent, last_delta_at
+        await asyncio.sleep(FIRST_TOKEN_AFTER if sent == 0 else TOKEN_EVERY)
+        # Taken before the delta goes out: no one downstream can have it earlier.
+        last_delta_at = time.time()
+        if sent == 0:
+            _record("first_tokens", request_id, tag, model, sent)
+        sent += 1
+        return events.delta(text)
+
+    if behaviour in ("answer", "babbler") and DRAWS.random() < STUCK_RATE:
+        behaviour = "stuck"
     try:
-        if model != "keep-alive":
+        if behaviour == "stuck":
+            # Headers have gone out; nothing else ever comes.
+            await asyncio.sleep(3600)
+        if behaviour == "overloaded":
+            for event in events.overloaded():
+                yield event
+            _record("failures", request_id, tag, model, sent)
+            return
+        if behaviour != "keep-alive":
             for event in events.opening():
                 yield event
+        if behaviour == "answer":
+            for i, word in enumerate(ANSWER.split(" ")):
+                yield await delta(word if i == 0 else " " + word)
+            for event in events.closing():
+                yield event
+            _record("completions", request_id, tag, model, sent)
+            return
         for word in itertools.cycle(BABBLE):
-            if model in ("keep-alive", "opening-then-pings"):
+            if behaviour in ("keep-alive", "opening-then-pings"):
                 break
-            if model != "babbler" and sent == STALL_AFTER:
+            if behaviour != "babbler" and sent == STALL_AFTER:
                 break
-            await asyncio.sleep(TOKEN_EVERY)
-            # Taken before the delta goes out: no one downstream can have it earlier.
-            last_delta_at = time.time()
-            yield events.delta(word + " ")
-            sent += 1
-        if model == "dying":
+            yield await delta(word + " ")
+        if behaviour == "dying":
             half = events.delta("half")
             yield half[: len(half) // 2]
             _record("failures", request_id, tag, model, sent)
             raise UpstreamDied(f"{model} gave up after {sent} deltas")
         # `stalled` and the keep-alive models: the client or the gateway has to give up.
         _record("stalls", request_id, tag, model, sent, last_delta_at=last_delta_at)
-        if model == "stalled":
+        if behaviour == "stalled":
             await asyncio.sleep(3600)
         while True:
             await asyncio.sleep(KEEP_ALIVE_EVERY)
@@ -395,19 +502,35 @@ async def _generate_api(events, request_id: int, tag: str, model: str):
         raise
 
 
-if __name__ == "__main__":
-    if len(sys.argv) not in (2, 4):
-        sys.exit("usage: python upstream.py PORT [CERTFILE KEYFILE]")
+def main():
+    parser = argparse.ArgumentParser(description="A model server stand-in for the gateway checks.")
+    parser.add_argument("port", type=int)
+    parser.add_argument("tls", nargs="*", metavar="CERTFILE KEYFILE")
+    parser.add_argument("--every-stream", choices=API_MODELS, metavar="BEHAVIOUR")
+    parser.add_argument("--first-token-after", type=float, metavar="SECONDS", default=TOKEN_EVERY)
+    parser.add_argument("--stuck-rate", type=float, metavar="P", default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if len(args.tls) not in (0, 2):
+        parser.error("give both CERTFILE and KEYFILE, or neither")
+    global EVERY_STREAM, FIRST_TOKEN_AFTER, STUCK_RATE
+    EVERY_STREAM, FIRST_TOKEN_AFTER = args.every_stream, args.first_token_after
+    STUCK_RATE = args.stuck_rate
+    DRAWS.seed(args.seed)
     tls = {}
-    if len(sys.argv) == 4:
-        tls = {"ssl_certfile": sys.argv[2], "ssl_keyfile": sys.argv[3]}
+    if args.tls:
+        tls = {"ssl_certfile": args.tls[0], "ssl_keyfile": args.tls[1]}
     uvicorn.run(
         app,
         host="127.0.0.1",
-        port=int(sys.argv[1]),
+        port=args.port,
         http="h11",
         lifespan="off",
         log_level="warning",
         access_log=False,
         **tls,
     )
+
+
+if __name__ == "__main__":
+    main()
