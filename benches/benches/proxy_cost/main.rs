@@ -189,7 +189,26 @@ fn gateway_binary() -> Option<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     println!("building the gateway: cargo build --release -p stream-deadline-gateway");
-    let built = Command::new(&cargo)
+    let mut build = Command::new(&cargo);
+    // What cargo sets for this bench's run is not the caller's environment: build scripts
+    // that watch these (ring's does) would be rebuilt now, and again by the next `cargo
+    // bench`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || ["OUT_DIR", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&&*name)
+        {
+            build.env_remove(&*name);
+        }
+    }
+    let built = build
         .args([
             "build",
             "--release",
