@@ -59,13 +59,13 @@ fn main() {
     };
     let mut contenders = Vec::new();
     match find_nginx() {
-        Some(nginx) => {
+        Ok(nginx) => {
             println!("nginx: {} ({})", nginx.display(), nginx_version(&nginx));
             contenders.push(Contender::Nginx(nginx));
         }
-        None => println!(
-            "nginx: not found on PATH, in /usr/sbin or /sbin: its column is left out \
-             (tests/python/run.sh installs Debian's nginx-light: `apt-get install nginx-light`)"
+        Err(why) => println!(
+            "nginx: {why}: its column is left out (tests/python/run.sh installs Debian's \
+             nginx-light: `apt-get install nginx-light`)"
         ),
     }
     contenders.push(Contender::Gateway(gateway.clone()));
@@ -236,15 +236,21 @@ fn gateway_binary() -> Option<PathBuf> {
     }
 }
 
-fn find_nginx() -> Option<PathBuf> {
+/// nginx: `PROXY_COST_NGINX`, or the first on `PATH`, `/usr/sbin` or `/sbin`.
+fn find_nginx() -> Result<PathBuf, String> {
     if let Ok(path) = std::env::var("PROXY_COST_NGINX") {
-        return Some(PathBuf::from(path)).filter(|path| path.exists());
+        let path = PathBuf::from(path);
+        return match path.is_file() {
+            true => Ok(path),
+            false => Err(format!("PROXY_COST_NGINX={} is not a file", path.display())),
+        };
     }
     let path = std::env::var("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|dir| dir.join("nginx"))
         .find(|candidate| candidate.is_file())
+        .ok_or_else(|| "not found on PATH, in /usr/sbin or /sbin".to_owned())
 }
 
 fn nginx_version(nginx: &Path) -> String {

@@ -30,56 +30,34 @@ impl Bench {
     /// resident memory at the end of the window; then, in a second run under `perf stat`,
     /// its system calls per chunk.
     pub async fn burst(&mut self, contender: &Contender, round: usize) {
-        const STREAMS: usize = 100;
         let name = contender.name();
-        let Some(run) = self.start(contender, false) else {
+        let Some((run, stop, clients)) = self.start_burst(contender, false).await else {
             return;
         };
         let proxy = run.proxy.as_ref().expect("a proxy");
-        let stop = CancellationToken::new();
-        let clients = spawn(
-            STREAMS,
-            Duration::ZERO,
-            &run.tally,
-            &stop,
-            |addr, tally, stop| async move {
-                client::stream(addr, "/burst", &tally, &stop, false)
-                    .await
-                    .map(drop)
-            },
-            proxy.addr,
-        )
-        .await;
-        tokio::time::sleep(WARM_UP).await;
         let before = Reading::take(proxy, &run.tally);
         tokio::time::sleep(self.window).await;
         let after = Reading::take(proxy, &run.tally);
         let rss = proxy.rss();
         let failed = finish(stop, clients, run.proxy).await;
-        let chunks = after.read - before.read;
-        let cpu = after.cpu - before.cpu;
-        let wall = after.at - before.at;
-        let bench_core = (after.own_cpu - before.own_cpu).as_secs_f64() / wall.as_secs_f64();
+        let window = after.since(&before);
         self.results
-            .record(report::BURST_CPU, name, round, per(cpu, chunks));
+            .record(report::BURST_CPU, name, round, window.cpu_per_unit());
         self.results.record(
             report::BURST_RATE,
             name,
             round,
-            chunks as f64 / wall.as_secs_f64() / 1e3,
+            window.thousands_per_second(),
         );
         self.results
             .record(report::BURST_RSS, name, round, rss as f64 / 1e6);
         self.results
-            .record(report::BURST_BENCH_CORE, name, round, bench_core * 100.0);
+            .record(report::BURST_BENCH_CORE, name, round, window.bench_core());
         println!(
-            "  round {round} {name:>11}: {chunks} chunks in {:.2} s ({:.0}k/s), CPU {:.2} s = {:.2} us per chunk, RSS {:.1} MB, bench core {:.0}%{}",
-            wall.as_secs_f64(),
-            chunks as f64 / wall.as_secs_f64() / 1e3,
-            cpu.as_secs_f64(),
-            per(cpu, chunks),
+            "  round {round} {name:>11}: {} chunks, {}, RSS {:.1} MB{}",
+            window.count,
+            window.describe("chunk"),
             rss as f64 / 1e6,
-            bench_core * 100.0,
             failures(failed),
         );
         self.burst_syscalls(contender, round).await;
@@ -88,27 +66,11 @@ impl Bench {
     /// The system calls per chunk of a burst run under `perf stat`, in a run of its own so
     /// that counting (a tracepoint on every call) does not weigh on the CPU figures.
     async fn burst_syscalls(&mut self, contender: &Contender, round: usize) {
-        const STREAMS: usize = 100;
         let name = contender.name();
-        let Some(run) = self.start(contender, true) else {
+        let Some((run, stop, clients)) = self.start_burst(contender, true).await else {
             return;
         };
         let proxy = run.proxy.as_ref().expect("a proxy");
-        let stop = CancellationToken::new();
-        let clients = spawn(
-            STREAMS,
-            Duration::ZERO,
-            &run.tally,
-            &stop,
-            |addr, tally, stop| async move {
-                client::stream(addr, "/burst", &tally, &stop, false)
-                    .await
-                    .map(drop)
-            },
-            proxy.addr,
-        )
-        .await;
-        tokio::time::sleep(WARM_UP).await;
         let window = (self.window / 2).max(Duration::from_millis(500));
         let before = Reading::take(proxy, &run.tally);
         tokio::time::sleep(window).await;
@@ -147,6 +109,30 @@ impl Bench {
             span.as_secs_f64(),
             failures(failed),
         );
+    }
+
+    /// A burst run warmed up: the proxy, 100 clients reading events back to back, and
+    /// what stops them.
+    async fn start_burst(&self, contender: &Contender, count_syscalls: bool) -> Option<Clients> {
+        const STREAMS: usize = 100;
+        let run = self.start(contender, count_syscalls)?;
+        let addr = run.proxy.as_ref().expect("a proxy").addr;
+        let stop = CancellationToken::new();
+        let clients = spawn(
+            STREAMS,
+            Duration::ZERO,
+            &run.tally,
+            &stop,
+            |addr, tally, stop| async move {
+                client::stream(addr, "/burst", &tally, &stop, false)
+                    .await
+                    .map(drop)
+            },
+            addr,
+        )
+        .await;
+        tokio::time::sleep(WARM_UP).await;
+        Some((run, stop, clients))
     }
 
     /// `streams` streams of an event every 20 ms, started over `ramp` (so their events
@@ -274,27 +260,21 @@ impl Bench {
         tokio::time::sleep(self.window).await;
         let after = Reading::take(proxy, &run.tally);
         let failed = finish(stop, clients, run.proxy).await;
-        let requests = after.read - before.read;
-        let cpu = after.cpu - before.cpu;
-        let wall = after.at - before.at;
-        let bench_core = (after.own_cpu - before.own_cpu).as_secs_f64() / wall.as_secs_f64();
+        let window = after.since(&before);
         self.results.record(
             report::SHORT_RATE,
             name,
             round,
-            requests as f64 / wall.as_secs_f64() / 1e3,
+            window.thousands_per_second(),
         );
         self.results
-            .record(report::SHORT_CPU, name, round, per(cpu, requests));
+            .record(report::SHORT_CPU, name, round, window.cpu_per_unit());
         self.results
-            .record(report::SHORT_BENCH_CORE, name, round, bench_core * 100.0);
+            .record(report::SHORT_BENCH_CORE, name, round, window.bench_core());
         println!(
-            "  round {round} {name:>11}: {requests} requests in {:.2} s ({:.1}k/s), CPU {:.2} s = {:.1} us per request, bench core {:.0}%{}",
-            wall.as_secs_f64(),
-            requests as f64 / wall.as_secs_f64() / 1e3,
-            cpu.as_secs_f64(),
-            per(cpu, requests),
-            bench_core * 100.0,
+            "  round {round} {name:>11}: {} requests, {}{}",
+            window.count,
+            window.describe("request"),
             failures(failed),
         );
     }
@@ -331,6 +311,9 @@ impl Bench {
     }
 }
 
+/// A run, what stops its clients, and the clients.
+type Clients = (Run, CancellationToken, Vec<JoinHandle<Result<(), String>>>);
+
 /// One run's proxy (none for direct) and what its clients count.
 struct Run {
     proxy: Option<Proxy>,
@@ -345,7 +328,50 @@ struct Reading {
     read: u64,
 }
 
+/// What happened between two readings.
+struct Measured {
+    count: u64,
+    cpu: Duration,
+    wall: Duration,
+    own_cpu: Duration,
+}
+
+impl Measured {
+    fn cpu_per_unit(&self) -> f64 {
+        per(self.cpu, self.count)
+    }
+
+    fn thousands_per_second(&self) -> f64 {
+        self.count as f64 / self.wall.as_secs_f64() / 1e3
+    }
+
+    /// The share of the bench's core this process used, in %.
+    fn bench_core(&self) -> f64 {
+        self.own_cpu.as_secs_f64() / self.wall.as_secs_f64() * 100.0
+    }
+
+    fn describe(&self, unit: &str) -> String {
+        format!(
+            "{:.2} s ({:.1}k/s), CPU {:.2} s = {:.2} us per {unit}, bench core {:.0}%",
+            self.wall.as_secs_f64(),
+            self.thousands_per_second(),
+            self.cpu.as_secs_f64(),
+            self.cpu_per_unit(),
+            self.bench_core(),
+        )
+    }
+}
+
 impl Reading {
+    fn since(&self, before: &Reading) -> Measured {
+        Measured {
+            count: self.read - before.read,
+            cpu: self.cpu - before.cpu,
+            wall: self.at - before.at,
+            own_cpu: self.own_cpu - before.own_cpu,
+        }
+    }
+
     fn take(proxy: &Proxy, tally: &Tally) -> Reading {
         Reading {
             at: Instant::now(),
