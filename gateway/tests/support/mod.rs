@@ -234,6 +234,32 @@ pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Answer {
     }
 }
 
+/// Sends `request`, which the gateway must answer with its `504` naming everything in
+/// `says`: the answer, and how long it took.
+pub async fn timed_out(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+    says: &[&str],
+) -> (Answer, Duration) {
+    let started = Instant::now();
+    let answer = send(addr, request).await;
+    let took = started.elapsed();
+    assert_eq!(
+        answer.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        answer.body
+    );
+    for words in says {
+        assert!(
+            answer.body.contains(words),
+            "no {words:?} in {}",
+            answer.body
+        );
+    }
+    (answer, took)
+}
+
 /// One request on a new HTTP/1.1 connection, up to its response head.
 pub async fn send_head(
     addr: SocketAddr,
