@@ -24,8 +24,14 @@ pub fn client(flags: &Flags) -> Result<UpstreamClient, String> {
     http.set_nodelay(true);
     // The TLS connector above it takes https:// URIs.
     http.enforce_http(false);
-    let roots = if flags.any_https() {
+    let roots = if flags.any_https() || https_in_config(flags) {
         trusted_roots()?
+    } else if flags.config.is_some() {
+        // A reload may bring an https:// upstream: have the roots, if the machine has any.
+        trusted_roots().unwrap_or_else(|why| {
+            tracing::warn!(target: TARGET, %why, "no trusted roots: --config may not add https:// upstreams");
+            RootCertStore::empty()
+        })
     } else {
         RootCertStore::empty()
     };
@@ -46,6 +52,16 @@ pub fn client(flags: &Flags) -> Result<UpstreamClient, String> {
         .timer(TokioTimer::new())
         .http2_only(flags.h2c)
         .build(connector))
+}
+
+/// Whether the `--config` file names an https:// upstream now.
+fn https_in_config(flags: &Flags) -> bool {
+    let members = crate::pool::Members::default();
+    crate::policy::Policies::load(flags, &members).is_ok_and(|policies| {
+        policies
+            .all()
+            .any(|policy| policy.pool.members().iter().any(|m| m.upstream().https))
+    })
 }
 
 /// The system's roots, or the PEM bundle named by `SSL_CERT_FILE` (and the directory named by

@@ -143,3 +143,39 @@ async fn a_certificate_that_fails_verification_answers_502_naming_the_reason() {
     );
     assert_eq!(Counts::get(&counts.requests), 0);
 }
+
+#[tokio::test]
+async fn an_https_upstream_named_only_in_the_policy_file_is_verified_and_reached() {
+    let pki = pki("policy");
+    let (upstream, counts, _) = tls_upstream(&pki, &[b"h2", b"http/1.1"]).await;
+    let file = std::env::temp_dir().join(format!(
+        "stream-deadline-gateway-{}-policy.toml",
+        std::process::id()
+    ));
+    let url = format!("https://localhost:{}", upstream.port());
+    std::fs::write(
+        &file,
+        format!("[models.\"hosted\"]\nupstreams = [\"{url}\"]\n"),
+    )
+    .unwrap();
+    // The flags' upstream is plain http: only the policy file names the https:// one.
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[("SSL_CERT_FILE", pki.ca_file.to_str().unwrap())],
+    );
+    let request = http::Request::post("/v1/complete")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"hosted","stream":true}"#,
+        )))
+        .unwrap();
+    let answer = send(gateway.addr, request).await;
+    let _ = std::fs::remove_file(&file);
+    assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+    assert_eq!(counts.seen.lock().unwrap().len(), 1);
+}
