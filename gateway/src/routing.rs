@@ -143,23 +143,27 @@ where
     let target = request.uri().clone();
     let mut next = Some(request);
     loop {
-        let Some(request) = next.take() else {
+        let Some(mut request) = next.take() else {
             return Err("no request left to send".into());
         };
         let now = Instant::now();
-        let tried = log.as_ref().map(|log| log.tried()).unwrap_or_default();
-        let mut request = request;
+        let mut tried = log.as_ref().map(|log| log.tried()).unwrap_or_default();
         if !tried.is_empty() {
             limit_to_what_is_left(&mut request);
         }
         let index = pool.pick(&tried, now);
+        tried.push(index);
         let member = pool.members()[index].clone();
         let upstream = member.upstream();
         let shown = upstream.to_string();
         if let Some(log) = &log {
             log.trying(index, &shown);
         }
-        let copy = copy(&request);
+        // Kept for a refused connection, only while another upstream is left to try.
+        let copy = match pool.has_untried(&tried) {
+            true => copy(&request),
+            false => None,
+        };
         *request.uri_mut() = upstream.uri_for(&target)?;
         if let Some(authorization) = &upstream.authorization {
             // The URL's credentials, unless the client sent its own.
@@ -189,12 +193,9 @@ where
                 tracing::info!(target: crate::log::TARGET, upstream = %shown, "upstream back");
             }
         }
-        let tried = log.as_ref().map(|log| log.tried()).unwrap_or_default();
-        if label == "refused" && pool.has_untried(&tried) {
-            if let Some(copy) = copy {
-                next = Some(copy);
-                continue;
-            }
+        if let (Some(copy), "refused") = (copy, label) {
+            next = Some(copy);
+            continue;
         }
         if let (Ok(_), Some(log)) = (&result, &log) {
             // Counted while the response lasts: the log goes when the response ends.
