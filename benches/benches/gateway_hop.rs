@@ -261,7 +261,7 @@ fn proxy_child(kind: &str) {
 /// The floor: the gateway's listener settings, upstream client and header handling, and the
 /// upstream's body passed back as it is.
 async fn plain_proxy(listener: tokio::net::TcpListener, flags: &Flags) {
-    let client = upstream::client(flags).unwrap();
+    let client = upstream::client(flags, flags.any_https()).unwrap();
     let upstream = flags.upstreams[0].clone();
     let (idle, total) = (flags.request_body_idle, flags.total);
     let mut server = auto::Builder::new(TokioExecutor::new());

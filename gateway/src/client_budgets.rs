@@ -26,7 +26,6 @@ use http::HeaderMap;
 use tokio::time::Instant;
 use tower_stream_deadline::{Deadline, RequestBudgets};
 
-use crate::config::Flags;
 use crate::log::RequestLog;
 use crate::policy::Policy;
 use crate::stream_request;
@@ -73,16 +72,6 @@ impl Configured {
             idle: policy.idle.0,
             retries: policy.retries,
             heartbeat: policy.heartbeat,
-        }
-    }
-
-    pub fn from_flags(flags: &Flags) -> Self {
-        Configured {
-            total: flags.total,
-            first_frame: flags.first_frame.0,
-            idle: flags.idle.0,
-            retries: flags.retries,
-            heartbeat: flags.heartbeat.0,
         }
     }
 }

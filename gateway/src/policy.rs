@@ -106,6 +106,12 @@ impl Policies {
         std::iter::once(&self.default).chain(self.by_model.values())
     }
 
+    /// Whether any policy names an https:// upstream (the client then needs trusted roots).
+    pub fn any_https(&self) -> bool {
+        self.all()
+            .any(|policy| policy.pool.members().iter().any(|m| m.upstream().https))
+    }
+
     /// Whether any policy sends heartbeats (then every request is raced against them until
     /// its policy is known).
     pub fn any_heartbeat(&self) -> bool {

@@ -48,9 +48,9 @@ pub struct Gateway {
     /// Swapped whole on a reload; a request keeps the policy it started with.
     policies: RwLock<Arc<Policies>>,
     request_body_idle: std::time::Duration,
-    /// The budgets a client's headers may shorten; the total one its body must also come
-    /// within.
-    budgets: Configured,
+    /// The flags' total budget, which a request body must come within (the body is read
+    /// before its model, and so its policy, is known).
+    total: std::time::Duration,
     metrics: Arc<Metrics>,
     /// Cancelled at the end of the shutdown grace: live responses end then.
     cut: CancellationToken,
@@ -65,12 +65,12 @@ impl Gateway {
         let members = Members::default();
         let policies = Policies::load(flags, &members)?;
         let gateway = Gateway {
-            client: upstream::client(flags)?,
+            client: upstream::client(flags, policies.any_https())?,
             flags: flags.clone(),
             members,
             policies: RwLock::new(Arc::new(policies)),
             request_body_idle: flags.request_body_idle,
-            budgets: Configured::from_flags(flags),
+            total: flags.total,
             metrics,
             cut,
         };
@@ -181,7 +181,7 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let client = ClientBudgets::read(&parts.headers, arrived, log);
         // The body must come within the request's total budget too.
-        let budget = client.total(self.budgets.total, arrived);
+        let budget = client.total(self.total, arrived);
         let limits = BodyLimits::new(self.request_body_idle, arrived, budget);
         let policies = self.policies();
         // Checked once against the flags' first upstream (every upstream makes its URI the

@@ -19,12 +19,14 @@ use crate::request_body::Streamed;
 pub type UpstreamBody = Either<Full<Bytes>, Streamed>;
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-pub fn client(flags: &Flags) -> Result<UpstreamClient, String> {
+/// The client, with trusted roots when `https` (an https:// upstream is in use now) or when a
+/// `--config` reload may bring one.
+pub fn client(flags: &Flags, https: bool) -> Result<UpstreamClient, String> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     // The TLS connector above it takes https:// URIs.
     http.enforce_http(false);
-    let roots = if flags.any_https() || https_in_config(flags) {
+    let roots = if https {
         trusted_roots()?
     } else if flags.config.is_some() {
         // A reload may bring an https:// upstream: have the roots, if the machine has any.
@@ -52,16 +54,6 @@ pub fn client(flags: &Flags) -> Result<UpstreamClient, String> {
         .timer(TokioTimer::new())
         .http2_only(flags.h2c)
         .build(connector))
-}
-
-/// Whether the `--config` file names an https:// upstream now.
-fn https_in_config(flags: &Flags) -> bool {
-    let members = crate::pool::Members::default();
-    crate::policy::Policies::load(flags, &members).is_ok_and(|policies| {
-        policies
-            .all()
-            .any(|policy| policy.pool.members().iter().any(|m| m.upstream().https))
-    })
 }
 
 /// The system's roots, or the PEM bundle named by `SSL_CERT_FILE` (and the directory named by

@@ -156,10 +156,7 @@ async fn the_sdks_default_read_timeout_changes_nothing() {
         "{}",
         answer.body
     );
-    let log = gateway
-        .wait_for_log("request line", |log| log.contains("path=/v1/idle"))
-        .await;
-    let line = log.lines().find(|l| l.contains("path=/v1/idle")).unwrap();
+    let line = gateway.request_line("/v1/idle").await;
     assert!(
         line.contains(" INFO ") && !line.contains("ignored"),
         "{line}"
@@ -178,13 +175,7 @@ async fn unreadable_budget_headers_are_ignored_and_named_in_the_request_line_at_
     let (answer, _) = timed(&gateway, "/v1/complete", &headers).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
-    let log = gateway
-        .wait_for_log("request line", |log| log.contains("path=/v1/complete"))
-        .await;
-    let line = log
-        .lines()
-        .find(|l| l.contains("path=/v1/complete"))
-        .unwrap();
+    let line = gateway.request_line("/v1/complete").await;
     assert!(line.contains("WARN"), "{line}");
     for (name, value) in headers {
         assert!(

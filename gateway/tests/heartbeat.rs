@@ -186,18 +186,6 @@ async fn timed(addr: SocketAddr, path: &str, body: &'static str) -> Timed {
 
 const STREAMED: &str = r#"{"model":"m","stream":true}"#;
 
-/// The request line of `path` in the gateway's log.
-async fn request_line(gateway: &Gateway, path: &str) -> String {
-    let needle = format!("path={path} ");
-    let log = gateway
-        .wait_for_log("request line", |log| log.contains(&needle))
-        .await;
-    log.lines()
-        .find(|line| line.contains(&needle))
-        .unwrap()
-        .to_owned()
-}
-
 fn field(line: &str, name: &str) -> f64 {
     let value = line
         .split_whitespace()
@@ -245,7 +233,7 @@ async fn a_late_stream_gets_the_head_at_the_interval_comments_every_interval_the
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 
     // The comments are not the upstream's frames: the first frame is its first token.
-    let line = request_line(&gateway, "/v1/late").await;
+    let line = gateway.request_line("/v1/late").await;
     assert!(
         line.contains("ending=\"completed\"") || line.contains("ending=completed"),
         "{line}"
@@ -281,7 +269,7 @@ async fn a_stream_stuck_on_every_attempt_ends_in_the_deadlines_error_event_after
     );
     let ended = answer.frames.last().unwrap().0;
     assert!(ended >= Duration::from_secs(1), "ended at {ended:?}");
-    let line = request_line(&gateway, "/v1/stuck").await;
+    let line = gateway.request_line("/v1/stuck").await;
     assert!(line.contains("deadline_first_frame"), "{line}");
     assert!(line.contains("status=200"), "{line}");
 }
@@ -303,7 +291,7 @@ async fn an_upstream_error_after_the_head_is_told_as_an_error_event_with_its_mes
     assert_eq!(json["error"]["message"], "rate limited: try again in 20s");
     assert_eq!(json["error"]["type"], "rate_limit_error");
     assert_eq!(json["error"]["code"], "rate_limit_exceeded");
-    let line = request_line(&gateway, "/v1/busy").await;
+    let line = gateway.request_line("/v1/busy").await;
     assert!(line.contains("429"), "{line}");
 }
 

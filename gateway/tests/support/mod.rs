@@ -142,6 +142,18 @@ impl Gateway {
         }
     }
 
+    /// The request line of `path` in the log, once it is written (for at most `PATIENCE`).
+    pub async fn request_line(&self, path: &str) -> String {
+        let needle = format!("path={path} ");
+        let log = self
+            .wait_for_log("request line", |log| log.contains(&needle))
+            .await;
+        log.lines()
+            .find(|line| line.contains(&needle))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Sends a signal (`TERM`, `INT`) with `kill`.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
