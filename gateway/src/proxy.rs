@@ -30,7 +30,7 @@ use crate::pool::Members;
 use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
 use crate::routing::{AttemptsEnd, Route};
 use crate::shutdown::DrainBody;
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream::{self, ResponseBody, UpstreamClient};
 use crate::{request_fields, request_id};
 
 /// What the gateway answers with: the upstream's body under its deadlines (after the
@@ -38,7 +38,7 @@ use crate::{request_fields, request_id};
 pub type GatewayBody = Either<DrainBody<UpstreamBody>, Full<Bytes>>;
 
 /// The upstream's body, as it came or after the heartbeats.
-type UpstreamBody = Either<DeadlineBody<Incoming>, Heartbeat<DeadlineBody<Incoming>>>;
+type UpstreamBody = Either<DeadlineBody<ResponseBody>, Heartbeat<DeadlineBody<ResponseBody>>>;
 
 pub struct Gateway {
     client: UpstreamClient,
@@ -176,7 +176,7 @@ impl Gateway {
         request: Request<Incoming>,
         peer: SocketAddr,
         log: &Arc<RequestLog>,
-    ) -> Result<Response<DeadlineBody<Incoming>>, Response<Full<Bytes>>> {
+    ) -> Result<Response<DeadlineBody<ResponseBody>>, Response<Full<Bytes>>> {
         let arrived = tokio::time::Instant::now();
         let (mut parts, body) = request.into_parts();
         let client = ClientBudgets::read(&parts.headers, arrived, log);
@@ -288,7 +288,7 @@ impl Gateway {
         policy: &Policy,
         streamed: bool,
         request: Request<Full<Bytes>>,
-    ) -> Result<Response<DeadlineBody<Incoming>>, tower::BoxError> {
+    ) -> Result<Response<DeadlineBody<ResponseBody>>, tower::BoxError> {
         let routed = ServiceBuilder::new()
             .map_request(|request: Request<Full<Bytes>>| request.map(Either::Left))
             .service(self.routed(policy));

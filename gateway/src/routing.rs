@@ -24,7 +24,7 @@ use tower_stream_deadline::{
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
 use crate::pool::{Change, Pool, Verdict};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{self, UpstreamBody};
 
 /// When every attempt of a request must be over (`--total` from when it was forwarded): the
 /// first attempt's own total budget ends then, and each later attempt is given what is left,
@@ -60,17 +60,10 @@ fn judge<B>(result: &Result<Response<B>, BoxError>) -> (Verdict, &'static str) {
             // The request ran out of time: nothing to learn of the upstream.
             Some(_) => (Verdict::Neither, "deadline_total"),
             None if UpstreamErrorEvent::find(&**err).is_some() => (Verdict::Failed, "error_event"),
-            None if refused(&**err) => (Verdict::Failed, "refused"),
+            None if upstream::refused(&**err) => (Verdict::Failed, "refused"),
             None => (Verdict::Failed, "upstream_error"),
         },
     }
-}
-
-/// Whether the upstream could not be reached at all (connection refused, no route, a failed
-/// TLS handshake): nothing of the request was sent.
-pub fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
-    crate::errors::find::<hyper_util::client::legacy::Error>(err)
-        .is_some_and(hyper_util::client::legacy::Error::is_connect)
 }
 
 /// The request as the next attempt sends it, if it can be sent again (a buffered body).

@@ -18,6 +18,8 @@ use crate::request_body::Streamed;
 /// What the upstream client sends: a buffered body (replayable) or a streamed one.
 pub type UpstreamBody = Either<Full<Bytes>, Streamed>;
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// What an upstream answers with.
+pub type ResponseBody = hyper::body::Incoming;
 
 /// The client, with trusted roots when `https` (an https:// upstream is in use now) or when a
 /// `--config` reload may bring one.
@@ -76,6 +78,13 @@ fn trusted_roots() -> Result<RootCertStore, String> {
     }
     tracing::debug!(target: TARGET, roots = added, "trusted roots loaded");
     Ok(roots)
+}
+
+/// Whether the upstream could not be reached at all (connection refused, no route, a failed
+/// TLS handshake): nothing of the request was sent.
+pub fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    crate::errors::find::<hyper_util::client::legacy::Error>(err)
+        .is_some_and(hyper_util::client::legacy::Error::is_connect)
 }
 
 /// The TLS failure behind an upstream error, if it is one: a certificate that failed
