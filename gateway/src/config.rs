@@ -107,6 +107,11 @@ pub struct Flags {
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
     pub shutdown_grace: Duration,
 
+    /// The most connections open to each http:// upstream (HTTP/1.1); a request beyond waits for
+    /// one to be free, within its budgets. Unlimited by default.
+    #[arg(long, value_name = "N", env = "STREAM_DEADLINE_UPSTREAM_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_connections: Option<u32>,
+
     /// Client connections served at once; more wait in the listen queue.
     #[arg(long, value_name = "N", env = "STREAM_DEADLINE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

@@ -15,6 +15,8 @@ pub mod duration;
 pub mod errors;
 pub mod headers;
 pub mod heartbeat;
+pub mod http1_exchange;
+pub mod http1_pool;
 pub mod listener;
 pub mod log;
 pub mod metrics;

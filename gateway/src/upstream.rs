@@ -1,25 +1,79 @@
-//! The one pooled client to the upstream: HTTP/1.1 or h2c over TCP, or HTTPS over rustls
-//! (the `ring` provider) with HTTP/2 when the server offers it through ALPN.
+//! The client to the upstreams. `http://` upstreams get the gateway's own HTTP/1.1
+//! connections ([`crate::http1_pool`]), each driven where its response is read; h2c
+//! (`--h2c`) and `https://` upstreams (rustls with the `ring` provider, HTTP/2 when the server
+//! offers it through ALPN) get hyper-util's pooled client, whose HTTP/2 connections carry many
+//! requests at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
+use tower::Service;
+use tower_stream_deadline::BoxError;
 
 use crate::config::Flags;
+use crate::http1_exchange::{self, Http1Body};
+use crate::http1_pool::{ConnectError, Http1Pool};
 use crate::log::TARGET;
 use crate::request_body::Streamed;
 
 /// What the upstream client sends: a buffered body (replayable) or a streamed one.
 pub type UpstreamBody = Either<Full<Bytes>, Streamed>;
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
-/// What an upstream answers with.
-pub type ResponseBody = hyper::body::Incoming;
+/// What an upstream answers with: a body of hyper-util's client, or of the gateway's own
+/// HTTP/1.1 connections.
+pub type ResponseBody = Either<hyper::body::Incoming, Http1Body>;
+
+/// The client to every upstream (see the module docs); cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    shared: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// None with `--h2c`: every http:// upstream speaks HTTP/2.
+    http1: Option<Arc<Http1Pool>>,
+}
+
+impl UpstreamClient {
+    /// Sends `request` (with an absolute URI) to its upstream; the response head.
+    pub fn request(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>> {
+        match &self.http1 {
+            Some(pool) if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) => {
+                let sent = http1_exchange::send(pool.clone(), request);
+                Box::pin(async move { Ok(sent.await?.map(Either::Right)) })
+            }
+            _ => {
+                let sent = self.shared.request(request);
+                Box::pin(async move { Ok(sent.await?.map(Either::Left)) })
+            }
+        }
+    }
+}
+
+impl Service<Request<UpstreamBody>> for UpstreamClient {
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Both wait inside the call, within the request's budgets: for a connection, at the
+        // limit of an upstream's connections.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<UpstreamBody>) -> Self::Future {
+        self.request(request)
+    }
+}
 
 /// The client, with trusted roots when `https` (an https:// upstream is in use now) or when a
 /// `--config` reload may bring one.
@@ -51,11 +105,18 @@ pub fn client(flags: &Flags, https: bool) -> Result<UpstreamClient, String> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    let shared = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(flags.h2c)
-        .build(connector))
+        .build(connector);
+    let limit = flags
+        .upstream_connections
+        .map_or(usize::MAX, |n| n as usize);
+    Ok(UpstreamClient {
+        shared,
+        http1: (!flags.h2c).then(|| Http1Pool::new(limit)),
+    })
 }
 
 /// The system's roots, or the PEM bundle named by `SSL_CERT_FILE` (and the directory named by
@@ -83,8 +144,9 @@ fn trusted_roots() -> Result<RootCertStore, String> {
 /// Whether the upstream could not be reached at all (connection refused, no route, a failed
 /// TLS handshake): nothing of the request was sent.
 pub fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
-    crate::errors::find::<hyper_util::client::legacy::Error>(err)
-        .is_some_and(hyper_util::client::legacy::Error::is_connect)
+    crate::errors::find::<ConnectError>(err).is_some()
+        || crate::errors::find::<hyper_util::client::legacy::Error>(err)
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
 }
 
 /// The TLS failure behind an upstream error, if it is one: a certificate that failed

@@ -27,6 +27,10 @@ pub const TOKEN_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 pub struct Counts {
+    /// Connections accepted, open now, and the most open at once.
+    pub connections: AtomicUsize,
+    pub open: AtomicUsize,
+    pub most_open: AtomicUsize,
     pub requests: AtomicUsize,
     pub completed: AtomicUsize,
     pub cancelled: AtomicUsize,
@@ -104,14 +108,19 @@ pub fn serve<I>(io: I, counts: Arc<Counts>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    counts.connections.fetch_add(1, Ordering::SeqCst);
+    let open = counts.open.fetch_add(1, Ordering::SeqCst) + 1;
+    counts.most_open.fetch_max(open, Ordering::SeqCst);
     tokio::spawn(async move {
+        let routed = counts.clone();
         let service = service_fn(move |request| {
-            let counts = counts.clone();
+            let counts = routed.clone();
             async move { Ok::<_, Infallible>(route(request, &counts).await) }
         });
         let _ = auto::Builder::new(TokioExecutor::new())
             .serve_connection(io, service)
             .await;
+        counts.open.fetch_sub(1, Ordering::SeqCst);
     });
 }
 

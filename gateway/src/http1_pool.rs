@@ -1,0 +1,290 @@
+//! The gateway's own HTTP/1.1 connections to `http://` upstreams: opened as needed, at most
+//! `--upstream-connections` to each, kept idle after a response that ended cleanly and handed
+//! to the next request, never handed on after a response that was cut or failed.
+//!
+//! A connection is not a task of its own: whoever waits for its response, and then whoever
+//! reads its response body, drives it (see [`crate::http1_exchange`]). So the frames a read
+//! brought in go to the client in one write, and nothing wakes a second task per frame. An
+//! idle connection is driven by nobody: it is looked at when it is taken (an upstream that
+//! closed it meanwhile is seen then) and every [`SWEEP_EVERY`], when those the upstream
+//! closed, and those idle for longer than [`IDLE_FOR`], are closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::log::TARGET;
+use crate::upstream::UpstreamBody;
+
+/// How long a connection is kept idle (hyper-util's pooled client keeps them as long).
+pub const IDLE_FOR: Duration = Duration::from_secs(90);
+
+/// How often idle connections are looked over.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The connections to every `http://` upstream, by host and port.
+pub struct Http1Pool {
+    hosts: Mutex<HashMap<(String, u16), Arc<Host>>>,
+    /// The most connections open to one upstream.
+    limit: usize,
+}
+
+/// The connections to one upstream.
+pub struct Host {
+    /// The name to connect to (an IPv6 address without its brackets) and the port.
+    address: (String, u16),
+    state: Mutex<HostState>,
+    /// Told when a connection comes back or closes: a request waiting at the limit looks again.
+    changed: Notify,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct HostState {
+    /// The most recently used last: it is taken first, as the one least likely to have been
+    /// closed by the upstream's keep-alive timeout.
+    idle: Vec<Idle>,
+    /// Connections open, idle or not, and being opened.
+    open: usize,
+}
+
+struct Idle {
+    connection: Http1Connection,
+    since: Instant,
+}
+
+/// What drives a connection: hyper's state machine over the socket.
+type Driver = Connection<TokioIo<TcpStream>, UpstreamBody>;
+
+/// One connection, taken out of the pool for a request; closed when dropped, unless given back
+/// with [`Http1Connection::give_back`].
+pub struct Http1Connection {
+    pub(crate) sender: SendRequest<UpstreamBody>,
+    pub(crate) driver: Pin<Box<Driver>>,
+    /// Whether it served a request before: a request it could not send goes on a new one.
+    pub(crate) reused: bool,
+    _open: Open,
+}
+
+/// Counts a connection as open to its upstream until dropped.
+struct Open(Arc<Host>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.state().open -= 1;
+        self.0.changed.notify_one();
+    }
+}
+
+/// The upstream could not be reached: nothing of the request was sent.
+#[derive(Debug)]
+pub struct ConnectError {
+    address: (String, u16),
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (host, port) = &self.address;
+        write!(f, "connecting to {host}:{port} failed")
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl Http1Pool {
+    /// A pool with at most `limit` connections open to each upstream. Idle connections are
+    /// looked over by a task of the current runtime, which ends with the pool.
+    pub fn new(limit: usize) -> Arc<Http1Pool> {
+        let pool = Arc::new(Http1Pool {
+            hosts: Mutex::new(HashMap::new()),
+            limit: limit.max(1),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&pool)));
+        }
+        pool
+    }
+
+    /// The connections to the host and port of `uri`.
+    pub fn host(&self, uri: &http::Uri) -> Option<Arc<Host>> {
+        // The brackets of an IPv6 address belong to the URI, not to the address.
+        let name = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        let key = (name.to_ascii_lowercase(), uri.port_u16().unwrap_or(80));
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        let host = hosts.entry(key).or_insert_with_key(|key| {
+            Arc::new(Host {
+                address: key.clone(),
+                state: Mutex::default(),
+                changed: Notify::new(),
+                limit: self.limit,
+            })
+        });
+        Some(host.clone())
+    }
+
+    /// Idle connections, and all connections open, to `host:port` (for tests and metrics).
+    pub fn counts(&self, host: &str, port: u16) -> (usize, usize) {
+        let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        hosts.get(&(host.to_owned(), port)).map_or((0, 0), |host| {
+            let state = host.state();
+            (state.idle.len(), state.open)
+        })
+    }
+
+    fn hosts(&self) -> Vec<Arc<Host>> {
+        let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        hosts.values().cloned().collect()
+    }
+}
+
+impl Host {
+    fn state(&self) -> MutexGuard<'_, HostState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection for one request: an idle one that is still open, else a new one while
+    /// there is room under the limit, else the first to come back or make room.
+    pub async fn connection(self: &Arc<Self>) -> Result<Http1Connection, ConnectError> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before looking, so that a connection given back meanwhile is not missed.
+            changed.as_mut().enable();
+            if let Some(idle) = std::future::poll_fn(|cx| Poll::Ready(self.take_idle(cx))).await {
+                return Ok(idle);
+            }
+            if let Some(open) = self.try_open() {
+                return self.dial(open).await;
+            }
+            changed.await;
+        }
+    }
+
+    /// The most recently idle connection that can take a request; those that cannot (closed
+    /// by the upstream, idle too long) are closed on the way.
+    fn take_idle(&self, cx: &mut Context<'_>) -> Option<Http1Connection> {
+        loop {
+            // Taken out before it is looked at: closing one takes the lock.
+            let Idle {
+                mut connection,
+                since,
+            } = self.state().idle.pop()?;
+            if since.elapsed() < IDLE_FOR && connection.can_take_a_request(cx) {
+                tracing::trace!(target: TARGET, host = %self.address.0, port = self.address.1, "upstream connection reused");
+                connection.reused = true;
+                return Some(connection);
+            }
+        }
+    }
+
+    fn try_open(self: &Arc<Self>) -> Option<Open> {
+        let mut state = self.state();
+        if state.open >= self.limit {
+            return None;
+        }
+        state.open += 1;
+        Some(Open(self.clone()))
+    }
+
+    async fn dial(&self, open: Open) -> Result<Http1Connection, ConnectError> {
+        let failed = |source| ConnectError {
+            address: self.address.clone(),
+            source,
+        };
+        let (name, port) = &self.address;
+        let stream = TcpStream::connect((name.as_str(), *port))
+            .await
+            .map_err(failed)?;
+        tracing::trace!(target: TARGET, host = %name, port, "upstream connection opened");
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(target: TARGET, %err, "TCP_NODELAY not set on an upstream connection");
+        }
+        let (sender, driver) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| failed(std::io::Error::other(err)))?;
+        Ok(Http1Connection {
+            sender,
+            driver: Box::pin(driver),
+            reused: false,
+            _open: open,
+        })
+    }
+
+    fn give_back(&self, connection: Http1Connection) {
+        self.state().idle.push(Idle {
+            connection,
+            since: Instant::now(),
+        });
+        self.changed.notify_one();
+    }
+
+    /// Closes the idle connections that the upstream closed or that were idle too long.
+    fn sweep(&self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let idle = std::mem::take(&mut self.state().idle);
+        let kept: Vec<Idle> = idle
+            .into_iter()
+            .filter_map(|mut idle| {
+                let keep =
+                    idle.since.elapsed() < IDLE_FOR && idle.connection.can_take_a_request(&mut cx);
+                keep.then_some(idle)
+            })
+            .collect();
+        let mut state = self.state();
+        // Any given back meanwhile are more recent: they stay last.
+        let newer = std::mem::replace(&mut state.idle, kept);
+        state.idle.extend(newer);
+        drop(state);
+        // A request that found none idle while they were looked over looks again.
+        self.changed.notify_waiters();
+    }
+}
+
+impl Http1Connection {
+    /// Drives the connection once (it takes in what the upstream sent: a close, say) and says
+    /// whether it waits for a request.
+    fn can_take_a_request(&mut self, cx: &mut Context<'_>) -> bool {
+        self.driver.as_mut().poll(cx).is_pending() && self.sender.is_ready()
+    }
+
+    /// After a response that ended cleanly: lets the connection take in that end, and keeps
+    /// it for the next request if it can take one (the upstream did not ask to close it).
+    pub fn give_back(mut self, host: &Host, cx: &mut Context<'_>) {
+        if self.can_take_a_request(cx) {
+            host.give_back(self);
+        } else {
+            tracing::debug!(target: TARGET, "an upstream connection closed after its response");
+        }
+    }
+}
+
+/// Looks over the idle connections of every upstream, every [`SWEEP_EVERY`], while the pool
+/// is in use.
+async fn sweep(pool: Weak<Http1Pool>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        for host in pool.hosts() {
+            host.sweep();
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The gateway's connections to an `http://` upstream: a response that ended cleanly leaves
+//! its connection to the next request; one that was cut (a deadline, a client that left) or
+//! failed closes it; an idle connection the upstream closed is not used; and
+//! `--upstream-connections` bounds how many are open, the requests beyond waiting within
+//! their budgets. The gateway binary on 127.0.0.1, in front of servers that count their
+//! connections.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use support::upstream::{self, Counts};
+use support::{Gateway, PATIENCE, get, post, send, send_head, timed_out};
+
+/// Waits until `counter` reads `expected`, for at most `PATIENCE`.
+async fn until(what: &str, counter: &AtomicUsize, expected: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while counter.load(Ordering::SeqCst) != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} after {PATIENCE:?}, expected {expected}",
+            counter.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A server answering with bodies of a known length (`/json`) or none (`/empty`, `204`), that
+/// counts the connections it accepts.
+async fn sized_answers() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let response = match request.uri().path() {
+                    "/empty" => Response::builder()
+                        .status(StatusCode::NO_CONTENT)
+                        .body(Full::default()),
+                    _ => Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(b"{\"id\":\"cmpl-1\"}"))),
+                };
+                Ok::<_, Infallible>(response.unwrap())
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, connections)
+}
+
+/// A raw server that answers each connection's first request with `answer`, then reads on
+/// until the gateway closes the connection (reported on the channel) or `close`s it itself.
+async fn raw_upstream(
+    answer: &'static [u8],
+    close: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let number = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                if stream.write_all(answer).await.is_err() || close {
+                    return;
+                }
+                // Whatever comes next is not answered; the end of it is the gateway's close.
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(number);
+            });
+        }
+    });
+    (addr, accepted, closed)
+}
+
+#[tokio::test]
+async fn responses_that_end_cleanly_leave_their_connection_to_the_next_request() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    for _ in 0..3 {
+        let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+        assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+        let answer = get(gateway.addr, "/v1/plain").await;
+        assert_eq!(answer.body, "upstream /v1/plain");
+    }
+    assert_eq!(Counts::get(&counts.requests), 6);
+    assert_eq!(
+        Counts::get(&counts.connections),
+        1,
+        "one kept-alive connection"
+    );
+
+    // Bodies of a known length, and none at all, end without a last empty read.
+    let (sized, connections) = sized_answers().await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{sized}")], &[]);
+    for _ in 0..3 {
+        let answer = get(gateway.addr, "/json").await;
+        assert_eq!(answer.body, "{\"id\":\"cmpl-1\"}");
+        let answer = get(gateway.addr, "/empty").await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::NO_CONTENT, "")
+        );
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+}
+
+#[tokio::test]
+async fn a_response_cut_at_its_deadline_or_left_by_its_client_closes_its_connection() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--total",
+            "300ms",
+        ],
+        &[],
+    );
+    let answer = send(gateway.addr, post("/v1/babble", &[])).await;
+    assert!(
+        answer.body.contains("total budget of 300ms"),
+        "{}",
+        answer.body
+    );
+    // Closed by the gateway, not kept: the upstream's stream is cancelled, its connection ends.
+    until("babbles cancelled", &counts.cancelled, 1).await;
+    until("upstream connections open", &counts.open, 0).await;
+    let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+    assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+    assert_eq!(Counts::get(&counts.connections), 2);
+
+    // A client that leaves in the middle of a stream.
+    let response = send_head(gateway.addr, post("/v1/babble", &[])).await;
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame()).await.unwrap();
+    assert!(first.is_some_and(|frame| frame.is_ok()));
+    drop(body);
+    until("babbles cancelled", &counts.cancelled, 2).await;
+    // It had taken the idle connection of the complete answer: none is left.
+    until("upstream connections open", &counts.open, 0).await;
+    let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+    assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+    assert_eq!(Counts::get(&counts.connections), 3);
+}
+
+#[tokio::test]
+async fn a_response_that_fails_closes_its_connection_after_what_came_before_the_failure() {
+    // A chunk size that is not a number, on a connection the upstream keeps open.
+    let (upstream, accepted, mut closed) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nnot-a-size\r\n",
+        false,
+    )
+    .await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    for attempt in 1..=2 {
+        let response = send_head(gateway.addr, get_request("/v1/plain")).await;
+        let mut body = response.into_body();
+        // What came before the failure reaches the client, then the failure.
+        let first = tokio::time::timeout(PATIENCE, body.frame()).await.unwrap();
+        let first = first.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "hello");
+        let read = tokio::time::timeout(PATIENCE, body.collect()).await;
+        assert!(read.unwrap().is_err(), "the client sees the body fail");
+        let closed = tokio::time::timeout(PATIENCE, closed.recv()).await;
+        assert_eq!(
+            closed.unwrap(),
+            Some(attempt),
+            "the failed connection is closed"
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            attempt,
+            "a new connection each"
+        );
+    }
+}
+
+fn get_request(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_not_used() {
+    // Closed after each answer without a `connection: close`, as a server whose keep-alive
+    // timeout ran out between two requests.
+    let (upstream, accepted, _) =
+        raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    for _ in 0..3 {
+        let answer = get(gateway.addr, "/v1/models").await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "ok")
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_requests_wait_for_a_free_connection_within_their_budgets() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--upstream-connections",
+            "1",
+            "--first-frame",
+            "1s",
+            "--retries",
+            "0",
+        ],
+        &[],
+    );
+    let addr = gateway.addr;
+    let streams: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { send(addr, post("/v1/complete", &[])).await }))
+        .collect();
+    for stream in streams {
+        let answer = stream.await.unwrap();
+        assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+    }
+    assert_eq!(Counts::get(&counts.requests), 4);
+    assert_eq!(Counts::get(&counts.connections), 1);
+    assert_eq!(Counts::get(&counts.most_open), 1);
+
+    // While a stream holds the only connection, a request gets no connection: its first-frame
+    // budget ends the wait.
+    let babble = send_head(addr, post("/v1/babble", &[])).await;
+    let (_, took) = timed_out(
+        addr,
+        post("/v1/complete", &[]),
+        &["first-frame budget of 1s"],
+    )
+    .await;
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert_eq!(
+        Counts::get(&counts.requests),
+        5,
+        "the waiting request never went out"
+    );
+    drop(babble);
+}
