@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use http::uri::Authority;
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -31,9 +32,15 @@ pub const IDLE_FOR: Duration = Duration::from_secs(90);
 /// How often idle connections are looked over.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// The connections to every `http://` upstream, by host and port.
+/// The most a connection's read buffer grows to (hyper's default is about 400 KiB): an
+/// upstream that sends faster than its client reads would otherwise hold that much per
+/// stream. A response head must fit in it; a model server's is well under 1 KiB.
+const READ_BUFFER_AT_MOST: usize = 64 * 1024;
+
+/// The connections to every `http://` upstream, by authority (compared without regard to
+/// case, as URIs are).
 pub struct Http1Pool {
-    hosts: Mutex<HashMap<(String, u16), Arc<Host>>>,
+    hosts: Mutex<HashMap<Authority, Arc<Host>>>,
     /// The most connections open to one upstream.
     limit: usize,
 }
@@ -121,28 +128,21 @@ impl Http1Pool {
 
     /// The connections to the host and port of `uri`.
     pub fn host(&self, uri: &http::Uri) -> Option<Arc<Host>> {
-        // The brackets of an IPv6 address belong to the URI, not to the address.
-        let name = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-        let key = (name.to_ascii_lowercase(), uri.port_u16().unwrap_or(80));
+        let authority = uri.authority()?;
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        let host = hosts.entry(key).or_insert_with_key(|key| {
-            Arc::new(Host {
-                address: key.clone(),
-                state: Mutex::default(),
-                changed: Notify::new(),
-                limit: self.limit,
-            })
+        if let Some(host) = hosts.get(authority) {
+            return Some(host.clone());
+        }
+        // The brackets of an IPv6 address belong to the URI, not to the address.
+        let name = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = Arc::new(Host {
+            address: (name.to_owned(), authority.port_u16().unwrap_or(80)),
+            state: Mutex::default(),
+            changed: Notify::new(),
+            limit: self.limit,
         });
-        Some(host.clone())
-    }
-
-    /// Idle connections, and all connections open, to `host:port` (for tests and metrics).
-    pub fn counts(&self, host: &str, port: u16) -> (usize, usize) {
-        let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        hosts.get(&(host.to_owned(), port)).map_or((0, 0), |host| {
-            let state = host.state();
-            (state.idle.len(), state.open)
-        })
+        hosts.insert(authority.clone(), host.clone());
+        Some(host)
     }
 
     fn hosts(&self) -> Vec<Arc<Host>> {
@@ -160,18 +160,27 @@ impl Host {
     /// there is room under the limit, else the first to come back or make room.
     pub async fn connection(self: &Arc<Self>) -> Result<Http1Connection, ConnectError> {
         loop {
+            if let Some(found) = self.idle_or_room().await {
+                return found;
+            }
             let changed = self.changed.notified();
             tokio::pin!(changed);
-            // Registered before looking, so that a connection given back meanwhile is not missed.
             changed.as_mut().enable();
-            if let Some(idle) = std::future::poll_fn(|cx| Poll::Ready(self.take_idle(cx))).await {
-                return Ok(idle);
-            }
-            if let Some(open) = self.try_open() {
-                return self.dial(open).await;
+            // Registered now: a connection given back since the look above is seen by this one.
+            if let Some(found) = self.idle_or_room().await {
+                return found;
             }
             changed.await;
         }
+    }
+
+    /// An idle connection, else a new one if there is room; None at the limit.
+    async fn idle_or_room(self: &Arc<Self>) -> Option<Result<Http1Connection, ConnectError>> {
+        if let Some(idle) = std::future::poll_fn(|cx| Poll::Ready(self.take_idle(cx))).await {
+            return Some(Ok(idle));
+        }
+        let open = self.try_open()?;
+        Some(self.dial(open).await)
     }
 
     /// The most recently idle connection that can take a request; those that cannot (closed
@@ -214,6 +223,7 @@ impl Host {
             tracing::debug!(target: TARGET, %err, "TCP_NODELAY not set on an upstream connection");
         }
         let (sender, driver) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(READ_BUFFER_AT_MOST)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| failed(std::io::Error::other(err)))?;
