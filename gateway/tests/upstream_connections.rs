@@ -281,3 +281,71 @@ async fn at_the_connection_limit_requests_wait_for_a_free_connection_within_thei
     );
     drop(babble);
 }
+
+/// A body of 64 KiB chunks, as fast as they are taken, forever; it counts its drop.
+struct Firehose(Arc<AtomicUsize>);
+
+impl http_body::Body for Firehose {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let chunk = Bytes::from(format!("data: {}\n\n", "x".repeat(64 * 1024)));
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+impl Drop for Firehose {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_still_gets_its_upstream_released_at_the_deadline() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let counted = dropped.clone();
+    let (upstream, _) = upstream::answering(move |_| {
+        let counted = counted.clone();
+        async move {
+            let mut response = Response::new(Firehose(counted));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            response
+        }
+    })
+    .await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--total",
+            "1s",
+            "--idle",
+            "off",
+        ],
+        &[],
+    );
+    // Reads the head and a little, then neither reads nor closes: the gateway's writes stop,
+    // and with them its polls of the response body.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(gateway.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    client
+        .write_all(b"POST /v1/chat HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"stream\":true}")
+        .await
+        .unwrap();
+    let mut first = [0; 1024];
+    let read = tokio::time::timeout(PATIENCE, client.read(&mut first)).await;
+    assert!(read.unwrap().unwrap() > 0);
+    until("upstream bodies dropped", &dropped, 1).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1), "released before the deadline: {took:?}");
+    drop(client);
+}
