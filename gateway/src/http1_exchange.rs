@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -50,6 +50,7 @@ pub async fn send(
                 let (head, body) = response.into_parts();
                 let mut body = Http1Body {
                     failed: None,
+                    held: None,
                     unflushed: false,
                     body,
                     // None when the upstream closed it with the head (`connection: close` and
@@ -121,6 +122,9 @@ async fn drive_until<T>(
     .await
 }
 
+/// The most bytes of frames read at once that are passed on as one.
+const BATCH_AT_MOST: usize = 16 * 1024;
+
 pin_project! {
     /// A response body on a pooled HTTP/1.1 connection, which it drives while it is read, and
     /// gives back to the pool at its clean end.
@@ -132,6 +136,8 @@ pin_project! {
         // An error that came in the same read as frames not yet written on: held for one turn
         // (see `poll_frame`).
         failed: Option<hyper::Error>,
+        // The end or the trailers, read while batching frames: the next poll's.
+        held: Option<Polled>,
         // Whether a frame was returned since the reader last got `Pending`.
         unflushed: bool,
     }
@@ -144,23 +150,17 @@ fn give_back(connection: &mut Option<(Http1Connection, Arc<Host>)>, cx: &mut Con
     }
 }
 
-impl Body for Http1Body {
-    type Data = Bytes;
-    type Error = hyper::Error;
+/// What one poll of the upstream body gave, frame by frame.
+type Polled = Option<Result<Frame<Bytes>, hyper::Error>>;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+impl Http1Body {
+    /// The next frame of the upstream body, driving the connection for it.
+    fn poll_one(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
         let mut this = self.project();
-        if let Some(err) = this.failed.take() {
-            return Poll::Ready(Some(Err(err)));
-        }
         let mut drove = false;
         loop {
             match this.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    *this.unflushed = true;
                     if this.body.is_end_stream() {
                         // Its last frame: the reader may not poll again (hyper's server does not).
                         give_back(this.connection, cx);
@@ -173,19 +173,9 @@ impl Body for Http1Body {
                 }
                 Poll::Ready(Some(Err(err))) => {
                     *this.connection = None;
-                    if std::mem::take(this.unflushed) {
-                        // hyper's server drops what it has not written yet when a body fails:
-                        // the frames of the same read go out first, the error at the next poll.
-                        *this.failed = Some(err);
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
                     return Poll::Ready(Some(Err(err)));
                 }
-                Poll::Pending if drove => {
-                    *this.unflushed = false;
-                    return Poll::Pending;
-                }
+                Poll::Pending if drove => return Poll::Pending,
                 Poll::Pending => {}
             }
             let Some((connection, _)) = this.connection.as_mut() else {
@@ -197,6 +187,75 @@ impl Body for Http1Body {
             }
             drove = true;
         }
+    }
+}
+
+impl Body for Http1Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
+        if let Some(held) = self.as_mut().project().held.take() {
+            return Poll::Ready(held);
+        }
+        if self.failed.is_some() {
+            let this = self.as_mut().project();
+            if std::mem::take(this.unflushed) {
+                // hyper's server drops what it has not written yet when a body fails: what
+                // came before the failure goes out first, the failure at the next poll.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            return Poll::Ready(this.failed.take().map(Err));
+        }
+        let first = match self.as_mut().poll_one(cx) {
+            Poll::Pending => {
+                *self.as_mut().project().unflushed = false;
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Err(err))) if self.unflushed => {
+                *self.as_mut().project().failed = Some(err);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(other) => return Poll::Ready(other),
+        };
+        let first = match first.into_data() {
+            Ok(data) => data,
+            Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+        };
+        *self.as_mut().project().unflushed = true;
+        // The frames this read brought in besides, as one: the layers above and the
+        // downstream connection then handle one frame, and write it in one piece.
+        let mut batch: Option<BytesMut> = None;
+        while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_AT_MOST
+            && !self.body.is_end_stream()
+        {
+            let next = match self.as_mut().poll_one(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(err))) => {
+                    *self.as_mut().project().failed = Some(err);
+                    break;
+                }
+                Poll::Ready(None) => {
+                    *self.as_mut().project().held = Some(None);
+                    break;
+                }
+            };
+            match next.into_data() {
+                Ok(data) => batch
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&data),
+                Err(trailers) => {
+                    *self.as_mut().project().held = Some(Some(Ok(trailers)));
+                    break;
+                }
+            }
+        }
+        let data = batch.map_or(first, BytesMut::freeze);
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {

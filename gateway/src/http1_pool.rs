@@ -134,7 +134,10 @@ impl Http1Pool {
             return Some(host.clone());
         }
         // The brackets of an IPv6 address belong to the URI, not to the address.
-        let name = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let host = Arc::new(Host {
             address: (name.to_owned(), authority.port_u16().unwrap_or(80)),
             state: Mutex::default(),

@@ -42,6 +42,11 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 
 /// Serves connections until `stop` resolves, then closes the listening socket (new
 /// connections are refused from then on) and hands back the connections still open.
+/// The most bytes a client connection holds for a client that reads slower than its upstream
+/// sends (hyper's default is about 400 KiB): beyond, the upstream is read no further until the
+/// client catches up. A request head must fit in it too (nginx allows 32 KiB).
+const WRITE_QUEUE_AT_MOST: usize = 64 * 1024;
+
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -52,7 +57,8 @@ pub async fn serve(
     server
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(flags.header_read_timeout);
+        .header_read_timeout(flags.header_read_timeout)
+        .max_buf_size(WRITE_QUEUE_AT_MOST);
     server.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(flags.max_connections as usize));

@@ -346,6 +346,9 @@ async fn a_client_that_stops_reading_still_gets_its_upstream_released_at_the_dea
     assert!(read.unwrap().unwrap() > 0);
     until("upstream bodies dropped", &dropped, 1).await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(1), "released before the deadline: {took:?}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "released before the deadline: {took:?}"
+    );
     drop(client);
 }
