@@ -243,7 +243,7 @@ fn proxy_child(kind: &str) {
             match kind {
                 "gateway" => {
                     let metrics = Arc::new(metrics::Metrics::new());
-                    let cut = tokio_util::sync::CancellationToken::new();
+                    let cut = stream_deadline_gateway::shutdown::Cut::new();
                     let gateway = Arc::new(proxy::Gateway::new(&flags, metrics, cut).unwrap());
                     let _ =
                         listener::serve(listener, gateway, &flags, std::future::pending()).await;

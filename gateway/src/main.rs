@@ -35,8 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use stream_deadline_gateway::config::Flags;
 use stream_deadline_gateway::log::TARGET;
 use stream_deadline_gateway::{admin, listener, metrics, proxy, shutdown, subscriber};
@@ -73,7 +71,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|err| err.to_string())?;
     let metrics = Arc::new(metrics::Metrics::new());
     let draining = Arc::new(AtomicBool::new(false));
-    let cut = CancellationToken::new();
+    let cut = shutdown::Cut::new();
     let gateway = Arc::new(proxy::Gateway::new(&flags, metrics.clone(), cut.clone())?);
 
     // Scripts wait for the `listening` line on stdout and read the addresses from it.

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
 use tower::retry::RetryLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stream_deadline::{
@@ -29,7 +28,7 @@ use crate::policy::{Policies, Policy};
 use crate::pool::Members;
 use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
 use crate::routing::{AttemptsEnd, Route};
-use crate::shutdown::DrainBody;
+use crate::shutdown::{Cut, DrainBody};
 use crate::upstream::{self, ResponseBody, UpstreamClient};
 use crate::{request_fields, request_id};
 
@@ -53,15 +52,11 @@ pub struct Gateway {
     total: std::time::Duration,
     metrics: Arc<Metrics>,
     /// Cancelled at the end of the shutdown grace: live responses end then.
-    cut: CancellationToken,
+    cut: Cut,
 }
 
 impl Gateway {
-    pub fn new(
-        flags: &Flags,
-        metrics: Arc<Metrics>,
-        cut: CancellationToken,
-    ) -> Result<Gateway, String> {
+    pub fn new(flags: &Flags, metrics: Arc<Metrics>, cut: Cut) -> Result<Gateway, String> {
         let members = Members::default();
         let policies = Policies::load(flags, &members)?;
         let gateway = Gateway {

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -36,6 +37,27 @@ pub async fn signal() -> &'static str {
     }
 }
 
+/// The end of the shutdown grace, for every response in flight: a flag that a response reads
+/// at each frame (one atomic load; the token alone costs two locks a frame), and a wake-up for
+/// the responses waiting on their upstream.
+#[derive(Clone, Default)]
+pub struct Cut {
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Cut {
+    pub fn new() -> Cut {
+        Cut::default()
+    }
+
+    /// Ends every response still in flight.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+}
+
 /// The response body was cut because the gateway is shutting down.
 #[derive(Debug)]
 pub struct ShuttingDown;
@@ -58,23 +80,21 @@ pin_project_lite::pin_project! {
     pub struct DrainBody<B> {
         #[pin]
         inner: Option<B>,
+        // Polled only while the inner body waits: then the cut must wake the response.
         #[pin]
         cut: WaitForCancellationFutureOwned,
+        is_cut: Arc<AtomicBool>,
         event_stream: bool,
         log: Arc<RequestLog>,
     }
 }
 
 impl<B> DrainBody<B> {
-    pub fn new(
-        inner: B,
-        cut: &CancellationToken,
-        event_stream: bool,
-        log: Arc<RequestLog>,
-    ) -> Self {
+    pub fn new(inner: B, cut: &Cut, event_stream: bool, log: Arc<RequestLog>) -> Self {
         DrainBody {
             inner: Some(inner),
-            cut: cut.clone().cancelled_owned(),
+            cut: cut.token.clone().cancelled_owned(),
+            is_cut: cut.flag.clone(),
             event_stream,
             log,
         }
@@ -97,17 +117,21 @@ where
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        if this.cut.as_mut().poll(cx).is_ready() {
-            this.inner.set(None);
-            this.log.note("cut by the shutdown".to_owned());
-            if *this.event_stream {
-                return Poll::Ready(Some(Ok(Frame::data(shutdown_event()))));
+        if !this.is_cut.load(Ordering::Acquire) {
+            match inner.poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+                }
+                Poll::Pending if this.cut.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                Poll::Pending => {}
             }
-            return Poll::Ready(Some(Err(Box::new(ShuttingDown))));
         }
-        inner
-            .poll_frame(cx)
-            .map(|frame| frame.map(|frame| frame.map_err(Into::into)))
+        this.inner.set(None);
+        this.log.note("cut by the shutdown".to_owned());
+        if *this.event_stream {
+            return Poll::Ready(Some(Ok(Frame::data(shutdown_event()))));
+        }
+        Poll::Ready(Some(Err(Box::new(ShuttingDown))))
     }
 
     fn is_end_stream(&self) -> bool {
