@@ -62,6 +62,28 @@ struct HostState {
     idle: Vec<Idle>,
     /// Connections open, idle or not, and being opened.
     open: usize,
+    /// Requests waiting for a connection at the limit.
+    waiting: usize,
+}
+
+/// What an upstream's connections are doing, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Kept alive for the next request.
+    pub idle: usize,
+    /// Carrying a request, or being opened for one.
+    pub busy: usize,
+    /// Requests waiting for a connection at `--upstream-connections`.
+    pub waiting: usize,
+}
+
+/// Counts a request as waiting for a connection until dropped.
+struct Waiting<'a>(&'a Host);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state().waiting -= 1;
+    }
 }
 
 struct Idle {
@@ -148,6 +170,23 @@ impl Http1Pool {
         Some(host)
     }
 
+    /// What the connections to the authority of `uri` are doing; None before its first request.
+    pub fn usage(&self, uri: &http::Uri) -> Option<Usage> {
+        let authority = uri.authority()?;
+        let host = self
+            .hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(authority)?
+            .clone();
+        let state = host.state();
+        Some(Usage {
+            idle: state.idle.len(),
+            busy: state.open - state.idle.len(),
+            waiting: state.waiting,
+        })
+    }
+
     fn hosts(&self) -> Vec<Arc<Host>> {
         let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         hosts.values().cloned().collect()
@@ -173,6 +212,8 @@ impl Host {
             if let Some(found) = self.idle_or_room().await {
                 return found;
             }
+            self.state().waiting += 1;
+            let _waiting = Waiting(self);
             changed.await;
         }
     }

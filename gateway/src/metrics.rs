@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::http1_pool::Usage;
+
 /// Model latencies: from a cached token (10 ms) to a long report (10 min).
 const BUCKETS: [f64; 16] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -64,6 +66,13 @@ struct UpstreamLabel {
     upstream: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabel {
+    upstream: String,
+    /// `idle` or `busy`.
+    state: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<EndingLabel, Counter>,
@@ -72,6 +81,8 @@ pub struct Metrics {
     attempts: Counter,
     upstream_attempts: Family<AttemptLabel, Counter>,
     upstream_out: Family<UpstreamLabel, Gauge>,
+    upstream_connections: Family<ConnectionLabel, Gauge>,
+    upstream_connection_waits: Family<UpstreamLabel, Gauge>,
     time_to_first_frame: Histogram,
     longest_idle: Histogram,
     response_duration: Histogram,
@@ -109,6 +120,18 @@ impl Metrics {
             "stream_deadline_upstream_out",
             "1 while an upstream is left out of first attempts for failing, else 0",
             upstream_out.clone(),
+        );
+        let upstream_connections = Family::<ConnectionLabel, Gauge>::default();
+        registry.register(
+            "stream_deadline_upstream_connections",
+            "The gateway's connections to each http:// upstream: idle (kept alive) or busy",
+            upstream_connections.clone(),
+        );
+        let upstream_connection_waits = Family::<UpstreamLabel, Gauge>::default();
+        registry.register(
+            "stream_deadline_upstream_connection_waits",
+            "Requests waiting for a connection to an upstream at --upstream-connections",
+            upstream_connection_waits.clone(),
         );
         let attempts = Counter::default();
         registry.register(
@@ -148,6 +171,8 @@ impl Metrics {
             attempts,
             upstream_attempts,
             upstream_out,
+            upstream_connections,
+            upstream_connection_waits,
             time_to_first_frame,
             longest_idle,
             response_duration,
@@ -203,6 +228,25 @@ impl Metrics {
                 upstream: upstream.to_owned(),
             })
             .set(i64::from(out));
+    }
+
+    /// What the gateway's connections to `upstream` are doing now.
+    pub fn upstream_connections(&self, upstream: &str, usage: Usage) {
+        for (state, count) in [("idle", usage.idle), ("busy", usage.busy)] {
+            let label = ConnectionLabel {
+                upstream: upstream.to_owned(),
+                state: state.to_owned(),
+            };
+            self.upstream_connections
+                .get_or_create(&label)
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        let label = UpstreamLabel {
+            upstream: upstream.to_owned(),
+        };
+        self.upstream_connection_waits
+            .get_or_create(&label)
+            .set(i64::try_from(usage.waiting).unwrap_or(i64::MAX));
     }
 
     pub fn started(&self) {

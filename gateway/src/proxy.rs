@@ -102,12 +102,18 @@ impl Gateway {
         self.refresh_health();
     }
 
-    /// Whether each upstream is left out now, for the metrics (read at each scrape).
+    /// Whether each upstream is left out now, and what the gateway's connections to it are
+    /// doing, for the metrics (read at each scrape).
     pub fn refresh_health(&self) {
         let now = tokio::time::Instant::now();
+        let root = http::Uri::from_static("/");
         for member in self.members.all() {
             let shown = member.upstream().to_string();
             self.metrics.upstream_out(&shown, member.is_out(now));
+            let usage = member.upstream().uri_for(&root).ok();
+            if let Some(usage) = usage.and_then(|uri| self.client.usage(&uri)) {
+                self.metrics.upstream_connections(&shown, usage);
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use tower_stream_deadline::BoxError;
 
 use crate::config::Flags;
 use crate::http1_exchange::{self, Http1Body};
-use crate::http1_pool::{ConnectError, Http1Pool};
+use crate::http1_pool::{ConnectError, Http1Pool, Usage};
 use crate::log::TARGET;
 use crate::request_body::Streamed;
 
@@ -55,6 +55,15 @@ impl UpstreamClient {
                 let sent = self.shared.request(request);
                 Box::pin(async move { Ok(sent.await?.map(Either::Left)) })
             }
+        }
+    }
+
+    /// What the gateway's own connections to the upstream of `uri` are doing: None for an
+    /// upstream reached through hyper-util's client, or not yet used.
+    pub fn usage(&self, uri: &http::Uri) -> Option<Usage> {
+        match &self.http1 {
+            Some(pool) if uri.scheme() == Some(&http::uri::Scheme::HTTP) => pool.usage(uri),
+            _ => None,
         }
     }
 }

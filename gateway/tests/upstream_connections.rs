@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use support::upstream::{self, Counts};
-use support::{Gateway, PATIENCE, get, post, send, send_head, timed_out};
+use support::{Gateway, PATIENCE, get, post, sample, send, send_head, timed_out};
 
 /// Waits until `counter` reads `expected`, for at most `PATIENCE`.
 async fn until(what: &str, counter: &AtomicUsize, expected: usize) {
@@ -124,6 +124,13 @@ async fn responses_that_end_cleanly_leave_their_connection_to_the_next_request()
         1,
         "one kept-alive connection"
     );
+    let metrics = get(gateway.admin.unwrap(), "/metrics").await.body;
+    for (state, count) in [("idle", 1.0), ("busy", 0.0)] {
+        let series = format!(
+            "stream_deadline_upstream_connections{{upstream=\"http://{upstream}\",state=\"{state}\"}}"
+        );
+        assert_eq!(sample(&metrics, &series), Some(count), "{metrics}");
+    }
 
     // Bodies of a known length, and none at all, end without a last empty read.
     let (sized, connections) = sized_answers().await;
@@ -265,14 +272,36 @@ async fn at_the_connection_limit_requests_wait_for_a_free_connection_within_thei
     assert_eq!(Counts::get(&counts.most_open), 1);
 
     // While a stream holds the only connection, a request gets no connection: its first-frame
-    // budget ends the wait.
+    // budget ends the wait, which the metrics show meanwhile.
     let babble = send_head(addr, post("/v1/babble", &[])).await;
-    let (_, took) = timed_out(
-        addr,
-        post("/v1/complete", &[]),
-        &["first-frame budget of 1s"],
-    )
-    .await;
+    let waiting = tokio::spawn(async move {
+        timed_out(
+            addr,
+            post("/v1/complete", &[]),
+            &["first-frame budget of 1s"],
+        )
+        .await
+    });
+    let admin = gateway.admin.unwrap();
+    let waits =
+        format!("stream_deadline_upstream_connection_waits{{upstream=\"http://{upstream}\"}}");
+    let busy = format!(
+        "stream_deadline_upstream_connections{{upstream=\"http://{upstream}\",state=\"busy\"}}"
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let metrics = get(admin, "/metrics").await.body;
+        if sample(&metrics, &waits) == Some(1.0) {
+            assert_eq!(sample(&metrics, &busy), Some(1.0), "{metrics}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no wait shown: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, took) = waiting.await.unwrap();
     assert!(took >= Duration::from_secs(1), "{took:?}");
     assert_eq!(
         Counts::get(&counts.requests),
