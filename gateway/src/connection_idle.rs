@@ -9,17 +9,20 @@
 //! request in flight is never closed here: the request body and response budgets bound it.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Whether a connection has requests in flight, and since when it has had none.
+///
+/// A request's start and end only update this; the connection's timer is re-armed lazily,
+/// when it fires (see [`Activity::waited`]), so that a request touches no timer and wakes no
+/// task.
 #[derive(Clone)]
-pub struct Activity(Arc<watch::Sender<Waiting>>);
+pub struct Activity(Arc<Mutex<Waiting>>);
 
 #[derive(Clone, Copy)]
 struct Waiting {
@@ -30,35 +33,43 @@ struct Waiting {
 impl Activity {
     /// A connection just accepted: waiting for its first request from now.
     pub fn new() -> Activity {
-        Activity(Arc::new(watch::Sender::new(Waiting {
+        Activity(Arc::new(Mutex::new(Waiting {
             in_flight: 0,
             since: Instant::now(),
         })))
     }
 
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A request has arrived; it is in flight until the guard is dropped.
     pub fn start(&self) -> InFlight {
-        self.0.send_modify(|waiting| waiting.in_flight += 1);
+        self.lock().in_flight += 1;
         InFlight(self.clone())
     }
 
     /// Resolves once the connection has had no request in flight for `timeout`.
     pub async fn waited(&self, timeout: Duration) {
-        let mut changes = self.0.subscribe();
+        let mut at = Instant::now();
         loop {
-            let waiting = *changes.borrow_and_update();
-            let deadline = waiting.since.checked_add(timeout);
-            match deadline {
-                Some(deadline) if waiting.in_flight == 0 => tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => return,
-                    _ = changes.changed() => {}
+            tokio::time::sleep_until(at).await;
+            let waiting = *self.lock();
+            let now = Instant::now();
+            at = match waiting.since.checked_add(timeout) {
+                Some(deadline) if waiting.in_flight == 0 => match deadline <= now {
+                    true => return,
+                    false => deadline,
                 },
-                // Busy, or a timeout beyond the clock (refused at start): wait for a change.
-                _ => {
-                    // The sender lives in `self`: this never fails while we wait.
-                    let _ = changes.changed().await;
-                }
-            }
+                // Busy: the wait starts at the end of the requests in flight, `timeout` from
+                // now at the earliest.
+                Some(_) => match now.checked_add(timeout) {
+                    Some(later) => later,
+                    None => return std::future::pending().await,
+                },
+                // A timeout beyond the clock (refused at start): never.
+                None => return std::future::pending().await,
+            };
         }
     }
 }
@@ -68,12 +79,11 @@ pub struct InFlight(Activity);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.0.send_modify(|waiting| {
-            waiting.in_flight = waiting.in_flight.saturating_sub(1);
-            if waiting.in_flight == 0 {
-                waiting.since = Instant::now();
-            }
-        });
+        let mut waiting = self.0.lock();
+        waiting.in_flight = waiting.in_flight.saturating_sub(1);
+        if waiting.in_flight == 0 {
+            waiting.since = Instant::now();
+        }
     }
 }
 

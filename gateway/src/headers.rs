@@ -3,21 +3,27 @@
 
 use std::net::SocketAddr;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110, section 7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Read as bytes, token by token: one byte that is not visible ASCII must not hide the
@@ -28,7 +34,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
         .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
-    for name in named.iter().chain(&HOP_BY_HOP.map(HeaderName::from_static)) {
+    for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
     // `te: trailers` is end-to-end in practice (gRPC needs it); anything else is not.
@@ -44,12 +50,12 @@ pub fn prepare_request(parts: &mut Parts, peer: SocketAddr) {
     // The upstream's own authority goes in `Host` (HTTP/1) or `:authority` (HTTP/2), and so
     // matches the name the TLS connection was made for.
     parts.headers.remove(HOST);
-    let forwarded_for = match parts.headers.get("x-forwarded-for") {
+    let forwarded_for = match parts.headers.get(X_FORWARDED_FOR) {
         Some(previous) => format!("{}, {}", previous.to_str().unwrap_or(""), peer.ip()),
         None => peer.ip().to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", value);
+        parts.headers.insert(X_FORWARDED_FOR, value);
     }
 }
 
@@ -65,7 +71,7 @@ pub fn prepare_response(headers: &mut HeaderMap) -> bool {
         // longer known.
         headers.remove(CONTENT_LENGTH);
         // A buffering proxy in front (nginx) would hold tokens back.
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     }
     event_stream
 }

@@ -1,6 +1,6 @@
 //! The gateway's Prometheus metrics, under fixed names that dashboards can rely on.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
@@ -76,10 +76,15 @@ struct ConnectionLabel {
 pub struct Metrics {
     registry: Registry,
     requests: Family<EndingLabel, Counter>,
-    /// The models with a policy of their own: the values of the `model` label.
-    models: RwLock<BTreeSet<String>>,
+    /// The counters of each model with a policy of their own (the values of the `model`
+    /// label), by ending in the order of `ENDINGS`: found once per load, not per request.
+    models: RwLock<HashMap<String, [Counter; ENDINGS.len()]>>,
+    /// The same for `OTHER_MODEL`.
+    other_model: [Counter; ENDINGS.len()],
     attempts: Counter,
     upstream_attempts: Family<AttemptLabel, Counter>,
+    /// The counters of each upstream, by result in the order of `ATTEMPT_RESULTS`.
+    upstreams: RwLock<HashMap<String, [Counter; ATTEMPT_RESULTS.len()]>>,
     upstream_out: Family<UpstreamLabel, Gauge>,
     upstream_connections: Family<ConnectionLabel, Gauge>,
     upstream_connection_waits: Family<UpstreamLabel, Gauge>,
@@ -166,10 +171,15 @@ impl Metrics {
         );
         let metrics = Metrics {
             registry,
+            models: RwLock::new(HashMap::new()),
+            other_model: counters(&requests, ENDINGS, |ending| EndingLabel {
+                ending: ending.to_owned(),
+                model: OTHER_MODEL.to_owned(),
+            }),
             requests,
-            models: RwLock::new(BTreeSet::new()),
             attempts,
             upstream_attempts,
+            upstreams: RwLock::new(HashMap::new()),
             upstream_out,
             upstream_connections,
             upstream_connection_waits,
@@ -185,27 +195,30 @@ impl Metrics {
     /// The models with a policy of their own (at start and at each reload): each gets its
     /// own series, every ending at zero from the start so that rates and alerts see them.
     pub fn set_models<'a>(&self, models: impl Iterator<Item = &'a str>) {
-        let mut known = self.models.write().unwrap_or_else(PoisonError::into_inner);
-        known.clear();
-        known.extend(models.map(str::to_owned));
-        for model in known.iter().map(String::as_str).chain([OTHER_MODEL]) {
-            for ending in ENDINGS {
-                let _ = self.requests.get_or_create(&EndingLabel {
+        let known = models
+            .map(|model| {
+                let counters = counters(&self.requests, ENDINGS, |ending| EndingLabel {
                     ending: ending.to_owned(),
                     model: model.to_owned(),
                 });
-            }
-        }
+                (model.to_owned(), counters)
+            })
+            .collect();
+        *self.models.write().unwrap_or_else(PoisonError::into_inner) = known;
     }
 
     /// An upstream the gateway may send to: its series from the start, at zero.
     pub fn upstream(&self, upstream: &str) {
-        for result in ATTEMPT_RESULTS {
-            let _ = self.upstream_attempts.get_or_create(&AttemptLabel {
+        let counters = counters(&self.upstream_attempts, ATTEMPT_RESULTS, |result| {
+            AttemptLabel {
                 upstream: upstream.to_owned(),
                 result: result.to_owned(),
-            });
-        }
+            }
+        });
+        self.upstreams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(upstream.to_owned(), counters);
         let _ = self.upstream_out.get_or_create(&UpstreamLabel {
             upstream: upstream.to_owned(),
         });
@@ -213,12 +226,21 @@ impl Metrics {
 
     /// One attempt at `upstream` ended with `result` (one of `ATTEMPT_RESULTS`).
     pub fn upstream_attempt(&self, upstream: &str, result: &str) {
-        self.upstream_attempts
-            .get_or_create(&AttemptLabel {
-                upstream: upstream.to_owned(),
-                result: result.to_owned(),
-            })
-            .inc();
+        let known = self
+            .upstreams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let index = ATTEMPT_RESULTS.iter().position(|known| *known == result);
+        match (known.get(upstream), index) {
+            (Some(counters), Some(index)) => counters[index].inc(),
+            _ => self
+                .upstream_attempts
+                .get_or_create(&AttemptLabel {
+                    upstream: upstream.to_owned(),
+                    result: result.to_owned(),
+                })
+                .inc(),
+        };
     }
 
     /// Whether `upstream` is left out of first attempts now.
@@ -256,16 +278,22 @@ impl Metrics {
     pub fn finished(&self, request: Finished<'_>) {
         self.in_flight.dec();
         let known = self.models.read().unwrap_or_else(PoisonError::into_inner);
-        let model = match request.model {
-            Some(model) if known.contains(model) => model,
-            _ => OTHER_MODEL,
+        let counters = request
+            .model
+            .and_then(|model| known.get(model))
+            .unwrap_or(&self.other_model);
+        match ENDINGS.iter().position(|ending| *ending == request.ending) {
+            Some(index) => counters[index].inc(),
+            None => {
+                let model = request.model.filter(|model| known.contains_key(*model));
+                self.requests
+                    .get_or_create(&EndingLabel {
+                        ending: request.ending.to_owned(),
+                        model: model.unwrap_or(OTHER_MODEL).to_owned(),
+                    })
+                    .inc()
+            }
         };
-        self.requests
-            .get_or_create(&EndingLabel {
-                ending: request.ending.to_owned(),
-                model: model.to_owned(),
-            })
-            .inc();
         self.attempts.inc_by(u64::from(request.attempts));
         if let Some(first_frame) = request.time_to_first_frame {
             self.time_to_first_frame.observe(first_frame.as_secs_f64());
@@ -289,4 +317,16 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
+}
+
+/// The counters of `family` for each of `values` (their series made now, at zero), in order.
+fn counters<L, const N: usize>(
+    family: &Family<L, Counter>,
+    values: [&str; N],
+    label: impl Fn(&str) -> L,
+) -> [Counter; N]
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    values.map(|value| family.get_or_create(&label(value)).clone())
 }

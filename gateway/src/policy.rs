@@ -47,10 +47,45 @@ pub struct Policy {
     pub layer: StreamDeadlineLayer<ReleaseUnpolled>,
 }
 
+/// Something for the flags' policy, and one for each model of the `--config` file: the
+/// policies themselves, or what is built from each once per load.
+pub struct ByModel<T> {
+    default: T,
+    by_model: HashMap<String, T>,
+}
+
 /// The flags' policy, and one per model of the `--config` file.
-pub struct Policies {
-    default: Arc<Policy>,
-    by_model: HashMap<String, Arc<Policy>>,
+pub type Policies = ByModel<Arc<Policy>>;
+
+impl<T> ByModel<T> {
+    /// The one for a request that names `model` (or none).
+    pub fn for_model(&self, model: Option<&str>) -> &T {
+        model
+            .and_then(|model| self.by_model.get(model))
+            .unwrap_or(&self.default)
+    }
+
+    /// The models with a policy of their own.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.by_model.keys().map(String::as_str)
+    }
+
+    /// Every one, the flags' first.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        std::iter::once(&self.default).chain(self.by_model.values())
+    }
+
+    /// `build` of each, for the same models.
+    pub fn map<U>(&self, mut build: impl FnMut(&T) -> U) -> ByModel<U> {
+        ByModel {
+            default: build(&self.default),
+            by_model: self
+                .by_model
+                .iter()
+                .map(|(model, t)| (model.clone(), build(t)))
+                .collect(),
+        }
+    }
 }
 
 /// A `[models."NAME"]` table.
@@ -87,23 +122,6 @@ impl Policies {
             }
         }
         Ok(Policies { default, by_model })
-    }
-
-    /// The policy for a request that names `model` (or none).
-    pub fn for_model(&self, model: Option<&str>) -> &Arc<Policy> {
-        model
-            .and_then(|model| self.by_model.get(model))
-            .unwrap_or(&self.default)
-    }
-
-    /// The models with a policy of their own.
-    pub fn models(&self) -> impl Iterator<Item = &str> {
-        self.by_model.keys().map(String::as_str)
-    }
-
-    /// Every policy, the flags' first.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Policy>> {
-        std::iter::once(&self.default).chain(self.by_model.values())
     }
 
     /// Whether any policy names an https:// upstream (the client then needs trusted roots).

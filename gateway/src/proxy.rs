@@ -10,11 +10,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tower::retry::RetryLayer;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::retry::{Retry, RetryLayer};
+use tower::util::{MapRequest, MapRequestLayer};
+use tower::{Layer, ServiceExt};
 use tower_stream_deadline::{
-    DeadlineBody, DeadlineExceeded, HedgeFirstFrameLayer, OnRequestOutcome, RetryFirstFrame,
-    UpstreamErrorEvent,
+    DeadlineBody, DeadlineExceeded, HedgeFirstFrame, HedgeFirstFrameLayer, OnRequestOutcome,
+    ReleaseUnpolled, RetryFirstFrame, StreamDeadline, UpstreamErrorEvent,
 };
 
 use crate::client_budgets::{ClientBudgets, Configured};
@@ -24,28 +25,85 @@ use crate::headers;
 use crate::heartbeat::{self, Heartbeat, Raced};
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
-use crate::policy::{Policies, Policy};
+use crate::policy::{ByModel, Policies, Policy};
 use crate::pool::Members;
 use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
 use crate::routing::{AttemptsEnd, Route};
 use crate::shutdown::{Cut, DrainBody};
-use crate::upstream::{self, ResponseBody, UpstreamClient};
+use crate::upstream::{self, ResponseBody, UpstreamBody, UpstreamClient};
 use crate::{request_fields, request_id};
 
 /// What the gateway answers with: the upstream's body under its deadlines (after the
 /// heartbeats, if they began before it), or its own error.
-pub type GatewayBody = Either<DrainBody<UpstreamBody>, Full<Bytes>>;
+pub type GatewayBody = Either<DrainBody<AnsweredBody>, Full<Bytes>>;
 
 /// The upstream's body, as it came or after the heartbeats.
-type UpstreamBody = Either<DeadlineBody<ResponseBody>, Heartbeat<DeadlineBody<ResponseBody>>>;
+type AnsweredBody = Either<DeadlineBody<ResponseBody>, Heartbeat<DeadlineBody<ResponseBody>>>;
+
+/// The deadline layer on the upstream client, each attempt routed to an upstream of the
+/// policy's pool.
+type Routed = Route<StreamDeadline<UpstreamClient, ReleaseUnpolled>>;
+/// [`Routed`], for a buffered request body.
+type Replayed = MapRequest<Routed, fn(Request<Full<Bytes>>) -> Request<UpstreamBody>>;
+
+/// A policy with the tower stack its requests go through, built once when the policy is
+/// loaded: a request clones the stack it needs (a few `Arc`s) instead of building it.
+struct Stack {
+    policy: Arc<Policy>,
+    /// A request whose body is streamed: one attempt.
+    routed: Routed,
+    /// A buffered body: retried at the first-frame budget.
+    retried: Retry<RetryFirstFrame, Replayed>,
+    /// With `hedge_after`, a buffered body that asks for a stream: hedged after it. Hedges
+    /// count against the retries: as many attempts in all.
+    hedged: Option<HedgeFirstFrame<Replayed>>,
+}
+
+impl Stack {
+    fn new(policy: &Arc<Policy>, client: &UpstreamClient, metrics: &Arc<Metrics>) -> Stack {
+        let routed = Route::new(
+            policy.layer.layer(client.clone()),
+            policy.pool.clone(),
+            metrics.clone(),
+        );
+        let replayable: fn(Request<Full<Bytes>>) -> Request<UpstreamBody> =
+            |request| request.map(Either::Left);
+        let replayed = MapRequestLayer::new(replayable).layer(routed.clone());
+        Stack {
+            policy: policy.clone(),
+            retried: RetryLayer::new(RetryFirstFrame::new(policy.retries)).layer(replayed.clone()),
+            hedged: policy
+                .hedge_after
+                .map(|after| HedgeFirstFrameLayer::new(after, policy.retries + 1).layer(replayed)),
+            routed,
+        }
+    }
+}
+
+/// The policies in force, each with its stack.
+struct Loaded {
+    stacks: ByModel<Stack>,
+    /// Whether any policy sends heartbeats (then every request is raced against them until
+    /// its policy is known).
+    any_heartbeat: bool,
+}
+
+impl Loaded {
+    fn new(policies: &Policies, client: &UpstreamClient, metrics: &Arc<Metrics>) -> Loaded {
+        Loaded {
+            stacks: policies.map(|policy| Stack::new(policy, client, metrics)),
+            any_heartbeat: policies.any_heartbeat(),
+        }
+    }
+}
 
 pub struct Gateway {
     client: UpstreamClient,
     flags: Flags,
     /// Every upstream, with its health, kept across reloads.
     members: Members,
-    /// Swapped whole on a reload; a request keeps the policy it started with.
-    policies: RwLock<Arc<Policies>>,
+    /// Swapped whole on a reload; a request keeps the policy (and stack) it started with.
+    loaded: RwLock<Arc<Loaded>>,
     request_body_idle: std::time::Duration,
     /// The flags' total budget, which a request body must come within (the body is read
     /// before its model, and so its policy, is known).
@@ -59,11 +117,13 @@ impl Gateway {
     pub fn new(flags: &Flags, metrics: Arc<Metrics>, cut: Cut) -> Result<Gateway, String> {
         let members = Members::default();
         let policies = Policies::load(flags, &members)?;
+        let client = upstream::client(flags, policies.any_https())?;
+        let loaded = Loaded::new(&policies, &client, &metrics);
         let gateway = Gateway {
-            client: upstream::client(flags, policies.any_https())?,
+            client,
             flags: flags.clone(),
             members,
-            policies: RwLock::new(Arc::new(policies)),
+            loaded: RwLock::new(Arc::new(loaded)),
             request_body_idle: flags.request_body_idle,
             total: flags.total,
             metrics,
@@ -77,16 +137,14 @@ impl Gateway {
     /// keep theirs. A file that does not load leaves the last good one in force.
     pub fn reload(&self) -> Result<(), String> {
         let policies = Policies::load(&self.flags, &self.members)?;
-        *self
-            .policies
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(policies);
+        let loaded = Loaded::new(&policies, &self.client, &self.metrics);
+        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
         self.count_policies();
         Ok(())
     }
 
-    fn policies(&self) -> Arc<Policies> {
-        self.policies
+    fn loaded(&self) -> Arc<Loaded> {
+        self.loaded
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -94,8 +152,7 @@ impl Gateway {
 
     /// The metrics' series for the policies in force: their models and upstreams.
     fn count_policies(&self) {
-        let policies = self.policies();
-        self.metrics.set_models(policies.models());
+        self.metrics.set_models(self.loaded().stacks.models());
         for member in self.members.all() {
             self.metrics.upstream(&member.upstream().to_string());
         }
@@ -132,7 +189,7 @@ impl Gateway {
         if let Some(ignored) = ignored {
             log.warn(ignored);
         }
-        let forwarded = match self.policies().any_heartbeat() {
+        let forwarded = match self.loaded().any_heartbeat {
             false => Raced::Answered(self.forward(request, peer, &log).await),
             true => {
                 let told = heartbeat::ask(request.extensions_mut());
@@ -184,10 +241,10 @@ impl Gateway {
         // The body must come within the request's total budget too.
         let budget = client.total(self.total, arrived);
         let limits = BodyLimits::new(self.request_body_idle, arrived, budget);
-        let policies = self.policies();
+        let loaded = self.loaded();
         // Checked once against the flags' first upstream (every upstream makes its URI the
         // same way), so that a bad target is the client's 400, not an attempt's failure.
-        let first = &policies.for_model(None).pool.members()[0];
+        let first = &loaded.stacks.for_model(None).policy.pool.members()[0];
         if let Err(err) = first.upstream().uri_for(&parts.uri) {
             log.note(format!("bad request URI: {err}"));
             return Err(json_error(
@@ -232,11 +289,12 @@ impl Gateway {
         if let Some(model) = &fields.model {
             log.model(model.clone());
         }
-        let policy = policies.for_model(fields.model.as_deref()).clone();
+        let stack = loaded.stacks.for_model(fields.model.as_deref());
+        let policy = &stack.policy;
         if let Some(deadline) = client.deadline() {
             parts.extensions.insert(deadline);
         }
-        let configured = Configured::from_policy(&policy);
+        let configured = Configured::from_policy(policy);
         parts
             .extensions
             .insert(client.request_budgets(&configured, fields.stream));
@@ -252,64 +310,19 @@ impl Gateway {
         log.forwarding();
         let result = match body {
             RequestBody::Replayable(bytes) => {
+                // Each attempt to an upstream the request has not tried, while there is one.
                 let request = Request::from_parts(parts, Full::new(bytes));
-                self.attempts(&policy, fields.stream, request).await
+                match &stack.hedged {
+                    Some(hedged) if fields.stream => hedged.clone().oneshot(request).await,
+                    _ => stack.retried.clone().oneshot(request).await,
+                }
             }
             RequestBody::Streamed(body) => {
-                self.routed(&policy)
-                    .oneshot(Request::from_parts(parts, Either::Right(body)))
-                    .await
+                let request = Request::from_parts(parts, Either::Right(body));
+                stack.routed.clone().oneshot(request).await
             }
         };
         result.map_err(|err| self.failure(&*err, log))
-    }
-
-    /// The deadline layer on the upstream client, each attempt routed to an upstream of the
-    /// policy's pool.
-    fn routed(
-        &self,
-        policy: &Policy,
-    ) -> Route<
-        tower_stream_deadline::StreamDeadline<
-            UpstreamClient,
-            tower_stream_deadline::ReleaseUnpolled,
-        >,
-    > {
-        let client = ServiceBuilder::new()
-            .layer(policy.layer.clone())
-            .service(self.client.clone());
-        Route::new(client, policy.pool.clone(), self.metrics.clone())
-    }
-
-    /// The attempts of a request that can be sent again: retried at the first-frame budget,
-    /// or, with `hedge_after` and a streamed request, hedged after it; each attempt to an
-    /// upstream the request has not tried, while there is one.
-    async fn attempts(
-        &self,
-        policy: &Policy,
-        streamed: bool,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<DeadlineBody<ResponseBody>>, tower::BoxError> {
-        let routed = ServiceBuilder::new()
-            .map_request(|request: Request<Full<Bytes>>| request.map(Either::Left))
-            .service(self.routed(policy));
-        match policy.hedge_after {
-            Some(after) if streamed => {
-                // Hedges count against the retries: as many attempts in all.
-                ServiceBuilder::new()
-                    .layer(HedgeFirstFrameLayer::new(after, policy.retries + 1))
-                    .service(routed)
-                    .oneshot(request)
-                    .await
-            }
-            _ => {
-                ServiceBuilder::new()
-                    .layer(RetryLayer::new(RetryFirstFrame::new(policy.retries)))
-                    .service(routed)
-                    .oneshot(request)
-                    .await
-            }
-        }
     }
 
     /// The answer to a request that got no response head from upstream in time.

@@ -35,6 +35,11 @@ pub struct RequestFields {
 
 /// Reads `body`; a body that is not a JSON object says nothing.
 pub fn read(body: &[u8]) -> RequestFields {
+    // No body (a GET) says nothing either; serde_json's error for it would be made (and
+    // allocated) only to be dropped.
+    if body.is_empty() {
+        return RequestFields::default();
+    }
     let Ok(raw) = serde_json::from_slice::<Raw>(body) else {
         return RequestFields::default();
     };

@@ -4,9 +4,11 @@
 //! Lines are handed to a thread of their own that writes them (tracing-appender's
 //! non-blocking writer), so a request's line never waits on stderr inside a worker of the
 //! runtime; when the buffer is full the worker waits rather than drop a line, and the guard
-//! that [`init`] returns writes out what is left when the process ends.
+//! that [`init`] returns writes out what is left when the process ends. That thread writes
+//! the lines it finds waiting together, in one `write` (it flushes each time it has taken
+//! them all), rather than one `write` per line.
 
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal};
 
 use clap::ValueEnum;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
@@ -15,6 +17,10 @@ use tracing_subscriber::prelude::*;
 
 /// The targets and levels logged when `RUST_LOG` is unset or cannot be read.
 pub const DEFAULT_FILTER: &str = "stream_deadline_gateway=info,tower_stream_deadline=error,warn";
+
+/// The bytes of waiting lines the log thread gathers before it writes them (a line longer
+/// than this goes out alone); it writes sooner when no line waits.
+const LINES_BUFFERED: usize = 64 * 1024;
 
 /// How each log line is written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,7 +43,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     let (stderr, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")
-        .finish(std::io::stderr());
+        .finish(BufWriter::with_capacity(LINES_BUFFERED, std::io::stderr()));
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(stderr.clone())
