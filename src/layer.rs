@@ -444,7 +444,10 @@ impl<R> StreamDeadlineLayer<R> {
         filter: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
     ) -> Self {
         let filter = move |_name: &[u8], data: &[u8]| filter(data);
-        self.protocol_mut().sse_progress = Some(Some(Arc::new(filter)));
+        let protocol = self.protocol_mut();
+        protocol.sse_progress = Some(Some(Arc::new(filter)));
+        // A caller's filter sees every event, whatever the framing.
+        protocol.sse_progress_is_ours = false;
         self
     }
 
@@ -498,7 +501,9 @@ impl<R> StreamDeadlineLayer<R> {
     /// ```
     pub fn llm_progress(mut self) -> Self {
         let filter = Arc::new(crate::llm_progress::is_llm_event);
-        self.protocol_mut().sse_progress = Some(Some(filter));
+        let protocol = self.protocol_mut();
+        protocol.sse_progress = Some(Some(filter));
+        protocol.sse_progress_is_ours = true;
         self
     }
 

@@ -36,6 +36,9 @@ pub(crate) struct ProtocolConfig {
     pub(crate) sse_first_event_errors: bool,
     /// `Some(None)`: count SSE events with data, unfiltered.
     pub(crate) sse_progress: Option<Option<SseFilter>>,
+    /// The SSE filter is the crate's own (`llm_progress`): it only tells whether an event
+    /// counts, so the events after one that counted in the same frame are not judged.
+    pub(crate) sse_progress_is_ours: bool,
     pub(crate) progress: Option<Filter>,
 }
 
@@ -80,10 +83,13 @@ impl ProtocolConfig {
             let hold_back = self.sse_endings.is_some() || upstream_errors;
             let first_errors = self.sse_first_event_errors;
             (hold_back || sse_progress.is_some() || first_errors).then(|| {
-                let scanner = match first_errors {
+                let mut scanner = match first_errors {
                     true => Scanner::watching_the_first_event(),
                     false => Scanner::new(sse_progress.is_some_and(Option::is_some)),
                 };
+                if self.sse_progress_is_ours {
+                    scanner = scanner.judging_until_one_counts();
+                }
                 let progress = sse_progress.cloned();
                 Framing::new(Boundaries::Sse { scanner, progress }, hold_back)
             })

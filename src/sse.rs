@@ -34,6 +34,9 @@ pub(crate) struct Scanner {
     watch_first: bool,
     /// The first event that counted, when it was an error: its name and data.
     first_error: Option<(Vec<u8>, Vec<u8>)>,
+    /// The filter only decides whether the bytes fed count: once an event of them counts,
+    /// the later ones are not judged (the crate's own filter; a caller's sees every event).
+    judge_until_one_counts: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +69,15 @@ impl Scanner {
             name: keep_data.then(Vec::new),
             watch_first: false,
             first_error: None,
+            judge_until_one_counts: false,
         }
+    }
+
+    /// The filter is asked until one event of the bytes fed counts, not for every event:
+    /// for a filter that only tells whether the bytes count, with no effect of its own.
+    pub(crate) fn judging_until_one_counts(mut self) -> Self {
+        self.judge_until_one_counts = true;
+        self
     }
 
     /// A scanner that also tells whether the first event that counts is an error
@@ -122,7 +133,13 @@ impl Scanner {
                 self.after_cr = b == b'\r';
                 if self.at_line_start {
                     scanned.last_boundary = Some(i);
-                    scanned.data_event |= self.end_event(filter);
+                    // Once the bytes count, the first event that counted has been seen (the
+                    // one watched for an error) and no answer can change the verdict.
+                    let judged = match self.judge_until_one_counts && scanned.data_event {
+                        true => None,
+                        false => filter,
+                    };
+                    scanned.data_event |= self.end_event(judged);
                 } else {
                     self.end_line();
                 }
@@ -277,6 +294,30 @@ mod tests {
     fn scan_all(chunks: &[&[u8]], filter: Option<&EventFilter<'_>>) -> Vec<Scanned> {
         let mut scanner = Scanner::new(filter.is_some());
         chunks.iter().map(|c| scanner.feed(c, filter)).collect()
+    }
+
+    #[test]
+    fn judging_until_one_counts_asks_less_and_finds_the_same() {
+        let asked = std::cell::Cell::new(0);
+        let filter = |_: &[u8], data: &[u8]| {
+            asked.set(asked.get() + 1);
+            data != b"role"
+        };
+        let chunks: [&[u8]; 3] = [
+            b"data: role\n\ndata: tok\n\ndata: tok\n\ndata: [DONE]\n\n",
+            b": keep-alive\n\ndata: role\n\n",
+            b"data: to",
+        ];
+        let every = scan_all(&chunks, Some(&filter));
+        assert_eq!(asked.replace(0), 5);
+        let mut scanner = Scanner::new(true).judging_until_one_counts();
+        let until: Vec<_> = chunks
+            .iter()
+            .map(|c| scanner.feed(c, Some(&filter)))
+            .collect();
+        assert_eq!(until, every);
+        // The first chunk: `role`, then the `tok` that counts; the second: `role`.
+        assert_eq!(asked.get(), 3);
     }
 
     #[test]
