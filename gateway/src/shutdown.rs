@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -84,6 +84,9 @@ pin_project_lite::pin_project! {
         #[pin]
         cut: WaitForCancellationFutureOwned,
         is_cut: Arc<AtomicBool>,
+        // The task `cut` last registered to wake: polling it again for the same task would
+        // only take its lock to find the same waker.
+        registered: Option<Waker>,
         event_stream: bool,
         log: Arc<RequestLog>,
     }
@@ -95,6 +98,7 @@ impl<B> DrainBody<B> {
             inner: Some(inner),
             cut: cut.token.clone().cancelled_owned(),
             is_cut: cut.flag.clone(),
+            registered: None,
             event_stream,
             log,
         }
@@ -122,8 +126,16 @@ where
                 Poll::Ready(frame) => {
                     return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
                 }
-                Poll::Pending if this.cut.as_mut().poll(cx).is_pending() => return Poll::Pending,
-                Poll::Pending => {}
+                Poll::Pending => {
+                    let same = this.registered.as_ref();
+                    if same.is_some_and(|waker| waker.will_wake(cx.waker())) {
+                        return Poll::Pending;
+                    }
+                    if this.cut.as_mut().poll(cx).is_pending() {
+                        *this.registered = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                }
             }
         }
         this.inner.set(None);
