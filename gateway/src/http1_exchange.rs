@@ -188,46 +188,12 @@ impl Http1Body {
             drove = true;
         }
     }
-}
 
-impl Body for Http1Body {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
-        if let Some(held) = self.as_mut().project().held.take() {
-            return Poll::Ready(held);
-        }
-        if self.failed.is_some() {
-            let this = self.as_mut().project();
-            if std::mem::take(this.unflushed) {
-                // hyper's server drops what it has not written yet when a body fails: what
-                // came before the failure goes out first, the failure at the next poll.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            return Poll::Ready(this.failed.take().map(Err));
-        }
-        let first = match self.as_mut().poll_one(cx) {
-            Poll::Pending => {
-                *self.as_mut().project().unflushed = false;
-                return Poll::Pending;
-            }
-            Poll::Ready(Some(Err(err))) if self.unflushed => {
-                *self.as_mut().project().failed = Some(err);
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(other) => return Poll::Ready(other),
-        };
-        let first = match first.into_data() {
-            Ok(data) => data,
-            Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-        };
+    /// `first` and the data frames read in with it, as one: the layers above and the
+    /// downstream connection then handle one frame, and write it in one piece. What ends the
+    /// batch (the end, trailers, a failure) is kept for the next polls.
+    fn batch(mut self: Pin<&mut Self>, first: Bytes, cx: &mut Context<'_>) -> Bytes {
         *self.as_mut().project().unflushed = true;
-        // The frames this read brought in besides, as one: the layers above and the
-        // downstream connection then handle one frame, and write it in one piece.
         let mut batch: Option<BytesMut> = None;
         while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_AT_MOST
             && !self.body.is_end_stream()
@@ -254,8 +220,42 @@ impl Body for Http1Body {
                 }
             }
         }
-        let data = batch.map_or(first, BytesMut::freeze);
-        Poll::Ready(Some(Ok(Frame::data(data))))
+        batch.map_or(first, BytesMut::freeze)
+    }
+}
+
+impl Body for Http1Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
+        if let Some(held) = self.as_mut().project().held.take() {
+            return Poll::Ready(held);
+        }
+        if self.failed.is_none() {
+            match self.as_mut().poll_one(cx) {
+                Poll::Pending => {
+                    *self.as_mut().project().unflushed = false;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    return match frame.into_data() {
+                        Ok(first) => Poll::Ready(Some(Ok(Frame::data(self.batch(first, cx))))),
+                        Err(trailers) => Poll::Ready(Some(Ok(trailers))),
+                    };
+                }
+                Poll::Ready(Some(Err(err))) => *self.as_mut().project().failed = Some(err),
+                Poll::Ready(None) => return Poll::Ready(None),
+            }
+        }
+        let this = self.project();
+        if std::mem::take(this.unflushed) {
+            // hyper's server drops what it has not written yet when a body fails: what came
+            // before the failure goes out first, the failure at the next poll.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(this.failed.take().map(Err))
     }
 
     fn is_end_stream(&self) -> bool {
