@@ -97,6 +97,10 @@ impl Scanner {
     /// Feeds the next bytes of the stream; `filter` judges each completed event.
     pub(crate) fn feed(&mut self, bytes: &[u8], filter: Option<&EventFilter<'_>>) -> Scanned {
         let mut scanned = Scanned::default();
+        // Once an event of the bytes counts and later ones need no judging, only the last
+        // boundary and the state after it are left to find.
+        let verdict_stands = self.judge_until_one_counts || filter.is_none();
+        let mut skipped = false;
         let mut i = 0;
         while i < bytes.len() {
             // The rest of a comment, another field or a value: only its end matters, so jump
@@ -145,6 +149,9 @@ impl Scanner {
                 }
                 self.at_line_start = true;
                 self.line = Line::Name(0);
+                if scanned.data_event && verdict_stands && !std::mem::replace(&mut skipped, true) {
+                    i = self.skip_to_last_boundary(bytes, i);
+                }
                 continue;
             }
             self.at_line_start = false;
@@ -184,6 +191,33 @@ impl Scanner {
             };
         }
         scanned
+    }
+
+    /// From `from`, where an event just ended, to the start of the last run of line ends in
+    /// `bytes` that holds an empty line, in the line before it: the events in between are
+    /// not read. Where no such run starts after `from`, `from`: reading goes on as usual.
+    fn skip_to_last_boundary(&mut self, bytes: &[u8], from: usize) -> usize {
+        let rest = &bytes[from..];
+        // An empty line is a line end right after another: LF LF, CR CR or LF CR (a CR LF is
+        // one line end). Searched from the end, a frame that ends with its event is found at once.
+        let Some(empty) = rest
+            .windows(2)
+            .rposition(|pair| matches!(pair, [b'\n', b'\n' | b'\r'] | [b'\r', b'\r']))
+        else {
+            return from;
+        };
+        let Some(line) = rest[..empty]
+            .iter()
+            .rposition(|&b| b != b'\n' && b != b'\r')
+        else {
+            return from;
+        };
+        // In a line of the skipped event: its end and the empty line after it end the event,
+        // and whatever kind of line it was, nothing of it outlives that.
+        self.at_line_start = false;
+        self.after_cr = false;
+        self.line = Line::Other;
+        from + line + 1
     }
 
     fn end_line(&mut self) {
@@ -486,6 +520,35 @@ mod tests {
             };
             prop_assert_eq!(last.map(norm), expected.last().map(|e| norm(e.0)));
             prop_assert_eq!(any_data, expected.iter().any(|e| e.1));
+        }
+
+        /// Once the verdict on a frame stands (an event of it counted, and no filter reads the
+        /// later ones), the events after it are skipped: the scanner still finds, frame after
+        /// frame, what it finds when it reads every event.
+        #[test]
+        fn skipping_events_after_the_verdict_finds_the_same(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                &b"data: tok"[..], b"data: to", b"k", b"data", b":", b": ping", b"\n", b"\r",
+                b"\r\n", b"event: x", b" ",
+            ]), 0..40),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let stream: Vec<u8> = parts.concat();
+            let mut offsets: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+            offsets.extend([0, stream.len()]);
+            offsets.sort_unstable();
+            offsets.dedup();
+            let tok = |_: &[u8], data: &[u8]| data == b"tok";
+            let any = |_: &[u8], _: &[u8]| true;
+            // Scanners that read every event (a filter of the caller's is asked for each).
+            let (mut every_tok, mut every_any) = (Scanner::new(true), Scanner::new(true));
+            let mut until_tok = Scanner::new(true).judging_until_one_counts();
+            let mut unfiltered = Scanner::new(false);
+            for w in offsets.windows(2) {
+                let frame = &stream[w[0]..w[1]];
+                prop_assert_eq!(until_tok.feed(frame, Some(&tok)), every_tok.feed(frame, Some(&tok)));
+                prop_assert_eq!(unfiltered.feed(frame, None), every_any.feed(frame, Some(&any)));
+            }
         }
 
         /// However a stream is cut into frames, the filter sees the same names and data as

@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::HOST;
@@ -189,16 +189,30 @@ impl Http1Body {
         }
     }
 
+    /// The next frame, polled first with no waker: while frames are ready, each one the
+    /// connection hands over through hyper's body channel would wake this very task, which
+    /// would then run again for nothing. Only when nothing is ready are the reader's waker
+    /// left with the connection and the channel (the most recent poll's, which is the one
+    /// a future wakes).
+    fn poll_quietly(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
+        match self.as_mut().poll_one(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => self.poll_one(cx),
+            ready => ready,
+        }
+    }
+
     /// `first` and the data frames read in with it, as one: the layers above and the
     /// downstream connection then handle one frame, and write it in one piece. What ends the
     /// batch (the end, trailers, a failure) is kept for the next polls.
-    fn batch(mut self: Pin<&mut Self>, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+    fn batch(mut self: Pin<&mut Self>, first: Bytes) -> Bytes {
         *self.as_mut().project().unflushed = true;
+        // A frame is returned whatever this finds: no waker needs leaving (the next poll does).
+        let mut quiet = Context::from_waker(Waker::noop());
         let mut batch: Option<BytesMut> = None;
         while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_AT_MOST
             && !self.body.is_end_stream()
         {
-            let next = match self.as_mut().poll_one(cx) {
+            let next = match self.as_mut().poll_one(&mut quiet) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(err))) => {
@@ -233,14 +247,14 @@ impl Body for Http1Body {
             return Poll::Ready(held);
         }
         if self.failed.is_none() {
-            match self.as_mut().poll_one(cx) {
+            match self.as_mut().poll_quietly(cx) {
                 Poll::Pending => {
                     *self.as_mut().project().unflushed = false;
                     return Poll::Pending;
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     return match frame.into_data() {
-                        Ok(first) => Poll::Ready(Some(Ok(Frame::data(self.batch(first, cx))))),
+                        Ok(first) => Poll::Ready(Some(Ok(Frame::data(self.batch(first))))),
                         Err(trailers) => Poll::Ready(Some(Ok(trailers))),
                     };
                 }
