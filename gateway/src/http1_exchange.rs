@@ -52,6 +52,7 @@ pub async fn send(
                     failed: None,
                     held: None,
                     unflushed: false,
+                    parked: None,
                     body,
                     // None when the upstream closed it with the head (`connection: close` and
                     // a body that came with it): the body is read from what came.
@@ -140,6 +141,9 @@ pin_project! {
         held: Option<Polled>,
         // Whether a frame was returned since the reader last got `Pending`.
         unflushed: bool,
+        // The waker left with the connection and the channel by the last batch, which found
+        // nothing more to read: until it is woken, the next poll has nothing to look at.
+        parked: Option<Waker>,
     }
 }
 
@@ -195,7 +199,10 @@ impl Http1Body {
     /// left with the connection and the channel (the most recent poll's, which is the one
     /// a future wakes).
     fn poll_quietly(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
-        match self.as_mut().poll_one(&mut Context::from_waker(Waker::noop())) {
+        match self
+            .as_mut()
+            .poll_one(&mut Context::from_waker(Waker::noop()))
+        {
             Poll::Pending => self.poll_one(cx),
             ready => ready,
         }
@@ -204,15 +211,29 @@ impl Http1Body {
     /// `first` and the data frames read in with it, as one: the layers above and the
     /// downstream connection then handle one frame, and write it in one piece. What ends the
     /// batch (the end, trailers, a failure) is kept for the next polls.
-    fn batch(mut self: Pin<&mut Self>, first: Bytes) -> Bytes {
+    ///
+    /// The first look is with the reader's waker: when a frame came alone (tokens paced by a
+    /// model), it finds nothing and leaves the waker where the next poll would, which then
+    /// returns at once. The rest are quiet, as in [`poll_quietly`](Self::poll_quietly).
+    fn batch(mut self: Pin<&mut Self>, first: Bytes, cx: &mut Context<'_>) -> Bytes {
         *self.as_mut().project().unflushed = true;
-        // A frame is returned whatever this finds: no waker needs leaving (the next poll does).
         let mut quiet = Context::from_waker(Waker::noop());
+        let mut waker = Some(cx);
         let mut batch: Option<BytesMut> = None;
         while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_AT_MOST
             && !self.body.is_end_stream()
         {
-            let next = match self.as_mut().poll_one(&mut quiet) {
+            let polled = match waker.take() {
+                Some(cx) => {
+                    let polled = self.as_mut().poll_one(cx);
+                    if polled.is_pending() {
+                        *self.as_mut().project().parked = Some(cx.waker().clone());
+                    }
+                    polled
+                }
+                None => self.as_mut().poll_one(&mut quiet),
+            };
+            let next = match polled {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(err))) => {
@@ -247,6 +268,11 @@ impl Body for Http1Body {
             return Poll::Ready(held);
         }
         if self.failed.is_none() {
+            let parked = self.as_mut().project().parked.take();
+            if parked.is_some_and(|parked| parked.will_wake(cx.waker())) {
+                *self.as_mut().project().unflushed = false;
+                return Poll::Pending;
+            }
             match self.as_mut().poll_quietly(cx) {
                 Poll::Pending => {
                     *self.as_mut().project().unflushed = false;
@@ -254,7 +280,7 @@ impl Body for Http1Body {
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     return match frame.into_data() {
-                        Ok(first) => Poll::Ready(Some(Ok(Frame::data(self.batch(first))))),
+                        Ok(first) => Poll::Ready(Some(Ok(Frame::data(self.batch(first, cx))))),
                         Err(trailers) => Poll::Ready(Some(Ok(trailers))),
                     };
                 }
