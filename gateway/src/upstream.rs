@@ -32,9 +32,12 @@ pub type UpstreamBody = Either<Full<Bytes>, Streamed>;
 /// HTTP/1.1 connections.
 pub type ResponseBody = Either<hyper::body::Incoming, Http1Body>;
 
-/// The client to every upstream (see the module docs); cheap to clone.
+/// The client to every upstream (see the module docs); cheap to clone (the request path
+/// clones it for every request: one reference count, not one per part of hyper-util's client).
 #[derive(Clone)]
-pub struct UpstreamClient {
+pub struct UpstreamClient(Arc<Clients>);
+
+struct Clients {
     shared: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     /// None with `--h2c`: every http:// upstream speaks HTTP/2.
     http1: Option<Arc<Http1Pool>>,
@@ -46,13 +49,13 @@ impl UpstreamClient {
         &self,
         request: Request<UpstreamBody>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>> {
-        match &self.http1 {
+        match &self.0.http1 {
             Some(pool) if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) => {
                 let sent = http1_exchange::send(pool.clone(), request);
                 Box::pin(async move { Ok(sent.await?.map(Either::Right)) })
             }
             _ => {
-                let sent = self.shared.request(request);
+                let sent = self.0.shared.request(request);
                 Box::pin(async move { Ok(sent.await?.map(Either::Left)) })
             }
         }
@@ -61,7 +64,7 @@ impl UpstreamClient {
     /// What the gateway's own connections to the upstream of `uri` are doing: None for an
     /// upstream reached through hyper-util's client, or not yet used.
     pub fn usage(&self, uri: &http::Uri) -> Option<Usage> {
-        match &self.http1 {
+        match &self.0.http1 {
             Some(pool) if uri.scheme() == Some(&http::uri::Scheme::HTTP) => pool.usage(uri),
             _ => None,
         }
@@ -122,10 +125,10 @@ pub fn client(flags: &Flags, https: bool) -> Result<UpstreamClient, String> {
     let limit = flags
         .upstream_connections
         .map_or(usize::MAX, |n| n as usize);
-    Ok(UpstreamClient {
+    Ok(UpstreamClient(Arc::new(Clients {
         shared,
         http1: (!flags.h2c).then(|| Http1Pool::new(limit)),
-    })
+    })))
 }
 
 /// The system's roots, or the PEM bundle named by `SSL_CERT_FILE` (and the directory named by
