@@ -16,12 +16,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use http::Uri;
 use http::uri::Authority;
 use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_stream_deadline::BoxError;
 
 use crate::log::TARGET;
 use crate::upstream::UpstreamBody;
@@ -43,12 +47,18 @@ pub struct Http1Pool {
     hosts: Mutex<HashMap<Authority, Arc<Host>>>,
     /// The most connections open to one upstream.
     limit: usize,
+    /// Opens connections as hyper-util's client does: every address the name resolves to,
+    /// the next one tried when one is slow to answer (happy eyeballs), `TCP_NODELAY` set.
+    connector: HttpConnector,
 }
 
 /// The connections to one upstream.
 pub struct Host {
-    /// The name to connect to (an IPv6 address without its brackets) and the port.
+    /// The name to connect to (an IPv6 address without its brackets) and the port, as shown.
     address: (String, u16),
+    /// `http://` and the authority: what the connector dials.
+    origin: Uri,
+    connector: HttpConnector,
     state: Mutex<HostState>,
     /// Told when a connection comes back or closes: a request waiting at the limit looks again.
     changed: Notify,
@@ -118,7 +128,7 @@ impl Drop for Open {
 #[derive(Debug)]
 pub struct ConnectError {
     address: (String, u16),
-    source: std::io::Error,
+    source: BoxError,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -130,17 +140,18 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        Some(&*self.source)
     }
 }
 
 impl Http1Pool {
     /// A pool with at most `limit` connections open to each upstream. Idle connections are
     /// looked over by a task of the current runtime, which ends with the pool.
-    pub fn new(limit: usize) -> Arc<Http1Pool> {
+    pub fn new(limit: usize, connector: HttpConnector) -> Arc<Http1Pool> {
         let pool = Arc::new(Http1Pool {
             hosts: Mutex::new(HashMap::new()),
             limit: limit.max(1),
+            connector,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&pool)));
@@ -160,8 +171,16 @@ impl Http1Pool {
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
+        let origin = Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
         let host = Arc::new(Host {
             address: (name.to_owned(), authority.port_u16().unwrap_or(80)),
+            origin,
+            connector: self.connector.clone(),
             state: Mutex::default(),
             changed: Notify::new(),
             limit: self.limit,
@@ -258,19 +277,17 @@ impl Host {
             address: self.address.clone(),
             source,
         };
-        let (name, port) = &self.address;
-        let stream = TcpStream::connect((name.as_str(), *port))
+        let stream = (self.connector.clone())
+            .oneshot(self.origin.clone())
             .await
-            .map_err(failed)?;
+            .map_err(|err| failed(err.into()))?;
+        let (name, port) = &self.address;
         tracing::trace!(target: TARGET, host = %name, port, "upstream connection opened");
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(target: TARGET, %err, "TCP_NODELAY not set on an upstream connection");
-        }
         let (sender, driver) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(READ_BUFFER_AT_MOST)
-            .handshake(TokioIo::new(stream))
+            .handshake(stream)
             .await
-            .map_err(|err| failed(std::io::Error::other(err)))?;
+            .map_err(|err| failed(err.into()))?;
         Ok(Http1Connection {
             sender,
             driver: Box::pin(driver),

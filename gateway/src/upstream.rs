@@ -92,6 +92,8 @@ impl Service<Request<UpstreamBody>> for UpstreamClient {
 pub fn client(flags: &Flags, https: bool) -> Result<UpstreamClient, String> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
+    // The gateway's own pool dials http:// upstreams alike.
+    let plain = http.clone();
     // The TLS connector above it takes https:// URIs.
     http.enforce_http(false);
     let roots = if https {
@@ -127,7 +129,7 @@ pub fn client(flags: &Flags, https: bool) -> Result<UpstreamClient, String> {
         .map_or(usize::MAX, |n| n as usize);
     Ok(UpstreamClient(Arc::new(Clients {
         shared,
-        http1: (!flags.h2c).then(|| Http1Pool::new(limit)),
+        http1: (!flags.h2c).then(|| Http1Pool::new(limit, plain)),
     })))
 }
 

@@ -244,6 +244,20 @@ async fn an_idle_connection_the_upstream_closed_is_not_used() {
 }
 
 #[tokio::test]
+async fn an_upstream_named_by_host_name_is_resolved_and_its_connection_kept() {
+    let (upstream, counts) = upstream::start().await;
+    let named = format!("http://localhost:{}", upstream.port());
+    let gateway = Gateway::start(&["--upstream", &named], &[]);
+    for _ in 0..2 {
+        let answer = get(gateway.addr, "/v1/plain").await;
+        assert_eq!(answer.body, "upstream /v1/plain");
+    }
+    assert_eq!(Counts::get(&counts.connections), 1, "one connection, kept");
+    let (_, authority) = counts.seen.lock().unwrap()[0].clone();
+    assert_eq!(authority, format!("localhost:{}", upstream.port()));
+}
+
+#[tokio::test]
 async fn at_the_connection_limit_requests_wait_for_a_free_connection_within_their_budgets() {
     let (upstream, counts) = upstream::start().await;
     let gateway = Gateway::start(
