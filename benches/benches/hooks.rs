@@ -1,6 +1,8 @@
 //! The cost per frame of the optional hooks: the outcome callback, the progress filters and
 //! the SSE ending, against the same layer without them (each must cost nothing when unset).
 //!
+//! The `sse/batch/` rows send 64 events per frame, as one read of a fast upstream brings them.
+//!
 //! `cargo bench -p tower-stream-deadline-benches --bench hooks`
 
 use std::hint::black_box;
@@ -17,6 +19,8 @@ use tower_stream_deadline_benches::{Frames, LONG, drain, runtime};
 const FRAMES: u64 = 10_000;
 /// One OpenAI-style SSE event, as a model server sends per token.
 const EVENT: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"tok\"}}]}\n\n";
+/// Events a fast upstream's read brings at once, passed on as one frame (the gateway does).
+const BATCH: usize = 64;
 /// One whole length-prefixed gRPC message (flag, 4-byte length, 59 bytes): 64 bytes.
 const MESSAGE: &[u8] = b"\0\0\0\0\x3bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
@@ -52,6 +56,7 @@ fn hooks(c: &mut Criterion) {
     let outcomes = Arc::new(AtomicU64::new(0));
     let counter = outcomes.clone();
     let base = StreamDeadlineLayer::new(LONG);
+    let batch: &'static [u8] = EVENT.repeat(BATCH).leak();
     let contenders: Vec<(&str, StreamDeadlineLayer, &'static str, &'static [u8])> = vec![
         (
             "total",
@@ -98,6 +103,26 @@ fn hooks(c: &mut Criterion) {
             base.clone().sse_endings(),
             "text/event-stream",
             EVENT,
+        ),
+        ("sse/batch/total", base.clone(), "text/event-stream", batch),
+        (
+            "sse/batch/total+sse_progress",
+            base.clone().sse_progress(),
+            "text/event-stream",
+            batch,
+        ),
+        (
+            "sse/batch/total+sse_progress_filter",
+            base.clone()
+                .sse_progress_filter(|data| data.windows(9).any(|w| w == b"\"content\"")),
+            "text/event-stream",
+            batch,
+        ),
+        (
+            "sse/batch/total+llm_progress",
+            base.clone().llm_progress(),
+            "text/event-stream",
+            batch,
         ),
         ("grpc/total", base.clone(), "application/grpc", MESSAGE),
         (
