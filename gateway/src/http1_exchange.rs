@@ -52,7 +52,7 @@ pub async fn send(
                     failed: None,
                     held: None,
                     unflushed: false,
-                    parked: None,
+                    drained: false,
                     body,
                     // None when the upstream closed it with the head (`connection: close` and
                     // a body that came with it): the body is read from what came.
@@ -141,9 +141,9 @@ pin_project! {
         held: Option<Polled>,
         // Whether a frame was returned since the reader last got `Pending`.
         unflushed: bool,
-        // The waker left with the connection and the channel by the last batch, which found
-        // nothing more to read: until it is woken, the next poll has nothing to look at.
-        parked: Option<Waker>,
+        // The last batch found nothing more to read: the next poll looks with the reader's
+        // waker at once, a quiet look being likely to find nothing too.
+        drained: bool,
     }
 }
 
@@ -212,29 +212,22 @@ impl Http1Body {
     /// downstream connection then handle one frame, and write it in one piece. What ends the
     /// batch (the end, trailers, a failure) is kept for the next polls.
     ///
-    /// The first look is with the reader's waker: when a frame came alone (tokens paced by a
-    /// model), it finds nothing and leaves the waker where the next poll would, which then
-    /// returns at once. The rest are quiet, as in [`poll_quietly`](Self::poll_quietly).
-    fn batch(mut self: Pin<&mut Self>, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+    /// Its looks are quiet, as in [`poll_quietly`](Self::poll_quietly): a frame is returned
+    /// whatever they find, so no waker needs leaving (the next poll leaves one). A waker
+    /// left here could not be relied on: the reader may be woken and polled before it polls
+    /// this body again (while its client is slow), which would take that wake-up.
+    fn batch(mut self: Pin<&mut Self>, first: Bytes) -> Bytes {
         *self.as_mut().project().unflushed = true;
         let mut quiet = Context::from_waker(Waker::noop());
-        let mut waker = Some(cx);
         let mut batch: Option<BytesMut> = None;
         while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_AT_MOST
             && !self.body.is_end_stream()
         {
-            let polled = match waker.take() {
-                Some(cx) => {
-                    let polled = self.as_mut().poll_one(cx);
-                    if polled.is_pending() {
-                        *self.as_mut().project().parked = Some(cx.waker().clone());
-                    }
-                    polled
+            let next = match self.as_mut().poll_one(&mut quiet) {
+                Poll::Pending => {
+                    *self.as_mut().project().drained = true;
+                    break;
                 }
-                None => self.as_mut().poll_one(&mut quiet),
-            };
-            let next = match polled {
-                Poll::Pending => break,
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(err))) => {
                     *self.as_mut().project().failed = Some(err);
@@ -268,19 +261,18 @@ impl Body for Http1Body {
             return Poll::Ready(held);
         }
         if self.failed.is_none() {
-            let parked = self.as_mut().project().parked.take();
-            if parked.is_some_and(|parked| parked.will_wake(cx.waker())) {
-                *self.as_mut().project().unflushed = false;
-                return Poll::Pending;
-            }
-            match self.as_mut().poll_quietly(cx) {
+            let polled = match std::mem::take(self.as_mut().project().drained) {
+                true => self.as_mut().poll_one(cx),
+                false => self.as_mut().poll_quietly(cx),
+            };
+            match polled {
                 Poll::Pending => {
                     *self.as_mut().project().unflushed = false;
                     return Poll::Pending;
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     return match frame.into_data() {
-                        Ok(first) => Poll::Ready(Some(Ok(Frame::data(self.batch(first, cx))))),
+                        Ok(first) => Poll::Ready(Some(Ok(Frame::data(self.batch(first))))),
                         Err(trailers) => Poll::Ready(Some(Ok(trailers))),
                     };
                 }

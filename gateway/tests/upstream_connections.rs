@@ -2,12 +2,14 @@
 //! its connection to the next request; one that was cut (a deadline, a client that left) or
 //! failed closes it; an idle connection the upstream closed is not used; and
 //! `--upstream-connections` bounds how many are open, the requests beyond waiting within
-//! their budgets. The gateway binary on 127.0.0.1, in front of servers that count their
-//! connections.
+//! their budgets; an upstream named by host name is reached; a stream that comes in bursts,
+//! read by a client slower than it, reaches that client whole and without a stall. The
+//! gateway binary on 127.0.0.1, in front of servers that count their connections.
 
 mod support;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -394,4 +396,82 @@ async fn a_client_that_stops_reading_still_gets_its_upstream_released_at_the_dea
         "released before the deadline: {took:?}"
     );
     drop(client);
+}
+
+/// A finite stream of `left` events of 1 KiB, then `data: [DONE]`, in bursts: every
+/// `PAUSE_EVERY` events a pause of a millisecond, so that its reader keeps catching up with
+/// it and waiting again.
+struct Burst {
+    left: usize,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+const PAUSE_EVERY: usize = 20;
+
+impl http_body::Body for Burst {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.left % PAUSE_EVERY == 0 && self.left > 0 {
+            std::task::ready!(self.pause.as_mut().poll(cx));
+            let next = tokio::time::Instant::now() + Duration::from_millis(1);
+            self.pause.as_mut().reset(next);
+        }
+        let event = match self.left {
+            0 => return std::task::Poll::Ready(None),
+            1 => Bytes::from_static(b"data: [DONE]\n\n"),
+            _ => Bytes::from(format!("data: {}\n\n", "x".repeat(1016))),
+        };
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(event))))
+    }
+}
+
+#[tokio::test]
+async fn a_client_slower_than_its_upstream_gets_every_event_without_a_stall() {
+    const EVENTS: usize = 4_000;
+    let (upstream, _) = upstream::answering(|_| async {
+        let pause = Box::pin(tokio::time::sleep(Duration::from_millis(1)));
+        let mut response = Response::new(Burst {
+            left: EVENTS,
+            pause,
+        });
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        response
+    })
+    .await;
+    // An idle budget far shorter than the test's patience: a stream whose reader missed a
+    // wake-up stalls until it, and ends with an error event instead of `[DONE]`.
+    let gateway = Gateway::start(
+        &["--upstream", &format!("http://{upstream}"), "--idle", "2s"],
+        &[],
+    );
+    // A small receive buffer: the gateway's writes keep filling it, so the stream goes on in
+    // turns of the client reading and the gateway writing while the upstream runs ahead.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"POST /v1/chat HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"stream\":true}")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, client.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the stream did not end within {PATIENCE:?}");
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.starts_with("HTTP/1.1 200"), "{}", &received[..200]);
+    assert!(
+        received.contains("data: [DONE]"),
+        "the stream did not end with the upstream's last event: {}",
+        &received[received.len().saturating_sub(300)..]
+    );
+    let events = received.matches("data: ").count();
+    assert_eq!(events, EVENTS, "every event, once");
 }
