@@ -482,6 +482,15 @@ mod tests {
         assert_eq!(upstream["error"]["code"], "upstream_failed");
     }
 
+    /// Where frames of a stream of `len` bytes start and end: 0, the cuts, `len`.
+    fn frame_edges(len: usize, cuts: &[prop::sample::Index]) -> Vec<usize> {
+        let mut edges: Vec<usize> = cuts.iter().map(|c| c.index(len + 1)).collect();
+        edges.extend([0, len]);
+        edges.sort_unstable();
+        edges.dedup();
+        edges
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -501,10 +510,7 @@ mod tests {
                 let s = whole.feed(&stream[i..=i], None);
                 if s.last_boundary.is_some() { expected.push((i + 1, s.data_event)); }
             }
-            let mut offsets: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-            offsets.extend([0, stream.len()]);
-            offsets.sort_unstable();
-            offsets.dedup();
+            let offsets = frame_edges(stream.len(), &cuts);
             let mut framed = Scanner::new(false);
             let mut last = None;
             let mut any_data = false;
@@ -534,10 +540,7 @@ mod tests {
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
         ) {
             let stream: Vec<u8> = parts.concat();
-            let mut offsets: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-            offsets.extend([0, stream.len()]);
-            offsets.sort_unstable();
-            offsets.dedup();
+            let offsets = frame_edges(stream.len(), &cuts);
             let tok = |_: &[u8], data: &[u8]| data == b"tok";
             let any = |_: &[u8], _: &[u8]| true;
             // Scanners that read every event (a filter of the caller's is asked for each).
@@ -562,10 +565,7 @@ mod tests {
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
         ) {
             let stream: Vec<u8> = parts.concat();
-            let mut offsets: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-            offsets.extend([0, stream.len()]);
-            offsets.sort_unstable();
-            offsets.dedup();
+            let offsets = frame_edges(stream.len(), &cuts);
             let framed: Vec<&[u8]> = offsets.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
             prop_assert_eq!(events_seen(&framed), events_seen(&[&stream[..]]));
         }

@@ -224,6 +224,16 @@ async fn a_response_that_fails_closes_its_connection_after_what_came_before_the_
     }
 }
 
+/// A `200` of `body`, as `text/event-stream`.
+fn event_stream<B>(body: B) -> Response<B> {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
 fn get_request(path: &str) -> Request<Full<Bytes>> {
     Request::get(path).body(Full::default()).unwrap()
 }
@@ -355,14 +365,7 @@ async fn a_client_that_stops_reading_still_gets_its_upstream_released_at_the_dea
     let counted = dropped.clone();
     let (upstream, _) = upstream::answering(move |_| {
         let counted = counted.clone();
-        async move {
-            let mut response = Response::new(Firehose(counted));
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/event-stream"),
-            );
-            response
-        }
+        async move { event_stream(Firehose(counted)) }
     })
     .await;
     let gateway = Gateway::start(
@@ -436,15 +439,10 @@ async fn a_client_slower_than_its_upstream_gets_every_event_without_a_stall() {
     const EVENTS: usize = 4_000;
     let (upstream, _) = upstream::answering(|_| async {
         let pause = Box::pin(tokio::time::sleep(Duration::from_millis(1)));
-        let mut response = Response::new(Burst {
+        event_stream(Burst {
             left: EVENTS,
             pause,
-        });
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/event-stream"),
-        );
-        response
+        })
     })
     .await;
     // An idle budget far shorter than the test's patience: a stream whose reader missed a
