@@ -3,7 +3,7 @@
 //! failed closes it; an idle connection the upstream closed is not used; and
 //! `--upstream-connections` bounds how many are open, the requests beyond waiting within
 //! their budgets; an upstream named by host name is reached; a stream that comes in bursts,
-//! read by a client slower than it, reaches that client whole and without a stall. The
+//! read by a client with a small receive window, reaches it whole and without a stall. The
 //! gateway binary on 127.0.0.1, in front of servers that count their connections.
 
 mod support;
@@ -435,7 +435,7 @@ impl http_body::Body for Burst {
 }
 
 #[tokio::test]
-async fn a_client_slower_than_its_upstream_gets_every_event_without_a_stall() {
+async fn a_stream_in_bursts_read_through_a_small_receive_window_arrives_whole() {
     const EVENTS: usize = 4_000;
     let (upstream, _) = upstream::answering(|_| async {
         let pause = Box::pin(tokio::time::sleep(Duration::from_millis(1)));
