@@ -85,7 +85,9 @@ impl Upstream {
     /// upstream server as a whole, so it stays `*`, without the prefix.
     pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::Error> {
         let path_and_query = match incoming.path_and_query() {
-            Some(target) if target.as_str() == "*" => target.clone(),
+            // Without a prefix the target goes as it came: a shared copy, not a new one.
+            Some(target) if target.as_str() == "*" || self.prefix.is_empty() => target.clone(),
+            None if self.prefix.is_empty() => PathAndQuery::from_static("/"),
             target => {
                 let path = target.map_or("/", PathAndQuery::as_str);
                 PathAndQuery::try_from(format!("{}{path}", self.prefix))?
@@ -209,6 +211,24 @@ mod tests {
                 assert_eq!(uri.scheme_str(), Some("http"), "{target}");
                 assert_eq!(uri.authority().unwrap(), "10.0.0.1:8000", "{target}");
             }
+        }
+    }
+
+    #[test]
+    fn the_path_and_query_go_after_the_upstreams_prefix() {
+        for (url, expected) in [
+            ("http://10.0.0.1:8000", "/v1/models?limit=2"),
+            ("http://10.0.0.1:8000/", "/v1/models?limit=2"),
+            ("http://10.0.0.1:8000/base/", "/base/v1/models?limit=2"),
+        ] {
+            let upstream = Upstream::parse(url).unwrap();
+            let uri = upstream
+                .uri_for(&"/v1/models?limit=2".parse().unwrap())
+                .unwrap();
+            assert_eq!(uri.path_and_query().unwrap(), expected, "{url}");
+            let authority_form = upstream.uri_for(&"host:443".parse().unwrap()).unwrap();
+            let root = expected.strip_suffix("v1/models?limit=2").unwrap();
+            assert_eq!(authority_form.path(), root, "{url}");
         }
     }
 }
