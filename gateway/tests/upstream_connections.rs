@@ -3,7 +3,7 @@
 //! failed closes it; an idle connection the upstream closed is not used; and
 //! `--upstream-connections` bounds how many are open, the requests beyond waiting within
 //! their budgets; an upstream named by host name is reached; a stream that comes in bursts,
-//! read by a client with a small receive window, reaches it whole and without a stall. The
+//! read by a client with a small receive window that pauses, reaches it whole. The
 //! gateway binary on 127.0.0.1, in front of servers that count their connections.
 
 mod support;
@@ -403,10 +403,11 @@ async fn a_client_that_stops_reading_still_gets_its_upstream_released_at_the_dea
 
 /// A finite stream of `left` events of 1 KiB, then `data: [DONE]`, in bursts: every
 /// `PAUSE_EVERY` events a pause of a millisecond, so that its reader keeps catching up with
-/// it and waiting again.
+/// it and waiting again. `produced` counts the events it has handed to its server.
 struct Burst {
     left: usize,
     pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+    produced: tokio::sync::watch::Sender<usize>,
 }
 
 const PAUSE_EVERY: usize = 20;
@@ -430,19 +431,28 @@ impl http_body::Body for Burst {
             _ => Bytes::from(format!("data: {}\n\n", "x".repeat(1016))),
         };
         self.left -= 1;
+        self.produced.send_modify(|produced| *produced += 1);
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(event))))
     }
 }
 
 #[tokio::test]
-async fn a_stream_in_bursts_read_through_a_small_receive_window_arrives_whole() {
+async fn a_client_that_pauses_reading_a_stream_in_bursts_gets_it_whole() {
     const EVENTS: usize = 4_000;
-    let (upstream, _) = upstream::answering(|_| async {
-        let pause = Box::pin(tokio::time::sleep(Duration::from_millis(1)));
-        event_stream(Burst {
-            left: EVENTS,
-            pause,
-        })
+    // Sent while the client does not read: more than its window and the gateway's write
+    // buffer hold, less than the sockets and buffers between the gateway and the upstream.
+    const WHILE_PAUSED: usize = 200;
+    let (produced, mut progress) = tokio::sync::watch::channel(0);
+    let (upstream, _) = upstream::answering(move |_| {
+        let produced = produced.clone();
+        async move {
+            let pause = Box::pin(tokio::time::sleep(Duration::from_millis(1)));
+            event_stream(Burst {
+                left: EVENTS,
+                pause,
+                produced,
+            })
+        }
     })
     .await;
     // An idle budget far shorter than the test's patience: a stream whose reader missed a
@@ -451,8 +461,9 @@ async fn a_stream_in_bursts_read_through_a_small_receive_window_arrives_whole() 
         &["--upstream", &format!("http://{upstream}"), "--idle", "2s"],
         &[],
     );
-    // A small receive buffer: the gateway's writes keep filling it, so the stream goes on in
-    // turns of the client reading and the gateway writing while the upstream runs ahead.
+    // A small receive window: the gateway's writes fill it, and while the client does not
+    // read, the gateway stops reading the upstream; the stream then goes on in turns of the
+    // client reading and the gateway writing while the upstream runs ahead.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut client = socket.connect(gateway.addr).await.unwrap();
@@ -460,7 +471,15 @@ async fn a_stream_in_bursts_read_through_a_small_receive_window_arrives_whole() 
         .write_all(b"POST /v1/chat HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"stream\":true}")
         .await
         .unwrap();
-    let mut received = Vec::new();
+    let mut received = vec![0; 1024];
+    let first = tokio::time::timeout(PATIENCE, client.read(&mut received)).await;
+    received.truncate(first.expect("no answer").unwrap());
+    // Only whether it came: the value's guard, kept, would hold back the upstream's next event.
+    let paused = progress.wait_for(|produced| *produced >= WHILE_PAUSED);
+    let paused = tokio::time::timeout(PATIENCE, paused)
+        .await
+        .is_ok_and(|seen| seen.is_ok());
+    assert!(paused, "the upstream did not get {WHILE_PAUSED} events out");
     let read = tokio::time::timeout(PATIENCE, client.read_to_end(&mut received)).await;
     assert!(read.is_ok(), "the stream did not end within {PATIENCE:?}");
     let received = String::from_utf8_lossy(&received);
