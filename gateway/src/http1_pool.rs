@@ -54,9 +54,7 @@ pub struct Http1Pool {
 
 /// The connections to one upstream.
 pub struct Host {
-    /// The name to connect to (an IPv6 address without its brackets) and the port, as shown.
-    address: (String, u16),
-    /// `http://` and the authority: what the connector dials.
+    /// `http://` and the authority: what the connector dials, and how the upstream is named.
     origin: Uri,
     connector: HttpConnector,
     state: Mutex<HostState>,
@@ -127,14 +125,14 @@ impl Drop for Open {
 /// The upstream could not be reached: nothing of the request was sent.
 #[derive(Debug)]
 pub struct ConnectError {
-    address: (String, u16),
+    origin: Uri,
     source: BoxError,
 }
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (host, port) = &self.address;
-        write!(f, "connecting to {host}:{port} failed")
+        let authority = self.origin.authority().map_or("", Authority::as_str);
+        write!(f, "connecting to {authority} failed")
     }
 }
 
@@ -166,11 +164,6 @@ impl Http1Pool {
         if let Some(host) = hosts.get(authority) {
             return Some(host.clone());
         }
-        // The brackets of an IPv6 address belong to the URI, not to the address.
-        let name = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
         let origin = Uri::builder()
             .scheme(http::uri::Scheme::HTTP)
             .authority(authority.clone())
@@ -178,7 +171,6 @@ impl Http1Pool {
             .build()
             .ok()?;
         let host = Arc::new(Host {
-            address: (name.to_owned(), authority.port_u16().unwrap_or(80)),
             origin,
             connector: self.connector.clone(),
             state: Mutex::default(),
@@ -256,7 +248,7 @@ impl Host {
                 since,
             } = self.state().idle.pop()?;
             if since.elapsed() < IDLE_FOR && connection.can_take_a_request(cx) {
-                tracing::trace!(target: TARGET, host = %self.address.0, port = self.address.1, "upstream connection reused");
+                tracing::trace!(target: TARGET, upstream = %self.origin, "upstream connection reused");
                 connection.reused = true;
                 return Some(connection);
             }
@@ -274,15 +266,14 @@ impl Host {
 
     async fn dial(&self, open: Open) -> Result<Http1Connection, ConnectError> {
         let failed = |source| ConnectError {
-            address: self.address.clone(),
+            origin: self.origin.clone(),
             source,
         };
         let stream = (self.connector.clone())
             .oneshot(self.origin.clone())
             .await
             .map_err(|err| failed(err.into()))?;
-        let (name, port) = &self.address;
-        tracing::trace!(target: TARGET, host = %name, port, "upstream connection opened");
+        tracing::trace!(target: TARGET, upstream = %self.origin, "upstream connection opened");
         let (sender, driver) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(READ_BUFFER_AT_MOST)
             .handshake(stream)

@@ -10,7 +10,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 
+use support::upstream::Counts;
 use support::{Gateway, PATIENCE, send_head};
 
 /// How late the late answers begin.
@@ -79,7 +79,7 @@ impl Body for Script {
 /// A model server: `/v1/late` streams tokens from `LATE` on; `/v1/quick` at once;
 /// `/v1/busy` answers `429` after `LATE`; `/v1/late-json` a whole JSON answer after `LATE`;
 /// anything else never answers. It counts the requests it gets.
-async fn model_server() -> (SocketAddr, Arc<AtomicUsize>) {
+async fn model_server() -> (SocketAddr, Arc<Counts>) {
     support::upstream::answering(|request: Request<hyper::body::Incoming>| async move {
         let tokens = |first: Duration| {
             let delays = [
@@ -196,7 +196,7 @@ fn field(line: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn a_late_stream_gets_the_head_at_the_interval_comments_every_interval_then_the_answer() {
-    let (upstream, requests) = model_server().await;
+    let (upstream, counts) = model_server().await;
     let gateway = gateway(upstream, &["--first-frame", "5s"]);
     let answer = timed(gateway.addr, "/v1/late", STREAMED).await;
 
@@ -230,7 +230,7 @@ async fn a_late_stream_gets_the_head_at_the_interval_comments_every_interval_the
         upstreams,
         "the upstream's stream, whole"
     );
-    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_eq!(Counts::get(&counts.requests), 1);
 
     // The comments are not the upstream's frames: the first frame is its first token.
     let line = gateway.request_line("/v1/late").await;
@@ -250,14 +250,14 @@ async fn a_late_stream_gets_the_head_at_the_interval_comments_every_interval_the
 
 #[tokio::test]
 async fn a_stream_stuck_on_every_attempt_ends_in_the_deadlines_error_event_after_the_head() {
-    let (upstream, requests) = model_server().await;
+    let (upstream, counts) = model_server().await;
     let gateway = gateway(upstream, &["--first-frame", "500ms", "--retries", "1"]);
     let answer = timed(gateway.addr, "/v1/stuck", STREAMED).await;
 
     assert_eq!(answer.head.status, StatusCode::OK);
     assert!(answer.head_at >= EVERY && answer.head_at < Duration::from_millis(500));
     assert_eq!(
-        requests.load(Ordering::SeqCst),
+        Counts::get(&counts.requests),
         2,
         "both attempts, behind the head"
     );

@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{Either, Full};
 
+use support::upstream::Counts;
 use support::{Gateway, send, timed_out};
 
 /// What the `504` of a streamed request stuck on all three attempts says.
@@ -49,7 +49,7 @@ impl Body for KeepAlives {
 /// A model server whose `/v1/late` answers (not streamed) after `LATE`, whose
 /// `/v1/keep-alive` streams keep-alives only, and whose other paths never answer; it counts
 /// the requests it gets.
-async fn model_server() -> (SocketAddr, Arc<AtomicUsize>) {
+async fn model_server() -> (SocketAddr, Arc<Counts>) {
     support::upstream::answering(|request: Request<hyper::body::Incoming>| async move {
         let response = Response::builder();
         let response = match request.uri().path() {
@@ -100,7 +100,7 @@ fn post(path: &str, content_type: &str, body: &'static str) -> Request<Full<Byte
 
 #[tokio::test]
 async fn an_answer_not_asked_as_a_stream_may_come_after_the_first_frame_budget() {
-    let (upstream, requests) = model_server().await;
+    let (upstream, counts) = model_server().await;
     let gateway = gateway(upstream, "5s");
     let bodies = [
         ("application/json", r#"{"model":"m","messages":[]}"#),
@@ -111,31 +111,31 @@ async fn an_answer_not_asked_as_a_stream_may_come_after_the_first_frame_budget()
         ("text/plain", "not JSON"),
     ];
     for (content_type, body) in bodies {
-        let before = requests.load(Ordering::SeqCst);
+        let before = Counts::get(&counts.requests);
         let answer = send(gateway.addr, post("/v1/late", content_type, body)).await;
         assert_eq!(answer.status, StatusCode::OK, "{body}: {}", answer.body);
         assert_eq!(answer.body, ANSWER, "{body}: the whole answer");
         assert_eq!(
-            requests.load(Ordering::SeqCst) - before,
+            Counts::get(&counts.requests) - before,
             1,
             "{body}: one attempt"
         );
     }
 
     // The contrast: asked as a stream, an answer that late is a stuck one, retried, then a 504.
-    let before = requests.load(Ordering::SeqCst);
+    let before = Counts::get(&counts.requests);
     let streamed = post(
         "/v1/late",
         "application/json",
         r#"{"model":"m","stream":true}"#,
     );
     timed_out(gateway.addr, streamed, &STUCK_THRICE).await;
-    assert_eq!(requests.load(Ordering::SeqCst) - before, 3);
+    assert_eq!(Counts::get(&counts.requests) - before, 3);
 }
 
 #[tokio::test]
 async fn a_stuck_answer_not_asked_as_a_stream_ends_at_the_total_budget() {
-    let (upstream, requests) = model_server().await;
+    let (upstream, counts) = model_server().await;
     let gateway = gateway(upstream, "1s");
 
     let started = Instant::now();
@@ -166,12 +166,12 @@ async fn a_stuck_answer_not_asked_as_a_stream_ends_at_the_total_budget() {
         message.contains("total budget of 1s") && message.contains("(1 attempt)"),
         "{message}"
     );
-    assert_eq!(requests.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(Counts::get(&counts.requests), 1, "not retried");
 }
 
 #[tokio::test]
 async fn a_stream_of_keep_alives_has_no_first_token_and_is_retried() {
-    let (upstream, requests) = model_server().await;
+    let (upstream, counts) = model_server().await;
     let gateway = gateway(upstream, "5s");
 
     let streamed = post(
@@ -180,7 +180,7 @@ async fn a_stream_of_keep_alives_has_no_first_token_and_is_retried() {
         r#"{"model":"m","stream":true}"#,
     );
     let (_, took) = timed_out(gateway.addr, streamed, &STUCK_THRICE).await;
-    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(Counts::get(&counts.requests), 3);
     assert!(
         took >= Duration::from_millis(600),
         "three attempts of 200 ms"

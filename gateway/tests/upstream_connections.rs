@@ -18,8 +18,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -40,34 +38,20 @@ async fn until(what: &str, counter: &AtomicUsize, expected: usize) {
     }
 }
 
-/// A server answering with bodies of a known length (`/json`) or none (`/empty`, `204`), that
-/// counts the connections it accepts.
-async fn sized_answers() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
-                let response = match request.uri().path() {
-                    "/empty" => Response::builder()
-                        .status(StatusCode::NO_CONTENT)
-                        .body(Full::default()),
-                    _ => Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(b"{\"id\":\"cmpl-1\"}"))),
-                };
-                Ok::<_, Infallible>(response.unwrap())
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    (addr, connections)
+/// A server answering with bodies of a known length (`/json`) or none (`/empty`, `204`).
+async fn sized_answers() -> (SocketAddr, Arc<Counts>) {
+    upstream::answering(|request: Request<hyper::body::Incoming>| async move {
+        let response = match request.uri().path() {
+            "/empty" => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::default()),
+            _ => Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(b"{\"id\":\"cmpl-1\"}"))),
+        };
+        response.unwrap()
+    })
+    .await
 }
 
 /// A raw server that answers each connection's first request with `answer`, then reads on
@@ -135,7 +119,7 @@ async fn responses_that_end_cleanly_leave_their_connection_to_the_next_request()
     }
 
     // Bodies of a known length, and none at all, end without a last empty read.
-    let (sized, connections) = sized_answers().await;
+    let (sized, sized_counts) = sized_answers().await;
     let gateway = Gateway::start(&["--upstream", &format!("http://{sized}")], &[]);
     for _ in 0..3 {
         let answer = get(gateway.addr, "/json").await;
@@ -147,7 +131,7 @@ async fn responses_that_end_cleanly_leave_their_connection_to_the_next_request()
         );
     }
     assert_eq!(
-        connections.load(Ordering::SeqCst),
+        Counts::get(&sized_counts.connections),
         1,
         "one kept-alive connection"
     );

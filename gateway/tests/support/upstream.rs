@@ -73,8 +73,8 @@ pub async fn start() -> (SocketAddr, Arc<Counts>) {
 }
 
 /// A server of its own on 127.0.0.1, whose `answer` makes each response; its address, and
-/// the number of requests it has got.
-pub async fn answering<F, Fut, B>(answer: F) -> (SocketAddr, Arc<AtomicUsize>)
+/// its counts of the connections it accepted and the requests it got.
+pub async fn answering<F, Fut, B>(answer: F) -> (SocketAddr, Arc<Counts>)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<B>> + Send + 'static,
@@ -83,13 +83,14 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
+    let counts = Arc::new(Counts::default());
+    let counted = counts.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            counted.connections.fetch_add(1, Ordering::SeqCst);
             let (counted, answer) = (counted.clone(), answer.clone());
             let service = service_fn(move |request: Request<Incoming>| {
-                counted.fetch_add(1, Ordering::SeqCst);
+                counted.requests.fetch_add(1, Ordering::SeqCst);
                 let response = answer(request);
                 async move { Ok::<_, Infallible>(response.await) }
             });
@@ -100,7 +101,7 @@ where
             );
         }
     });
-    (addr, requests)
+    (addr, counts)
 }
 
 /// Serves one connection (plain or TLS) with the routes below.
