@@ -10,17 +10,16 @@
 //! closed, and those idle for longer than [`IDLE_FOR`], are closed.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::Uri;
 use http::uri::Authority;
-use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -28,7 +27,6 @@ use tower::ServiceExt;
 use tower_stream_deadline::BoxError;
 
 use crate::log::TARGET;
-use crate::upstream::UpstreamBody;
 
 /// How long a connection is kept idle (hyper-util's pooled client keeps them as long).
 pub const IDLE_FOR: Duration = Duration::from_secs(90);
@@ -36,10 +34,15 @@ pub const IDLE_FOR: Duration = Duration::from_secs(90);
 /// How often idle connections are looked over.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// The most a connection's read buffer grows to (hyper's default is about 400 KiB): an
-/// upstream that sends faster than its client reads would otherwise hold that much per
-/// stream. A response head must fit in it; a model server's is well under 1 KiB.
-const READ_BUFFER_AT_MOST: usize = 64 * 1024;
+/// The largest response head taken (hyper's limit is about 400 KiB); a model server's is
+/// well under 1 KiB.
+pub const HEAD_AT_MOST: usize = 64 * 1024;
+
+/// Room made in a connection's read buffer before a read, when less than half of it is left:
+/// what one read takes in at most, and so the most bytes of a body passed on as one frame.
+/// A body is read only as fast as its client takes it, so an upstream that sends faster
+/// holds no more than this per stream here (the rest waits in the sockets).
+const READ_ROOM: usize = 16 * 1024;
 
 /// The connections to every `http://` upstream, by authority (compared without regard to
 /// case, as URIs are).
@@ -99,16 +102,12 @@ struct Idle {
     since: Instant,
 }
 
-/// What drives a connection: hyper's state machine over the socket.
-type Driver = Connection<TokioIo<TcpStream>, UpstreamBody>;
-
 /// One connection, taken out of the pool for a request; closed when dropped, unless given back
 /// with [`Http1Connection::give_back`].
 pub struct Http1Connection {
-    pub(crate) sender: SendRequest<UpstreamBody>,
-    pub(crate) driver: Pin<Box<Driver>>,
-    /// Whether it served a request before: a request it could not send goes on a new one.
-    pub(crate) reused: bool,
+    pub(crate) io: TcpStream,
+    /// What was read and not yet taken: a head's start, a body's next bytes.
+    pub(crate) read: BytesMut,
     _open: Open,
 }
 
@@ -249,7 +248,6 @@ impl Host {
             } = self.state().idle.pop()?;
             if since.elapsed() < IDLE_FOR && connection.can_take_a_request(cx) {
                 tracing::trace!(target: TARGET, upstream = %self.origin, "upstream connection reused");
-                connection.reused = true;
                 return Some(connection);
             }
         }
@@ -274,15 +272,9 @@ impl Host {
             .await
             .map_err(|err| failed(err.into()))?;
         tracing::trace!(target: TARGET, upstream = %self.origin, "upstream connection opened");
-        let (sender, driver) = hyper::client::conn::http1::Builder::new()
-            .max_buf_size(READ_BUFFER_AT_MOST)
-            .handshake(stream)
-            .await
-            .map_err(|err| failed(err.into()))?;
         Ok(Http1Connection {
-            sender,
-            driver: Box::pin(driver),
-            reused: false,
+            io: stream.into_inner(),
+            read: BytesMut::new(),
             _open: open,
         })
     }
@@ -318,10 +310,28 @@ impl Host {
 }
 
 impl Http1Connection {
-    /// Drives the connection once (it takes in what the upstream sent: a close, say) and says
-    /// whether it waits for a request.
+    /// Whether the connection waits for a request: the upstream has sent nothing since the
+    /// last response, not even its close.
     fn can_take_a_request(&mut self, cx: &mut Context<'_>) -> bool {
-        self.driver.as_mut().poll(cx).is_pending() && self.sender.is_ready()
+        let mut probe = [0; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        self.read.is_empty()
+            && Pin::new(&mut self.io)
+                .poll_read(cx, &mut probe)
+                .is_pending()
+    }
+
+    /// Reads what the upstream sent next into the read buffer; `Ok(0)` once it closed.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_ROOM / 2 {
+            self.read.reserve(READ_ROOM);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// [`poll_read`](Self::poll_read), awaited.
+    pub async fn read(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read(cx)).await
     }
 
     /// After a response that ended cleanly: lets the connection take in that end, and keeps

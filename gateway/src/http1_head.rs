@@ -1,0 +1,332 @@
+//! Response heads read on the gateway's own HTTP/1.1 connections, parsed by `httparse`, and
+//! what a head says about the rest of the exchange: how its body is framed (RFC 9112,
+//! section 6.3) and whether the connection can carry another request after it.
+
+use bytes::{Buf, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+
+use crate::http1_error::Http1Error;
+
+/// The most header lines a head may have (hyper's limit too).
+pub const MAX_HEADERS: usize = 100;
+
+/// How a response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// There is none: the answer to a `HEAD`, a `204` or `304`, a `content-length: 0`.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A response head, and what it says about the exchange.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The status, version and headers, as they came.
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// Whether the connection can carry another request once the body has ended.
+    pub keep_alive: bool,
+}
+
+/// Takes the response head at the start of `read` (the bytes read on the connection since
+/// the request was written), skipping informational (`1xx`) heads; `None` while it has not
+/// all come yet. Header values share the read buffer instead of being copied.
+pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, Http1Error> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let length = match parsed.parse(read) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Http1Error::Malformed("more than 100 header lines"));
+            }
+            Err(_) => return Err(Http1Error::Malformed("not an HTTP/1.1 response head")),
+        };
+        let status = parsed
+            .code
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or(Http1Error::Malformed("an invalid status code"))?;
+        let version = match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        // Where each value lies in the head, so that it can be taken from the buffer once the
+        // parser's borrow of it ends.
+        let start = read.as_ptr() as usize;
+        let mut located = Vec::with_capacity(parsed.headers.len());
+        for field in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| Http1Error::Malformed("an invalid header name"))?;
+            let at = field.value.as_ptr() as usize - start;
+            located.push((name, at, field.value.len()));
+        }
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Http1Error::Malformed("a protocol switch nobody asked for"));
+            }
+            // `100 Continue`, `103 Early Hints`: the answer proper follows.
+            read.advance(length);
+            continue;
+        }
+        let head = read.split_to(length).freeze();
+        let mut headers = HeaderMap::with_capacity(located.len());
+        for (name, at, len) in located {
+            let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
+                .map_err(|_| Http1Error::Malformed("an invalid header value"))?;
+            headers.append(name, value);
+        }
+        let framing = framing(&headers, status, method)?;
+        let keep_alive = keep_alive(&headers, version, framing);
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        return Ok(Some(ResponseHead {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// How the body after a head with `headers` and `status`, answering `method`, is delimited.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    method: &Method,
+) -> Result<Framing, Http1Error> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // Chunked when it is the last coding applied; otherwise only the close ends it.
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|value| value.as_bytes().rsplit(|&byte| byte == b',').next())
+            .map(<[u8]>::trim_ascii);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+            _ => Framing::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        // `content-length: 5, 5` and repeated fields are one length, if they agree.
+        for item in value.as_bytes().split(|&byte| byte == b',') {
+            let item = std::str::from_utf8(item.trim_ascii())
+                .ok()
+                .filter(|item| !item.is_empty() && item.bytes().all(|byte| byte.is_ascii_digit()))
+                .and_then(|item| item.parse::<u64>().ok())
+                .ok_or(Http1Error::Malformed("an invalid content-length"))?;
+            if length.is_some_and(|length| length != item) {
+                return Err(Http1Error::Malformed("content-lengths that disagree"));
+            }
+            length = Some(item);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(length) => Framing::Length(length),
+        None => Framing::UntilClose,
+    })
+}
+
+/// Whether the connection outlives this response: HTTP/1.1 unless the upstream says `close`,
+/// HTTP/1.0 only when it says `keep-alive`; never when only the close ends the body, nor
+/// after a head with both a transfer coding and a length (a sign of a confused upstream).
+fn keep_alive(headers: &HeaderMap, version: Version, framing: Framing) -> bool {
+    if framing == Framing::UntilClose
+        || (headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH))
+    {
+        return false;
+    }
+    let says = |token: &str| {
+        headers.get_all(CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&byte| byte == b',')
+                .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    match version {
+        Version::HTTP_10 => says("keep-alive"),
+        _ => !says("close"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str, method: Method) -> Result<Option<ResponseHead>, Http1Error> {
+        parse(&mut BytesMut::from(text), &method)
+    }
+
+    fn head(text: &str) -> ResponseHead {
+        parsed(text, Method::POST).unwrap().expect("a whole head")
+    }
+
+    #[test]
+    fn a_head_is_taken_whole_and_what_follows_it_stays_for_the_body() {
+        let mut read = BytesMut::from(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nX-Id: a\r\nx-id: b\r\n\
+             transfer-encoding: chunked\r\n\r\n5\r\nhello",
+        );
+        let head = parse(&mut read, &Method::POST).unwrap().unwrap();
+        assert_eq!(&read[..], b"5\r\nhello");
+        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(head.response.version(), Version::HTTP_11);
+        let headers = head.response.headers();
+        assert_eq!(headers["content-type"], "text/event-stream");
+        let ids: Vec<_> = headers.get_all("x-id").iter().collect();
+        assert_eq!(ids, ["a", "b"], "repeated fields keep their order");
+        assert_eq!((head.framing, head.keep_alive), (Framing::Chunked, true));
+    }
+
+    #[test]
+    fn a_head_not_all_read_yet_asks_for_more_and_leaves_the_buffer_as_it_was() {
+        for cut in ["", "HTTP/1.1 2", "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n"] {
+            let mut read = BytesMut::from(cut);
+            assert!(parse(&mut read, &Method::GET).unwrap().is_none(), "{cut:?}");
+            assert_eq!(&read[..], cut.as_bytes());
+        }
+    }
+
+    #[test]
+    fn informational_heads_are_skipped_and_a_protocol_switch_is_refused() {
+        let head = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+             HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n",
+        );
+        assert_eq!(head.response.status(), StatusCode::CREATED);
+        assert!(!head.response.headers().contains_key("link"));
+        let switched = parsed("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET);
+        assert!(matches!(switched, Err(Http1Error::Malformed(_))));
+    }
+
+    #[test]
+    fn the_body_is_framed_as_rfc_9112_says() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
+                Framing::Length(12),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                Framing::Empty,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n",
+                Framing::Length(7),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                Framing::UntilClose,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose),
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\n",
+                Framing::Empty,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Empty,
+            ),
+        ];
+        for (text, framing) in cases {
+            assert_eq!(head(text).framing, framing, "{text:?}");
+        }
+        let answer_to_head = parsed(
+            "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
+            Method::HEAD,
+        );
+        assert_eq!(answer_to_head.unwrap().unwrap().framing, Framing::Empty);
+    }
+
+    #[test]
+    fn a_length_that_is_not_one_number_is_refused() {
+        for length in [
+            "-1",
+            "1e3",
+            "",
+            "0x10",
+            "5, 6",
+            "+5",
+            "99999999999999999999999",
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+            assert!(
+                matches!(parsed(&text, Method::GET), Err(Http1Error::Malformed(_))),
+                "{length:?}"
+            );
+        }
+        let disagreeing = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n";
+        assert!(parsed(disagreeing, Method::GET).is_err());
+    }
+
+    #[test]
+    fn the_connection_is_kept_only_when_the_upstream_lets_it_be() {
+        let cases = [
+            ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", true),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 2\r\n\r\n",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: te, close\r\ncontent-length: 2\r\n\r\n",
+                false,
+            ),
+            ("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n", false),
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\n",
+                true,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", false),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n",
+                false,
+            ),
+        ];
+        for (text, keep_alive) in cases {
+            assert_eq!(head(text).keep_alive, keep_alive, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_an_http_head_is_refused() {
+        for text in [
+            "SSH-2.0-OpenSSH_9.2\r\n\r\n",
+            "HTTP/1.1 20 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx: a\x01b\r\n\r\n",
+        ] {
+            assert!(parsed(text, Method::GET).is_err(), "{text:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|n| format!("x-{n}: v\r\n")).collect();
+        let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert!(matches!(
+            parsed(&text, Method::GET),
+            Err(Http1Error::Malformed("more than 100 header lines"))
+        ));
+    }
+}
