@@ -1,0 +1,290 @@
+//! What goes over the gateway's own HTTP/1.1 connections to an `http://` upstream: request
+//! bodies arrive whole however the caller sent them, and what upstreams answer besides a
+//! plain response (informational heads, answers to `HEAD`, bodies ended by the close, a
+//! `connection: close`, a head that is not HTTP) is passed on or refused as HTTP/1.1 says,
+//! and a connection is kept only when that is safe. The gateway binary on 127.0.0.1.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::upstream::{self, Counts};
+use support::{Gateway, PATIENCE, get, send};
+
+/// A digest of `bytes` that tells a reordered, cut or doubled body from the one sent.
+fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A body of `length` bytes that differ from their neighbours.
+fn pattern(length: usize) -> Vec<u8> {
+    (0..length).map(|n| (n % 251) as u8).collect()
+}
+
+/// An upstream that answers every request with what it received: its length, digest, and
+/// how it was framed.
+async fn echo_upstream() -> (SocketAddr, Arc<Counts>) {
+    upstream::answering(|request: Request<hyper::body::Incoming>| async move {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .map_or("-".to_owned(), |value| value.to_str().unwrap().to_owned())
+        };
+        let framing = format!(
+            "{} {}",
+            header("content-length"),
+            header("transfer-encoding")
+        );
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        let text = format!("{} {} {framing}", body.len(), digest(&body));
+        Response::new(Full::new(Bytes::from(text)))
+    })
+    .await
+}
+
+/// A body of the pieces it holds, of no known length.
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|piece| Ok(http_body::Frame::data(piece))),
+        )
+    }
+}
+
+/// `body` posted to `addr` in pieces of 64 KiB, with no length: the caller's HTTP/1.1
+/// client sends it chunked.
+async fn post_chunked(addr: SocketAddr, body: Vec<u8>) -> String {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let pieces = body.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+    let request = Request::post("/v1/upload")
+        .header("host", "gateway")
+        .body(Pieces(pieces))
+        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn request_bodies_reach_the_upstream_whole_buffered_streamed_or_chunked() {
+    let (upstream, counts) = echo_upstream().await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+
+    // Small: buffered, sent with its length in the same write as the head.
+    let small = br#"{"model":"m","stream":true}"#.to_vec();
+    let request = Request::post("/v1/chat/completions")
+        .body(Full::new(Bytes::from(small.clone())))
+        .unwrap();
+    let answer = send(gateway.addr, request).await;
+    assert_eq!(
+        answer.body,
+        format!("{} {} {} -", small.len(), digest(&small), small.len())
+    );
+
+    // Larger than the replay buffer, with a length: streamed on with that length.
+    let large = pattern(3 * 1024 * 1024 + 17);
+    let request = Request::post("/v1/upload")
+        .body(Full::new(Bytes::from(large.clone())))
+        .unwrap();
+    let answer = send(gateway.addr, request).await;
+    assert_eq!(
+        answer.body,
+        format!("{} {} {} -", large.len(), digest(&large), large.len())
+    );
+
+    // Larger, with no length: streamed on chunked.
+    let answer = post_chunked(gateway.addr, large.clone()).await;
+    assert_eq!(
+        answer,
+        format!("{} {} - chunked", large.len(), digest(&large))
+    );
+    assert_eq!(Counts::get(&counts.requests), 3);
+    assert_eq!(
+        Counts::get(&counts.connections),
+        1,
+        "one kept-alive connection"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_to_head_has_no_body_whatever_its_length_says() {
+    let (upstream, counts) = upstream::answering(|_| async {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"object\":\"list\"}")))
+            .unwrap()
+    })
+    .await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    for _ in 0..2 {
+        let head = Request::head("/v1/models").body(Full::default()).unwrap();
+        let answer = send(gateway.addr, head).await;
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, ""));
+        assert_eq!(answer.headers["content-length"], "17");
+        let answer = get(gateway.addr, "/v1/models").await;
+        assert_eq!(answer.body, "{\"object\":\"list\"}");
+    }
+    assert_eq!(
+        Counts::get(&counts.connections),
+        1,
+        "the connection outlived the answers to HEAD"
+    );
+}
+
+/// A raw server that answers every request head on a connection with `answer`, and closes
+/// the connection after it when `close`; its address and the connections it accepted.
+async fn raw_upstream(answer: &'static [u8], close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buffer = [0; 4096];
+                loop {
+                    let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&buffer[..n]),
+                        }
+                        continue;
+                    };
+                    read.drain(..end + 4);
+                    if stream.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn informational_heads_are_skipped_and_the_connection_kept() {
+    let (upstream, accepted) = raw_upstream(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+          HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    for _ in 0..3 {
+        let answer = get(gateway.addr, "/v1/models").await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "ok")
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_is_not_kept_when_the_upstream_asks_or_only_its_close_ends_the_body() {
+    // Those that ask say so and stay open: a connection the gateway kept would answer again.
+    let cases: [(&'static [u8], bool, &str); 3] = [
+        (
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            false,
+            "connection: close",
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+            "HTTP/1.0 without keep-alive",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the close",
+            true,
+            "a body the close ends",
+        ),
+    ];
+    for (answer, close, what) in cases {
+        let (upstream, accepted) = raw_upstream(answer, close).await;
+        let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+        let body = String::from_utf8_lossy(answer.rsplit(|&b| b == b'\n').next().unwrap());
+        for _ in 0..2 {
+            let answer = get(gateway.addr, "/v1/models").await;
+            assert_eq!(
+                (answer.status, answer.body.as_str()),
+                (StatusCode::OK, &*body),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "{what}: a connection each"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_http_is_a_bad_gateway_and_its_connection_closed() {
+    let cases: [&'static [u8]; 3] = [
+        b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+    ];
+    for answer in cases {
+        let (upstream, accepted) = raw_upstream(answer, false).await;
+        let gateway = Gateway::start(
+            &[
+                "--upstream",
+                &format!("http://{upstream}"),
+                "--retries",
+                "0",
+            ],
+            &[],
+        );
+        for _ in 0..2 {
+            let answer_seen = get(gateway.addr, "/v1/models").await;
+            assert_eq!(
+                answer_seen.status,
+                StatusCode::BAD_GATEWAY,
+                "{}: {}",
+                String::from_utf8_lossy(answer),
+                answer_seen.body
+            );
+            assert!(
+                answer_seen.body.contains("malformed"),
+                "{}",
+                answer_seen.body
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "never reused");
+    }
+}
