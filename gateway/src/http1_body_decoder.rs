@@ -316,6 +316,16 @@ mod tests {
         }
 
         #[test]
+        fn any_bytes_decode_or_fail_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            cuts in prop::collection::vec(0usize..600, 0..4),
+        ) {
+            for framing in [Framing::Chunked, Framing::Length(300), Framing::UntilClose] {
+                let _ = decode_in_reads(framing, &bytes, &cuts);
+            }
+        }
+
+        #[test]
         fn bodies_of_a_length_end_at_it_however_reads_cut_them(
             body in prop::collection::vec(any::<u8>(), 1..2000),
             cuts in prop::collection::vec(0usize..2100, 0..8),

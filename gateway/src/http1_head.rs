@@ -34,6 +34,12 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// Where a header value is: at an offset and length in the head, or copied out of it.
+enum Value {
+    At(usize, usize),
+    Copied(Vec<u8>),
+}
+
 /// Takes the response head at the start of `read` (the bytes read on the connection since
 /// the request was written), skipping informational (`1xx`) heads; `None` while it has not
 /// all come yet. Header values share the read buffer instead of being copied.
@@ -58,14 +64,21 @@ pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
             _ => Version::HTTP_11,
         };
         // Where each value lies in the head, so that it can be taken from the buffer once the
-        // parser's borrow of it ends.
+        // parser's borrow of it ends (a value found anywhere else is copied).
         let start = read.as_ptr() as usize;
         let mut located = Vec::with_capacity(parsed.headers.len());
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| Http1Error::Malformed("an invalid header name"))?;
-            let at = field.value.as_ptr() as usize - start;
-            located.push((name, at, field.value.len()));
+            let len = field.value.len();
+            let value = (field.value.as_ptr() as usize)
+                .checked_sub(start)
+                .filter(|at| at.checked_add(len).is_some_and(|end| end <= length))
+                .map_or_else(
+                    || Value::Copied(field.value.to_vec()),
+                    |at| Value::At(at, len),
+                );
+            located.push((name, value));
         }
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -77,9 +90,12 @@ pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
         }
         let head = read.split_to(length).freeze();
         let mut headers = HeaderMap::with_capacity(located.len());
-        for (name, at, len) in located {
-            let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
-                .map_err(|_| Http1Error::Malformed("an invalid header value"))?;
+        for (name, value) in located {
+            let value = match value {
+                Value::At(at, len) => HeaderValue::from_maybe_shared(head.slice(at..at + len)),
+                Value::Copied(value) => HeaderValue::from_bytes(&value),
+            };
+            let value = value.map_err(|_| Http1Error::Malformed("an invalid header value"))?;
             headers.append(name, value);
         }
         let framing = framing(&headers, status, method)?;
@@ -168,7 +184,25 @@ fn keep_alive(headers: &HeaderMap, version: Version, framing: Framing) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_a_head_an_error_or_a_wait_for_more_never_a_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            prefix in prop::sample::select(vec!["", "HTTP/1.1 200 OK\r\n", "HTTP/1.0 204 x\r\ncontent-length: "]),
+        ) {
+            let mut read = BytesMut::from(prefix);
+            read.extend_from_slice(&bytes);
+            let before = read.len();
+            match parse(&mut read, &Method::GET) {
+                Ok(Some(_)) => prop_assert!(read.len() < before),
+                Ok(None) | Err(_) => {}
+            }
+        }
+    }
 
     fn parsed(text: &str, method: Method) -> Result<Option<ResponseHead>, Http1Error> {
         parse(&mut BytesMut::from(text), &method)
