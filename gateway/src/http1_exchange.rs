@@ -14,19 +14,21 @@
 //! nothing, and so holds the upstream back (TCP's flow control) until it is polled again or
 //! dropped (the deadline layer's release of an unpolled body drops it).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, request};
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncRead;
 use tower_stream_deadline::BoxError;
 
 use crate::http1_body_decoder::{BodyDecoder, Decoded};
 use crate::http1_error::Http1Error;
-use crate::http1_head;
-use crate::http1_pool::{HEAD_AT_MOST, Host, Http1Connection, Http1Pool};
+use crate::http1_head::{self, ResponseHead};
+use crate::http1_pool::{HEAD_AT_MOST, Host, Http1Connection, Http1Pool, poll_read_into};
 use crate::http1_request;
 use crate::upstream::UpstreamBody;
 
@@ -41,18 +43,7 @@ pub async fn send(
         .ok_or("the upstream URI has no host")?;
     let (head, body) = request.into_parts();
     let mut connection = host.connection().await?;
-    http1_request::write(&mut connection.io, &head, body).await?;
-    let answer = loop {
-        if let Some(answer) = http1_head::parse(&mut connection.read, &head.method)? {
-            break answer;
-        }
-        if connection.read.len() >= HEAD_AT_MOST {
-            return Err(Http1Error::Malformed("a head larger than 64 KiB").into());
-        }
-        if connection.read().await.map_err(Http1Error::Io)? == 0 {
-            return Err(Http1Error::ClosedBeforeHead.into());
-        }
-    };
+    let answer = exchange(&mut connection, &head, body).await?;
     let mut body = Http1Body {
         decoder: BodyDecoder::new(answer.framing),
         connection: Some((connection, host)),
@@ -70,6 +61,71 @@ pub async fn send(
     }
     let (parts, ()) = answer.response.into_parts();
     Ok(Response::from_parts(parts, body))
+}
+
+/// Writes the request on `connection` and reads the head of its answer, watching for the
+/// answer while the request is written: an upstream may answer before it has read the whole
+/// body (a `413`), then stop reading it or close the connection. That answer is the one
+/// passed on, the rest of the body left unsent and the connection not kept.
+async fn exchange(
+    connection: &mut Http1Connection,
+    head: &request::Parts,
+    body: UpstreamBody,
+) -> Result<ResponseHead, BoxError> {
+    let (mut reader, mut writer) = connection.io.split();
+    let written = http1_request::write(&mut writer, head, body);
+    let answer = read_head(&mut reader, &mut connection.read, &head.method);
+    tokio::pin!(written, answer);
+    let mut writing = true;
+    // The connection failed while the request was written: the answer may still be there.
+    let mut write_failed: Option<BoxError> = None;
+    std::future::poll_fn(|cx| {
+        if writing {
+            if let Poll::Ready(written) = written.as_mut().poll(cx) {
+                writing = false;
+                match written {
+                    Ok(()) => {}
+                    Err(err) if matches!(err.downcast_ref(), Some(Http1Error::Io(_))) => {
+                        write_failed = Some(err);
+                    }
+                    // The caller's body failed, or did not match its length.
+                    Err(err) => return Poll::Ready(Err(err)),
+                }
+            }
+        }
+        match answer.as_mut().poll(cx) {
+            Poll::Ready(Ok(mut answer)) => {
+                if writing || write_failed.is_some() {
+                    tracing::debug!(target: crate::log::TARGET, "the upstream answered before the whole request was sent; its connection closes after the answer");
+                    answer.keep_alive = false;
+                }
+                Poll::Ready(Ok(answer))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(write_failed.take().unwrap_or(err.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Reads the head of the answer into `read` from `reader`.
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    read: &mut BytesMut,
+    method: &Method,
+) -> Result<ResponseHead, Http1Error> {
+    loop {
+        if let Some(answer) = http1_head::parse(read, method)? {
+            return Ok(answer);
+        }
+        if read.len() >= HEAD_AT_MOST {
+            return Err(Http1Error::Malformed("a head larger than 64 KiB"));
+        }
+        let got = std::future::poll_fn(|cx| poll_read_into(reader, read, cx)).await?;
+        if got == 0 {
+            return Err(Http1Error::ClosedBeforeHead);
+        }
+    }
 }
 
 /// A response body on a pooled HTTP/1.1 connection, which it reads while it is polled, and

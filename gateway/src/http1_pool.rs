@@ -323,19 +323,11 @@ impl Http1Connection {
 
     /// Reads what the upstream sent next into the read buffer; `Ok(0)` once it closed.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_ROOM / 2 {
-            self.read.reserve(READ_ROOM);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        poll_read_into(&mut self.io, &mut self.read, cx)
     }
 
-    /// [`poll_read`](Self::poll_read), awaited.
-    pub async fn read(&mut self) -> std::io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_read(cx)).await
-    }
-
-    /// After a response that ended cleanly: lets the connection take in that end, and keeps
-    /// it for the next request if it can take one (the upstream did not ask to close it).
+    /// After a response that ended cleanly, and that the upstream lets the connection outlive:
+    /// keeps it for the next request, unless the upstream has sent anything since (its close).
     pub fn give_back(mut self, host: &Host, cx: &mut Context<'_>) {
         if self.can_take_a_request(cx) {
             host.give_back(self);
@@ -343,6 +335,19 @@ impl Http1Connection {
             tracing::debug!(target: TARGET, "an upstream connection closed after its response");
         }
     }
+}
+
+/// Reads what `io` has next into `read`, making room first when less than half of
+/// [`READ_ROOM`] is left; `Ok(0)` once the upstream closed.
+pub fn poll_read_into<R: AsyncRead + Unpin>(
+    io: &mut R,
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if read.capacity() - read.len() < READ_ROOM / 2 {
+        read.reserve(READ_ROOM);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, read)
 }
 
 /// Looks over the idle connections of every upstream, every [`SWEEP_EVERY`], while the pool

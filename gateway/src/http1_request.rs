@@ -26,7 +26,8 @@ enum Framing {
 }
 
 /// Writes the request `head` and its `body` on `io`. A failure of the body (the caller's)
-/// comes back as it was; the connection is unusable after any failure.
+/// comes back as it was, one of the connection as [`Http1Error::Io`]; the connection is
+/// unusable after any failure.
 pub async fn write<W: AsyncWrite + Unpin>(
     io: &mut W,
     head: &request::Parts,
@@ -47,12 +48,16 @@ pub async fn write<W: AsyncWrite + Unpin>(
                 Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
                 _ => Bytes::new(),
             };
-            io.write_all_buf(&mut encoded.chain(data)).await?;
+            io.write_all_buf(&mut encoded.chain(data))
+                .await
+                .map_err(Http1Error::Io)?;
             return Ok(());
         }
         Either::Right(streamed) => streamed,
     };
-    io.write_all_buf(&mut encoded).await?;
+    io.write_all_buf(&mut encoded)
+        .await
+        .map_err(Http1Error::Io)?;
     let mut sent = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame?;
@@ -61,18 +66,19 @@ pub async fn write<W: AsyncWrite + Unpin>(
                 let mut size = BytesMut::with_capacity(20);
                 let _ = write!(size, "{:x}\r\n", data.len());
                 io.write_all_buf(&mut size.chain(data).chain(&b"\r\n"[..]))
-                    .await?;
+                    .await
+                    .map_err(Http1Error::Io)?;
             }
             (Ok(mut data), _) => {
                 sent += data.len() as u64;
-                io.write_all_buf(&mut data).await?;
+                io.write_all_buf(&mut data).await.map_err(Http1Error::Io)?;
             }
             (Err(frame), Framing::Chunked) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     let mut last = BytesMut::from(&b"0\r\n"[..]);
                     put_fields(&mut last, &trailers);
                     last.put_slice(b"\r\n");
-                    io.write_all_buf(&mut last).await?;
+                    io.write_all_buf(&mut last).await.map_err(Http1Error::Io)?;
                 }
                 return Ok(());
             }
@@ -82,7 +88,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
         }
     }
     match framing {
-        Framing::Chunked => io.write_all(b"0\r\n\r\n").await?,
+        Framing::Chunked => io.write_all(b"0\r\n\r\n").await.map_err(Http1Error::Io)?,
         Framing::Length(length) if length != sent => return Err(Http1Error::RequestLength.into()),
         Framing::Length(_) | Framing::None => {}
     }

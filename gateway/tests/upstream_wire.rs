@@ -1,8 +1,9 @@
 //! What goes over the gateway's own HTTP/1.1 connections to an `http://` upstream: request
 //! bodies arrive whole however the caller sent them, and what upstreams answer besides a
 //! plain response (informational heads, answers to `HEAD`, bodies ended by the close, a
-//! `connection: close`, a head that is not HTTP) is passed on or refused as HTTP/1.1 says,
-//! and a connection is kept only when that is safe. The gateway binary on 127.0.0.1.
+//! `connection: close`, a head that is not HTTP, an answer before the whole request was sent)
+//! is passed on or refused as HTTP/1.1 says, and a connection is kept only when that is safe.
+//! The gateway binary on 127.0.0.1.
 
 mod support;
 
@@ -286,5 +287,95 @@ async fn an_answer_that_is_not_http_is_a_bad_gateway_and_its_connection_closed()
             );
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "never reused");
+    }
+}
+
+/// An upstream that answers `413` as soon as it has a request head, then reads on (drains
+/// the body) or stops reading and holds the connection open; its address and the
+/// connections it accepted.
+async fn impatient_upstream(drains: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer =
+                    b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 9\r\n\r\ntoo large";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Until the gateway closes the connection.
+                while drains && stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
+                if !drains {
+                    let _ = stream.readable().await;
+                    let mut closed = [0; 1];
+                    while stream.peek(&mut closed).await.is_ok_and(|n| n > 0) {
+                        // Data waits, unread: wait for the close behind it.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Posts a body of `length` bytes to `addr` from a raw socket, as curl would: the answer is
+/// read while the body is written, and read whole even if the gateway stops taking the body.
+async fn post_large(addr: SocketAddr, length: usize) -> String {
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    let head =
+        format!("POST /v1/upload HTTP/1.1\r\nhost: gateway\r\ncontent-length: {length}\r\n\r\n");
+    let sending = tokio::spawn(async move {
+        // The gateway may close the connection once it has answered: the rest is not sent.
+        let _ = writer.write_all(head.as_bytes()).await;
+        let _ = writer.write_all(&pattern(length)).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, async {
+        let mut buffer = [0; 4096];
+        while !answer.ends_with(b"too large") {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within {PATIENCE:?}");
+    sending.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_answer_that_comes_before_the_whole_request_body_is_passed_on() {
+    for drains in [false, true] {
+        let (upstream, accepted) = impatient_upstream(drains).await;
+        let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+        for attempt in 1..=2 {
+            // Larger than the replay buffer and the sockets' buffers together.
+            let answer = post_large(gateway.addr, 8 * 1024 * 1024).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 413 ") && answer.ends_with("\r\n\r\ntoo large"),
+                "drains: {drains}: {answer:?}"
+            );
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                attempt,
+                "drains: {drains}: the connection is not kept"
+            );
+        }
     }
 }
