@@ -99,7 +99,7 @@ pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
             headers.append(name, value);
         }
         let framing = framing(&headers, status, method)?;
-        let keep_alive = keep_alive(&headers, version, framing);
+        let keep_alive = keep_alive(&headers, version, framing) && method != Method::CONNECT;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -118,9 +118,11 @@ fn framing(
     status: StatusCode,
     method: &Method,
 ) -> Result<Framing, Http1Error> {
+    // A `2xx` to `CONNECT` would start a tunnel, which the gateway does not carry: no body.
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
+        || (method == Method::CONNECT && status.is_success())
     {
         return Ok(Framing::Empty);
     }
@@ -294,6 +296,12 @@ mod tests {
             Method::HEAD,
         );
         assert_eq!(answer_to_head.unwrap().unwrap().framing, Framing::Empty);
+        let tunnel = parsed(
+            "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
+            Method::CONNECT,
+        );
+        let tunnel = tunnel.unwrap().unwrap();
+        assert_eq!((tunnel.framing, tunnel.keep_alive), (Framing::Empty, false));
     }
 
     #[test]
