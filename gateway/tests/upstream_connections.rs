@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use support::upstream::{self, Counts};
@@ -60,37 +59,23 @@ async fn raw_upstream(
     answer: &'static [u8],
     close: bool,
 ) -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedReceiver<usize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
     let (closed_tx, closed) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let number = counted.fetch_add(1, Ordering::SeqCst) + 1;
-            let closed_tx = closed_tx.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                if stream.write_all(answer).await.is_err() || close {
-                    return;
-                }
-                // Whatever comes next is not answered; the end of it is the gateway's close.
-                while let Ok(n) = stream.read(&mut buffer).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let _ = closed_tx.send(number);
-            });
+    let (addr, accepted) = upstream::raw(move |mut stream, number| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            if !upstream::read_head(&mut stream, &mut Vec::new()).await
+                || stream.write_all(answer).await.is_err()
+                || close
+            {
+                return;
+            }
+            // Whatever comes next is not answered; the end of it is the gateway's close.
+            let mut buffer = [0; 4096];
+            while stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
+            let _ = closed_tx.send(number);
         }
-    });
+    })
+    .await;
     (addr, accepted, closed)
 }
 

@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use support::upstream::{self, Counts};
 use support::{Gateway, PATIENCE, get, send};
@@ -165,91 +165,66 @@ async fn an_answer_to_head_has_no_body_whatever_its_length_says() {
 /// A raw server that answers every request head on a connection with `answer`, and closes
 /// the connection after it when `close`; its address and the connections it accepted.
 async fn raw_upstream(answer: &'static [u8], close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut read = Vec::new();
-                let mut buffer = [0; 4096];
-                loop {
-                    let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => read.extend_from_slice(&buffer[..n]),
-                        }
-                        continue;
-                    };
-                    read.drain(..end + 4);
-                    if stream.write_all(answer).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
+    upstream::raw(move |mut stream, _| async move {
+        let mut read = Vec::new();
+        while upstream::read_head(&mut stream, &mut read).await {
+            if stream.write_all(answer).await.is_err() || close {
+                return;
+            }
         }
-    });
-    (addr, accepted)
+    })
+    .await
 }
 
 #[tokio::test]
-async fn informational_heads_are_skipped_and_the_connection_kept() {
-    let (upstream, accepted) = raw_upstream(
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
-          HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-        false,
-    )
-    .await;
-    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
-    for _ in 0..3 {
-        let answer = get(gateway.addr, "/v1/models").await;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::OK, "ok")
-        );
-    }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
-}
-
-#[tokio::test]
-async fn a_connection_is_not_kept_when_the_upstream_asks_or_only_its_close_ends_the_body() {
-    // Those that ask say so and stay open: a connection the gateway kept would answer again.
-    let cases: [(&'static [u8], bool, &str); 3] = [
+async fn a_connection_is_kept_after_an_answer_only_when_that_is_safe() {
+    // Each upstream answers every request on a connection until it closes it (`close`): a
+    // connection the gateway should not have kept would answer again, and be counted once.
+    let cases: [(&'static [u8], bool, usize, &str); 5] = [
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+              HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+            1,
+            "informational heads, then the answer",
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+            false,
+            1,
+            "HTTP/1.0 with keep-alive",
+        ),
         (
             b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
             false,
+            2,
             "connection: close",
         ),
         (
             b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
             false,
+            2,
             "HTTP/1.0 without keep-alive",
         ),
         (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the close",
             true,
+            2,
             "a body the close ends",
         ),
     ];
-    for (answer, close, what) in cases {
+    for (answer, close, connections, what) in cases {
         let (upstream, accepted) = raw_upstream(answer, close).await;
         let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
         let body = String::from_utf8_lossy(answer.rsplit(|&b| b == b'\n').next().unwrap());
+        let mut answers = Vec::new();
         for _ in 0..2 {
             let answer = get(gateway.addr, "/v1/models").await;
-            assert_eq!(
-                (answer.status, answer.body.as_str()),
-                (StatusCode::OK, &*body),
-                "{what}"
-            );
+            answers.push((answer.status, answer.body));
         }
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            2,
-            "{what}: a connection each"
-        );
+        let expected = (StatusCode::OK, body.into_owned());
+        assert_eq!(answers, [expected.clone(), expected], "{what}");
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{what}");
     }
 }
 
@@ -291,44 +266,26 @@ async fn an_answer_that_is_not_http_is_a_bad_gateway_and_its_connection_closed()
 }
 
 /// An upstream that answers `413` as soon as it has a request head, then reads on (drains
-/// the body) or stops reading and holds the connection open; its address and the
-/// connections it accepted.
+/// the body) or holds the connection open without reading; its address and the connections
+/// it accepted.
 async fn impatient_upstream(drains: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let answer =
-                    b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 9\r\n\r\ntoo large";
-                if stream.write_all(answer).await.is_err() {
-                    return;
-                }
-                // Until the gateway closes the connection.
-                while drains && stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
-                if !drains {
-                    let _ = stream.readable().await;
-                    let mut closed = [0; 1];
-                    while stream.peek(&mut closed).await.is_ok_and(|n| n > 0) {
-                        // Data waits, unread: wait for the close behind it.
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
-                }
-            });
+    upstream::raw(move |mut stream, _| async move {
+        if !upstream::read_head(&mut stream, &mut Vec::new()).await {
+            return;
         }
-    });
-    (addr, accepted)
+        let answer = b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 9\r\n\r\ntoo large";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        // Reads on until the gateway closes the connection, or holds it open, unread, as
+        // long as the test runs.
+        let mut buffer = [0; 4096];
+        while drains && stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
+        if !drains {
+            std::future::pending::<()>().await;
+        }
+    })
+    .await
 }
 
 /// Posts a body of `length` bytes to `addr` from a raw socket, as curl would: the answer is

@@ -280,3 +280,41 @@ impl Body for Tokens {
             .map(|data| data.map(|data| Ok(Frame::data(data))))
     }
 }
+
+/// A server of raw sockets on 127.0.0.1, for upstreams that break HTTP's rules on purpose:
+/// `serve` gets each connection it accepts, and its number (from 1). Its address, and how
+/// many connections it accepted.
+pub async fn raw<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let number = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(serve(stream, number));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads from `stream` into `read` until it holds a whole request head, which it takes out
+/// (with nothing after it); false once the connection ended first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream, read: &mut Vec<u8>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0; 4096];
+    loop {
+        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            read.drain(..end + 4);
+            return true;
+        }
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => read.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
