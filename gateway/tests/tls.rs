@@ -22,6 +22,12 @@ struct Pki {
     key: PrivatePkcs8KeyDer<'static>,
 }
 
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ca_file);
+    }
+}
+
 fn pki(name: &str) -> Pki {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

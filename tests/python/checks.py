@@ -31,6 +31,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -666,6 +667,8 @@ def run_checks(servers: Servers, checks: list, banner: str) -> int:
         print("\nupstream log:")
         print(servers.log("upstream.log").strip() or "  (empty)")
     print(f"\n{results['passed']} passed, {results['failed']} failed")
+    # Everything worth keeping from the logs was printed above.
+    shutil.rmtree(servers.logs, ignore_errors=True)
     return 1 if results["failed"] else 0
 
 

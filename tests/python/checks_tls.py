@@ -13,6 +13,7 @@ the gateway trusts that CA through `SSL_CERT_FILE`, as curl and Python do.
    upstream.
 """
 
+import shutil
 import sys
 import tempfile
 import time
@@ -74,14 +75,18 @@ def check_wrong_ca(servers: Servers, other_ca_file: str) -> str:
 
 def main() -> int:
     gateway = gateway_argument(__doc__.splitlines()[0])
-    pki, other_ca_file = make_pki(Path(tempfile.mkdtemp(prefix="stream-deadline-gateway-tls-")))
-    servers = Servers(gateway, tls=pki)
-    checks = [
-        ("1 openai SDK stream=True over HTTPS, cut at the budget", check_openai_sdk_stream),
-        ("2 a certificate from another CA: 502 naming the reason",
-         lambda servers: check_wrong_ca(servers, other_ca_file)),
-    ]
-    return run_checks(servers, checks, "https upstream, " + " ".join(GATEWAY_FLAGS))
+    directory = Path(tempfile.mkdtemp(prefix="stream-deadline-gateway-tls-"))
+    try:
+        pki, other_ca_file = make_pki(directory)
+        servers = Servers(gateway, tls=pki)
+        checks = [
+            ("1 openai SDK stream=True over HTTPS, cut at the budget", check_openai_sdk_stream),
+            ("2 a certificate from another CA: 502 naming the reason",
+             lambda servers: check_wrong_ca(servers, other_ca_file)),
+        ]
+        return run_checks(servers, checks, "https upstream, " + " ".join(GATEWAY_FLAGS))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

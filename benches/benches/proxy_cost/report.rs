@@ -36,6 +36,10 @@ pub const PACED_RATE: Figure = Figure {
     label: "1,000 streams, a chunk every 20 ms: chunks per s, thousands",
     decimals: 1,
 };
+pub const PACED_RSS: Figure = Figure {
+    label: "1,000 streams, a chunk every 20 ms: resident memory, MB",
+    decimals: 1,
+};
 pub const PACED_P99: Figure = Figure {
     label: "1,000 streams, a chunk every 20 ms: delay p99, ms",
     decimals: 2,
@@ -66,7 +70,7 @@ pub const SINGLE_P50_ADDED: Figure = Figure {
 };
 
 /// Rows in the order the table shows them.
-pub const ROWS: [Figure; 14] = [
+pub const ROWS: [Figure; 15] = [
     BURST_CPU,
     BURST_SYSCALLS,
     BURST_RATE,
@@ -74,6 +78,7 @@ pub const ROWS: [Figure; 14] = [
     BURST_BENCH_CORE,
     PACED_CPU,
     PACED_RATE,
+    PACED_RSS,
     PACED_P99,
     PACED_P99_ADDED,
     SHORT_RATE,
@@ -83,8 +88,8 @@ pub const ROWS: [Figure; 14] = [
     SINGLE_P50_ADDED,
 ];
 
-/// What the issue asks of the gateway, each against nginx in the same round: the figure,
-/// the most the gateway may take as a multiple of nginx's.
+/// The gateway's targets, each against nginx in the same round: the figure, the most the
+/// gateway may take as a multiple of nginx's.
 pub const TARGETS: [(Figure, f64); 4] = [
     (BURST_CPU, 1.5),
     (SHORT_CPU, 1.3),

@@ -178,6 +178,7 @@ impl Bench {
             .proxy
             .as_ref()
             .map(|proxy| Reading::take(proxy, &run.tally));
+        let rss = run.proxy.as_ref().map(Proxy::rss);
         // The events written near the window's end are still on their way.
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop.cancel();
@@ -223,6 +224,10 @@ impl Bench {
             if let Some(cpu) = cpu {
                 self.results
                     .record(report::PACED_CPU, name, round, per(cpu, chunks));
+            }
+            if let Some(rss) = rss {
+                self.results
+                    .record(report::PACED_RSS, name, round, rss as f64 / 1e6);
             }
         }
         println!(
