@@ -42,7 +42,7 @@ pub const HEAD_AT_MOST: usize = 64 * 1024;
 /// what one read takes in at most, and so the most bytes of a body passed on as one frame.
 /// A body is read only as fast as its client takes it, so an upstream that sends faster
 /// holds no more than this per stream here (the rest waits in the sockets).
-const READ_ROOM: usize = 16 * 1024;
+const READ_ROOM: usize = 8 * 1024;
 
 /// The connections to every `http://` upstream, by authority (compared without regard to
 /// case, as URIs are).
