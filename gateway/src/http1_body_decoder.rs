@@ -229,12 +229,13 @@ impl BodyDecoder {
     }
 
     /// Malformed input: the data before it first, if there is any; the error at once if not.
+    /// The body is not done either way: a reader that trusts `is_end_stream` must not take a
+    /// failed body for a whole one.
     fn fail(&mut self, what: &'static str, collected: Collected) -> Result<Decoded, Http1Error> {
+        self.state = State::Failed(what);
         if collected.is_empty() {
-            self.state = State::Done;
             return Err(Http1Error::Malformed(what));
         }
-        self.state = State::Failed(what);
         Ok(collected.decoded())
     }
 }
@@ -383,6 +384,7 @@ mod tests {
                 Err(Http1Error::Malformed(found)) => assert_eq!(found, what),
                 other => panic!("{other:?}"),
             }
+            assert!(!decoder.is_done(), "a failed body is not a whole one");
         }
         let mut endless = BytesMut::from(&[b'a'; SIZE_LINE_AT_MOST + 1][..]);
         let mut decoder = BodyDecoder::new(Framing::Chunked);

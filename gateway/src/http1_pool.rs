@@ -39,7 +39,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub const HEAD_AT_MOST: usize = 64 * 1024;
 
 /// Room made in a connection's read buffer before a read, when less than half of it is left:
-/// what one read takes in at most, and so the most bytes of a body passed on as one frame.
+/// about the most one read takes in, and so the most bytes of a body passed on as one frame.
 /// A body is read only as fast as its client takes it, so an upstream that sends faster
 /// holds no more than this per stream here (the rest waits in the sockets).
 const READ_ROOM: usize = 8 * 1024;
