@@ -100,6 +100,11 @@ pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
         }
         let framing = framing(&headers, status, method)?;
         let keep_alive = keep_alive(&headers, version, framing) && method != Method::CONNECT;
+        if headers.contains_key(TRANSFER_ENCODING) {
+            // The transfer coding overrides a length, which is not passed on (RFC 9112,
+            // section 6.3): the client would wait for a length the body does not have.
+            headers.remove(CONTENT_LENGTH);
+        }
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -291,6 +296,12 @@ mod tests {
         for (text, framing) in cases {
             assert_eq!(head(text).framing, framing, "{text:?}");
         }
+        let both =
+            head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n");
+        assert!(
+            !both.response.headers().contains_key(CONTENT_LENGTH),
+            "a length a transfer coding overrides is not passed on"
+        );
         let answer_to_head = parsed(
             "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
             Method::HEAD,

@@ -180,49 +180,68 @@ async fn raw_upstream(answer: &'static [u8], close: bool) -> (SocketAddr, Arc<At
 async fn a_connection_is_kept_after_an_answer_only_when_that_is_safe() {
     // Each upstream answers every request on a connection until it closes it (`close`): a
     // connection the gateway should not have kept would answer again, and be counted once.
-    let cases: [(&'static [u8], bool, usize, &str); 5] = [
+    let cases: [(&'static [u8], bool, &str, usize, &str); 7] = [
         (
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
               HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
             false,
+            "ok",
             1,
             "informational heads, then the answer",
         ),
         (
             b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
             false,
+            "ok",
             1,
             "HTTP/1.0 with keep-alive",
         ),
         (
             b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
             false,
+            "ok",
             2,
             "connection: close",
         ),
         (
             b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
             false,
+            "ok",
             2,
             "HTTP/1.0 without keep-alive",
         ),
         (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the close",
             true,
+            "until the close",
             2,
             "a body the close ends",
         ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
+            false,
+            "ok",
+            2,
+            "bytes beyond the answer (a second answer, unasked)",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n\
+              2\r\nok\r\n0\r\n\r\n",
+            false,
+            "ok",
+            2,
+            "both a transfer coding and a length",
+        ),
     ];
-    for (answer, close, connections, what) in cases {
+    for (answer, close, body, connections, what) in cases {
         let (upstream, accepted) = raw_upstream(answer, close).await;
         let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
-        let body = String::from_utf8_lossy(answer.rsplit(|&b| b == b'\n').next().unwrap());
         let mut answers = Vec::new();
         for _ in 0..2 {
             let answer = get(gateway.addr, "/v1/models").await;
             answers.push((answer.status, answer.body));
         }
-        let expected = (StatusCode::OK, body.into_owned());
+        let expected = (StatusCode::OK, body.to_owned());
         assert_eq!(answers, [expected.clone(), expected], "{what}");
         assert_eq!(accepted.load(Ordering::SeqCst), connections, "{what}");
     }
