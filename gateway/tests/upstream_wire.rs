@@ -249,10 +249,16 @@ async fn a_connection_is_kept_after_an_answer_only_when_that_is_safe() {
 
 #[tokio::test]
 async fn an_answer_that_is_not_http_is_a_bad_gateway_and_its_connection_closed() {
-    let cases: [&'static [u8]; 3] = [
+    // A head that never ends within 64 KiB: one header line of 70 KiB.
+    let endless = format!(
+        "HTTP/1.1 200 OK\r\nx-pad: {}\r\n\r\n",
+        "x".repeat(70 * 1024)
+    );
+    let cases: [&'static [u8]; 4] = [
         b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+        endless.leak().as_bytes(),
     ];
     for answer in cases {
         let (upstream, accepted) = raw_upstream(answer, false).await;
@@ -279,6 +285,13 @@ async fn an_answer_that_is_not_http_is_a_bad_gateway_and_its_connection_closed()
                 "{}",
                 answer_seen.body
             );
+            if answer.len() > 64 * 1024 {
+                assert!(
+                    answer_seen.body.contains("larger than 64 KiB"),
+                    "{}",
+                    answer_seen.body
+                );
+            }
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "never reused");
     }
