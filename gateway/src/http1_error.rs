@@ -19,6 +19,8 @@ pub enum Http1Error {
     Malformed(&'static str),
     /// The request's body did not match the length its head declared.
     RequestLength,
+    /// The request's body failed (the caller's doing) while the answer was read.
+    RequestBody(tower_stream_deadline::BoxError),
 }
 
 impl fmt::Display for Http1Error {
@@ -37,6 +39,9 @@ impl fmt::Display for Http1Error {
             Http1Error::RequestLength => {
                 f.write_str("the request body's length differs from its content-length")
             }
+            Http1Error::RequestBody(_) => {
+                f.write_str("the request body failed before it was all sent")
+            }
         }
     }
 }
@@ -45,6 +50,7 @@ impl std::error::Error for Http1Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Http1Error::Io(err) => Some(err),
+            Http1Error::RequestBody(err) => Some(&**err),
             _ => None,
         }
     }
@@ -83,6 +89,10 @@ mod tests {
                 Http1Error::RequestLength,
                 "the request body's length differs from its content-length",
             ),
+            (
+                Http1Error::RequestBody("the client went away".into()),
+                "the request body failed before it was all sent",
+            ),
         ];
         for (err, text) in cases {
             assert_eq!(err.to_string(), text);
@@ -93,5 +103,8 @@ mod tests {
             cause.downcast_ref::<io::Error>().map(io::Error::kind),
             Some(io::ErrorKind::ConnectionReset)
         );
+        let body = Http1Error::RequestBody("the client went away".into());
+        let cause = std::error::Error::source(&body).expect("the body's error is its source");
+        assert_eq!(cause.to_string(), "the client went away");
     }
 }

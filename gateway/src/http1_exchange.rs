@@ -14,22 +14,20 @@
 //! nothing, and so holds the upstream back (TCP's flow control) until it is polled again or
 //! dropped (the deadline layer's release of an unpolled body drops it).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, request};
+use bytes::Bytes;
+use http::{Request, Response, request};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncRead;
 use tower_stream_deadline::BoxError;
 
 use crate::http1_body_decoder::{BodyDecoder, Decoded};
 use crate::http1_error::Http1Error;
 use crate::http1_head::{self, ResponseHead};
-use crate::http1_pool::{HEAD_AT_MOST, Host, Http1Connection, Http1Pool, poll_read_into};
-use crate::http1_request;
+use crate::http1_pool::{HEAD_AT_MOST, Host, Http1Connection, Http1Pool};
+use crate::http1_request::RequestWriter;
 use crate::upstream::UpstreamBody;
 
 /// Sends `request` (with an absolute URI) to its host on a connection of `pool`, and reads
@@ -43,11 +41,12 @@ pub async fn send(
         .ok_or("the upstream URI has no host")?;
     let (head, body) = request.into_parts();
     let mut connection = host.connection().await?;
-    let answer = exchange(&mut connection, &head, body).await?;
+    let (answer, writing) = exchange(&mut connection, &head, body).await?;
     let mut body = Http1Body {
         decoder: BodyDecoder::new(answer.framing),
         connection: Some((connection, host)),
         keep_alive: answer.keep_alive,
+        writing,
         failed: None,
         unflushed: false,
     };
@@ -64,68 +63,58 @@ pub async fn send(
 }
 
 /// Writes the request on `connection` and reads the head of its answer, watching for the
-/// answer while the request is written: an upstream may answer before it has read the whole
-/// body (a `413`), then stop reading it or close the connection. That answer is the one
-/// passed on, the rest of the body left unsent and the connection not kept.
+/// answer while the request is written: an upstream may answer before it has the whole body
+/// (a `413`, or a server that answers as the request streams in). The rest of the request,
+/// if any, comes back with the answer, for the response body to go on writing; if writing
+/// failed (the upstream stopped reading and closed), the answer is still taken, and the
+/// connection is not kept.
 async fn exchange(
     connection: &mut Http1Connection,
     head: &request::Parts,
     body: UpstreamBody,
-) -> Result<ResponseHead, BoxError> {
-    let (mut reader, mut writer) = connection.io.split();
-    let written = http1_request::write(&mut writer, head, body);
-    let answer = read_head(&mut reader, &mut connection.read, &head.method);
-    tokio::pin!(written, answer);
-    let mut writing = true;
+) -> Result<(ResponseHead, Option<RequestWriter>), BoxError> {
+    let mut writing = Some(RequestWriter::new(head, body));
     // The connection failed while the request was written: the answer may still be there.
     let mut write_failed: Option<BoxError> = None;
     std::future::poll_fn(|cx| {
-        if writing {
-            if let Poll::Ready(written) = written.as_mut().poll(cx) {
-                writing = false;
-                match written {
-                    Ok(()) => {}
-                    Err(err) if matches!(err.downcast_ref(), Some(Http1Error::Io(_))) => {
-                        write_failed = Some(err);
-                    }
-                    // The caller's body failed, or did not match its length.
-                    Err(err) => return Poll::Ready(Err(err)),
+        if let Some(writer) = writing.as_mut() {
+            match writer.poll_write(&mut connection.io, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => writing = None,
+                Poll::Ready(Err(err)) if matches!(err.downcast_ref(), Some(Http1Error::Io(_))) => {
+                    writing = None;
+                    write_failed = Some(err);
                 }
+                // The caller's body failed, or did not match its length.
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
             }
         }
-        match answer.as_mut().poll(cx) {
-            Poll::Ready(Ok(mut answer)) => {
-                if writing || write_failed.is_some() {
-                    tracing::debug!(target: crate::log::TARGET, "the upstream answered before the whole request was sent; its connection closes after the answer");
-                    answer.keep_alive = false;
+        let failed = |err: Http1Error, write_failed: &mut Option<BoxError>| {
+            Poll::Ready(Err(write_failed.take().unwrap_or(err.into())))
+        };
+        loop {
+            match http1_head::parse(&mut connection.read, &head.method) {
+                Ok(Some(mut answer)) => {
+                    if write_failed.is_some() {
+                        answer.keep_alive = false;
+                    }
+                    return Poll::Ready(Ok((answer, writing.take())));
                 }
-                Poll::Ready(Ok(answer))
+                Ok(None) => {}
+                Err(err) => return failed(err, &mut write_failed),
             }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(write_failed.take().unwrap_or(err.into()))),
-            Poll::Pending => Poll::Pending,
+            if connection.read.len() >= HEAD_AT_MOST {
+                let too_large = Http1Error::Malformed("a head larger than 64 KiB");
+                return failed(too_large, &mut write_failed);
+            }
+            match ready!(connection.poll_read(cx)) {
+                Ok(0) => return failed(Http1Error::ClosedBeforeHead, &mut write_failed),
+                Ok(_) => {}
+                Err(err) => return failed(Http1Error::Io(err), &mut write_failed),
+            }
         }
     })
     .await
-}
-
-/// Reads the head of the answer into `read` from `reader`.
-async fn read_head<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    read: &mut BytesMut,
-    method: &Method,
-) -> Result<ResponseHead, Http1Error> {
-    loop {
-        if let Some(answer) = http1_head::parse(read, method)? {
-            return Ok(answer);
-        }
-        if read.len() >= HEAD_AT_MOST {
-            return Err(Http1Error::Malformed("a head larger than 64 KiB"));
-        }
-        let got = std::future::poll_fn(|cx| poll_read_into(reader, read, cx)).await?;
-        if got == 0 {
-            return Err(Http1Error::ClosedBeforeHead);
-        }
-    }
 }
 
 /// A response body on a pooled HTTP/1.1 connection, which it reads while it is polled, and
@@ -136,6 +125,8 @@ pub struct Http1Body {
     connection: Option<(Http1Connection, Arc<Host>)>,
     // Whether the upstream lets the connection carry another request.
     keep_alive: bool,
+    // The rest of the request, when the upstream answered before it had all of it.
+    writing: Option<RequestWriter>,
     // A failure met after frames not yet written on: held for one turn (see `fail`).
     failed: Option<Http1Error>,
     // Whether a frame was returned since the reader last got `Pending`.
@@ -147,7 +138,8 @@ impl Http1Body {
     /// lets it.
     fn end(&mut self, cx: &mut Context<'_>) {
         if let Some((connection, host)) = self.connection.take() {
-            if self.keep_alive {
+            // A request not all written leaves the connection in its middle.
+            if self.keep_alive && self.writing.is_none() {
                 connection.give_back(&host, cx);
             }
         }
@@ -182,6 +174,23 @@ impl Body for Http1Body {
         let this = self.get_mut();
         if let Some(err) = this.failed.take() {
             return Poll::Ready(Some(Err(err)));
+        }
+        if let (Some(writer), Some((connection, _))) =
+            (this.writing.as_mut(), this.connection.as_mut())
+        {
+            match writer.poll_write(&mut connection.io, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => this.writing = None,
+                Poll::Ready(Err(err)) => {
+                    this.writing = None;
+                    this.keep_alive = false;
+                    if !matches!(err.downcast_ref(), Some(Http1Error::Io(_))) {
+                        return this.fail(Http1Error::RequestBody(err), cx);
+                    }
+                    // The upstream stopped taking the request: its answer goes on.
+                    tracing::debug!(target: crate::log::TARGET, err = %err, "the rest of the request could not be sent; the answer goes on");
+                }
+            }
         }
         loop {
             let Some((connection, _)) = this.connection.as_mut() else {

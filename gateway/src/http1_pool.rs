@@ -339,7 +339,7 @@ impl Http1Connection {
 
 /// Reads what `io` has next into `read`, making room first when less than half of
 /// [`READ_ROOM`] is left; `Ok(0)` once the upstream closed.
-pub fn poll_read_into<R: AsyncRead + Unpin>(
+fn poll_read_into<R: AsyncRead + Unpin>(
     io: &mut R,
     read: &mut BytesMut,
     cx: &mut Context<'_>,

@@ -1,19 +1,25 @@
 //! Requests written on the gateway's own HTTP/1.1 connections: the head in origin form (the
 //! path and query in the request line, the upstream's authority in `Host`), then the body,
 //! delimited by its length when it is known and chunked when it is not. A buffered body goes
-//! out with its head in one write.
+//! out with its head in one write; a streamed one as its frames come, while the answer is
+//! read.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, request};
-use http_body::Body;
-use http_body_util::{BodyExt, Either};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use http_body::{Body, Frame};
+use http_body_util::Either;
+use tokio::io::AsyncWrite;
 use tower_stream_deadline::BoxError;
 
 use crate::http1_error::Http1Error;
+use crate::request_body::Streamed;
 use crate::upstream::UpstreamBody;
 
 /// How a request body is delimited on the wire.
@@ -25,74 +31,148 @@ enum Framing {
     Chunked,
 }
 
-/// Writes the request `head` and its `body` on `io`. A failure of the body (the caller's)
-/// comes back as it was, one of the connection as [`Http1Error::Io`]; the connection is
-/// unusable after any failure.
-pub async fn write<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    head: &request::Parts,
-    body: UpstreamBody,
-) -> Result<(), BoxError> {
-    let framing = match body.size_hint().exact() {
-        Some(0) if !matches!(head.method, Method::POST | Method::PUT | Method::PATCH) => {
-            Framing::None
-        }
-        Some(length) => Framing::Length(length),
-        None => Framing::Chunked,
-    };
-    let mut encoded = encode_head(head, framing);
-    let mut body = match body {
-        Either::Left(mut full) => {
-            // One write for the head and the whole body, which is already here.
-            let data = match full.frame().await {
-                Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
-                _ => Bytes::new(),
-            };
-            io.write_all_buf(&mut encoded.chain(data))
-                .await
-                .map_err(Http1Error::Io)?;
-            return Ok(());
-        }
-        Either::Right(streamed) => streamed,
-    };
-    io.write_all_buf(&mut encoded)
-        .await
-        .map_err(Http1Error::Io)?;
-    let mut sent = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        match (frame.into_data(), framing) {
-            (Ok(data), Framing::Chunked) if !data.is_empty() => {
-                let mut size = BytesMut::with_capacity(20);
-                let _ = write!(size, "{:x}\r\n", data.len());
-                io.write_all_buf(&mut size.chain(data).chain(&b"\r\n"[..]))
-                    .await
-                    .map_err(Http1Error::Io)?;
+/// A request being written: what is encoded and not yet written, then the frames of a
+/// streamed body as they come. Polled by whoever waits for the answer, and after the answer's
+/// head by its body: an upstream may answer before it has the whole request (an error, or a
+/// server that streams its answer as the request comes), and the rest is still sent.
+pub struct RequestWriter {
+    /// Encoded and not yet written, in order.
+    pending: VecDeque<Bytes>,
+    /// The frames still to come, until the body ends.
+    body: Option<Streamed>,
+    framing: Framing,
+    /// The data bytes written so far, checked against a declared length at the end.
+    sent: u64,
+}
+
+/// The most pieces handed to one `writev`.
+const PIECES_AT_ONCE: usize = 16;
+
+impl RequestWriter {
+    /// The request `head` and its `body`, framed. A buffered body goes with the head, in the
+    /// same write.
+    pub fn new(head: &request::Parts, body: UpstreamBody) -> Self {
+        let framing = match body.size_hint().exact() {
+            Some(0) if !matches!(head.method, Method::POST | Method::PUT | Method::PATCH) => {
+                Framing::None
             }
-            (Ok(mut data), _) => {
-                sent += data.len() as u64;
-                io.write_all_buf(&mut data).await.map_err(Http1Error::Io)?;
+            Some(length) => Framing::Length(length),
+            None => Framing::Chunked,
+        };
+        let mut pending = VecDeque::with_capacity(2);
+        pending.push_back(encode_head(head, framing).freeze());
+        let body = match body {
+            Either::Left(mut full) => {
+                // A buffered body is one frame, there at once.
+                let mut cx = Context::from_waker(Waker::noop());
+                if let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut full).poll_frame(&mut cx) {
+                    if let Ok(data) = frame.into_data() {
+                        pending.push_back(data);
+                    }
+                }
+                None
+            }
+            Either::Right(streamed) => Some(streamed),
+        };
+        RequestWriter {
+            pending,
+            body,
+            framing,
+            sent: 0,
+        }
+    }
+
+    /// Writes on `io` what it can: `Ready(Ok)` once the whole request is written. A failure
+    /// of the body (the caller's) comes back as it was, one of the connection as
+    /// [`Http1Error::Io`]; the connection is unusable after either.
+    pub fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        loop {
+            while !self.pending.is_empty() {
+                let mut slices = [IoSlice::new(&[]); PIECES_AT_ONCE];
+                let count = self.pending.len().min(PIECES_AT_ONCE);
+                for (slice, piece) in slices.iter_mut().zip(&self.pending) {
+                    *slice = IoSlice::new(piece);
+                }
+                let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))
+                    .map_err(Http1Error::Io)?;
+                if written == 0 {
+                    return Poll::Ready(
+                        Err(Http1Error::Io(io::ErrorKind::WriteZero.into()).into()),
+                    );
+                }
+                self.advance(written);
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => self.push(frame),
+                Some(Err(err)) => {
+                    self.body = None;
+                    return Poll::Ready(Err(err));
+                }
+                None => {
+                    self.body = None;
+                    match self.framing {
+                        Framing::Chunked => {
+                            self.pending.push_back(Bytes::from_static(b"0\r\n\r\n"))
+                        }
+                        Framing::Length(length) if length != self.sent => {
+                            return Poll::Ready(Err(Http1Error::RequestLength.into()));
+                        }
+                        Framing::Length(_) | Framing::None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes `written` bytes off the front of what is pending.
+    fn advance(&mut self, mut written: usize) {
+        while let Some(front) = self.pending.front_mut() {
+            if written < front.len() {
+                front.advance(written);
+                return;
+            }
+            written -= front.len();
+            self.pending.pop_front();
+        }
+    }
+
+    /// Encodes one frame of a streamed body.
+    fn push(&mut self, frame: Frame<Bytes>) {
+        match (frame.into_data(), self.framing) {
+            (Ok(data), _) if data.is_empty() => {}
+            (Ok(data), Framing::Chunked) => {
+                let mut size = BytesMut::with_capacity(18);
+                let _ = write!(size, "{:x}\r\n", data.len());
+                self.pending.push_back(size.freeze());
+                self.pending.push_back(data);
+                self.pending.push_back(Bytes::from_static(b"\r\n"));
+            }
+            (Ok(data), _) => {
+                self.sent += data.len() as u64;
+                self.pending.push_back(data);
             }
             (Err(frame), Framing::Chunked) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     let mut last = BytesMut::from(&b"0\r\n"[..]);
                     put_fields(&mut last, &trailers);
                     last.put_slice(b"\r\n");
-                    io.write_all_buf(&mut last).await.map_err(Http1Error::Io)?;
+                    self.pending.push_back(last.freeze());
+                    // The trailers end the body.
+                    self.body = None;
                 }
-                return Ok(());
             }
             (Err(_), _) => {
                 tracing::debug!(target: crate::log::TARGET, "request trailers dropped: the body has a length, which cannot carry them");
             }
         }
     }
-    match framing {
-        Framing::Chunked => io.write_all(b"0\r\n\r\n").await.map_err(Http1Error::Io)?,
-        Framing::Length(length) if length != sent => return Err(Http1Error::RequestLength.into()),
-        Framing::Length(_) | Framing::None => {}
-    }
-    Ok(())
 }
 
 /// The request line and headers, with the framing header for `framing` in place of any the
@@ -155,7 +235,10 @@ mod tests {
     async fn written(request: Request<UpstreamBody>) -> String {
         let (head, body) = request.into_parts();
         let mut wire = Vec::new();
-        write(&mut wire, &head, body).await.unwrap();
+        let mut writer = RequestWriter::new(&head, body);
+        std::future::poll_fn(|cx| writer.poll_write(&mut wire, cx))
+            .await
+            .unwrap();
         String::from_utf8(wire).unwrap()
     }
 

@@ -2,8 +2,8 @@
 //! bodies arrive whole however the caller sent them, and what upstreams answer besides a
 //! plain response (informational heads, answers to `HEAD`, bodies ended by the close, a
 //! `connection: close`, a head that is not HTTP, an answer before the whole request was sent)
-//! is passed on or refused as HTTP/1.1 says, and a connection is kept only when that is safe.
-//! The gateway binary on 127.0.0.1.
+//! is passed on or refused as HTTP/1.1 says, and a connection is kept only when that is safe;
+//! the rest of a request goes on while its answer streams. The gateway binary on 127.0.0.1.
 
 mod support;
 
@@ -367,4 +367,30 @@ async fn an_answer_that_comes_before_the_whole_request_body_is_passed_on() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_while_the_request_streams_in_gets_all_of_it() {
+    // It sends its head at once and echoes the request's body as it reads it: the rest of
+    // the request must go on after the answer's head, or neither would end.
+    let (upstream, counts) =
+        upstream::answering(|request: Request<hyper::body::Incoming>| async move {
+            Response::new(request.into_body())
+        })
+        .await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    let sent = pattern(3 * 1024 * 1024 + 5);
+    let request = Request::post("/v1/echo")
+        .body(Full::new(Bytes::from(sent.clone())))
+        .unwrap();
+    let response = support::send_head(gateway.addr, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let echoed = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("the echo ends in time")
+        .expect("the echo reads without error")
+        .to_bytes();
+    assert_eq!(echoed.len(), sent.len());
+    assert_eq!(digest(&echoed), digest(&sent), "every byte, in order");
+    assert_eq!(Counts::get(&counts.requests), 1);
 }
