@@ -22,6 +22,12 @@ pub const DEFAULT_FILTER: &str = "stream_deadline_gateway=info,tower_stream_dead
 /// than this goes out alone); it writes sooner when no line waits.
 const LINES_BUFFERED: usize = 64 * 1024;
 
+/// The most lines waiting for the log thread; beyond, a worker waits for room. The queue
+/// takes its room at start, 32 bytes a line: tracing-appender's default of 128,000 lines
+/// is 4 MB resident in every gateway, a second and more of lines at 50,000 requests a
+/// second; this is a third of a second.
+const LINES_WAITING_AT_MOST: usize = 16 * 1024;
+
 /// How each log line is written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -41,6 +47,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         .and_then(|spec| spec.parse::<Targets>().ok())
         .unwrap_or_else(|| DEFAULT_FILTER.parse().unwrap_or_default());
     let (stderr, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(LINES_WAITING_AT_MOST)
         .lossy(false)
         .thread_name("log-writer")
         .finish(BufWriter::with_capacity(LINES_BUFFERED, std::io::stderr()));
