@@ -321,9 +321,13 @@ impl Http1Connection {
                 .is_pending()
     }
 
-    /// Reads what the upstream sent next into the read buffer; `Ok(0)` once it closed.
+    /// Reads what the upstream sent next into the read buffer, making room first when less
+    /// than half of [`READ_ROOM`] is left; `Ok(0)` once the upstream closed.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        poll_read_into(&mut self.io, &mut self.read, cx)
+        if self.read.capacity() - self.read.len() < READ_ROOM / 2 {
+            self.read.reserve(READ_ROOM);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 
     /// After a response that ended cleanly, and that the upstream lets the connection outlive:
@@ -335,19 +339,6 @@ impl Http1Connection {
             tracing::debug!(target: TARGET, "an upstream connection closed after its response");
         }
     }
-}
-
-/// Reads what `io` has next into `read`, making room first when less than half of
-/// [`READ_ROOM`] is left; `Ok(0)` once the upstream closed.
-fn poll_read_into<R: AsyncRead + Unpin>(
-    io: &mut R,
-    read: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if read.capacity() - read.len() < READ_ROOM / 2 {
-        read.reserve(READ_ROOM);
-    }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, read)
 }
 
 /// Looks over the idle connections of every upstream, every [`SWEEP_EVERY`], while the pool
