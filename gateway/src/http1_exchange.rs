@@ -26,7 +26,7 @@ use tower_stream_deadline::BoxError;
 use crate::http1_body_decoder::{BodyDecoder, Decoded};
 use crate::http1_error::Http1Error;
 use crate::http1_head::{self, ResponseHead};
-use crate::http1_pool::{HEAD_AT_MOST, Host, Http1Connection, Http1Pool};
+use crate::http1_pool::{Host, Http1Connection, Http1Pool};
 use crate::http1_request::RequestWriter;
 use crate::upstream::UpstreamBody;
 
@@ -102,10 +102,6 @@ async fn exchange(
                 }
                 Ok(None) => {}
                 Err(err) => return failed(err, &mut write_failed),
-            }
-            if connection.read.len() >= HEAD_AT_MOST {
-                let too_large = Http1Error::Malformed("a head larger than 64 KiB");
-                return failed(too_large, &mut write_failed);
             }
             match ready!(connection.poll_read(cx)) {
                 Ok(0) => return failed(Http1Error::ClosedBeforeHead, &mut write_failed),

@@ -11,6 +11,10 @@ use crate::http1_error::Http1Error;
 /// The most header lines a head may have (hyper's limit too).
 pub const MAX_HEADERS: usize = 100;
 
+/// The largest response head taken (hyper's limit is about 400 KiB); a model server's is
+/// well under 1 KiB.
+const HEAD_AT_MOST: usize = 64 * 1024;
+
 /// How a response body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -42,14 +46,18 @@ enum Value {
 
 /// Takes the response head at the start of `read` (the bytes read on the connection since
 /// the request was written), skipping informational (`1xx`) heads; `None` while it has not
-/// all come yet. Header values share the read buffer instead of being copied.
+/// all come yet, an error once 64 KiB came without its end. Header values share the read
+/// buffer instead of being copied.
 pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, Http1Error> {
     loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut fields);
         let length = match parsed.parse(read) {
             Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) => return Ok(None),
+            Ok(httparse::Status::Partial) if read.len() < HEAD_AT_MOST => return Ok(None),
+            Ok(httparse::Status::Partial) => {
+                return Err(Http1Error::Malformed("a head larger than 64 KiB"));
+            }
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(Http1Error::Malformed("more than 100 header lines"));
             }

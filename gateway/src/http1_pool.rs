@@ -34,10 +34,6 @@ pub const IDLE_FOR: Duration = Duration::from_secs(90);
 /// How often idle connections are looked over.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// The largest response head taken (hyper's limit is about 400 KiB); a model server's is
-/// well under 1 KiB.
-pub const HEAD_AT_MOST: usize = 64 * 1024;
-
 /// Room made in a connection's read buffer before a read, when less than half of it is left:
 /// about the most one read takes in, and so the most bytes of a body passed on as one frame.
 /// A body is read only as fast as its client takes it, so an upstream that sends faster
