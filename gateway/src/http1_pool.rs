@@ -318,7 +318,7 @@ impl Http1Connection {
     }
 
     /// Reads what the upstream sent next into the read buffer, making room first when less
-    /// than half of [`READ_ROOM`] is left; `Ok(0)` once the upstream closed.
+    /// than half of its 8 KiB of room is left; `Ok(0)` once the upstream closed.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.read.capacity() - self.read.len() < READ_ROOM / 2 {
             self.read.reserve(READ_ROOM);
