@@ -19,7 +19,7 @@ pub enum Http1Error {
     Malformed(&'static str),
     /// The request's body did not match the length its head declared.
     RequestLength,
-    /// The request's body failed (the caller's doing) while the answer was read.
+    /// The request's body failed (the caller's doing) before it was all sent.
     RequestBody(tower_stream_deadline::BoxError),
 }
 

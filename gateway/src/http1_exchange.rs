@@ -75,22 +75,23 @@ async fn exchange(
 ) -> Result<(ResponseHead, Option<RequestWriter>), BoxError> {
     let mut writing = Some(RequestWriter::new(head, body));
     // The connection failed while the request was written: the answer may still be there.
-    let mut write_failed: Option<BoxError> = None;
+    let mut write_failed: Option<Http1Error> = None;
     std::future::poll_fn(|cx| {
         if let Some(writer) = writing.as_mut() {
             match writer.poll_write(&mut connection.io, cx) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => writing = None,
-                Poll::Ready(Err(err)) if matches!(err.downcast_ref(), Some(Http1Error::Io(_))) => {
+                Poll::Ready(Err(err @ Http1Error::Io(_))) => {
                     writing = None;
                     write_failed = Some(err);
                 }
-                // The caller's body failed, or did not match its length.
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                // The caller's body failed (its own error goes on), or did not match its length.
+                Poll::Ready(Err(Http1Error::RequestBody(err))) => return Poll::Ready(Err(err)),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
             }
         }
-        let failed = |err: Http1Error, write_failed: &mut Option<BoxError>| {
-            Poll::Ready(Err(write_failed.take().unwrap_or(err.into())))
+        let failed = |err: Http1Error, write_failed: &mut Option<Http1Error>| {
+            Poll::Ready(Err(write_failed.take().unwrap_or(err).into()))
         };
         loop {
             match http1_head::parse(&mut connection.read, &head.method) {
@@ -177,14 +178,15 @@ impl Body for Http1Body {
             match writer.poll_write(&mut connection.io, cx) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => this.writing = None,
-                Poll::Ready(Err(err)) => {
+                Poll::Ready(Err(Http1Error::Io(err))) => {
                     this.writing = None;
                     this.keep_alive = false;
-                    if !matches!(err.downcast_ref(), Some(Http1Error::Io(_))) {
-                        return this.fail(Http1Error::RequestBody(err), cx);
-                    }
                     // The upstream stopped taking the request: its answer goes on.
-                    tracing::debug!(target: crate::log::TARGET, err = %err, "the rest of the request could not be sent; the answer goes on");
+                    tracing::debug!(target: crate::log::TARGET, %err, "the rest of the request could not be sent; the answer goes on");
+                }
+                Poll::Ready(Err(err)) => {
+                    this.writing = None;
+                    return this.fail(err, cx);
                 }
             }
         }

@@ -16,7 +16,6 @@ use http::{Method, request};
 use http_body::{Body, Frame};
 use http_body_util::Either;
 use tokio::io::AsyncWrite;
-use tower_stream_deadline::BoxError;
 
 use crate::http1_error::Http1Error;
 use crate::request_body::Streamed;
@@ -83,13 +82,13 @@ impl RequestWriter {
     }
 
     /// Writes on `io` what it can: `Ready(Ok)` once the whole request is written. A failure
-    /// of the body (the caller's) comes back as it was, one of the connection as
-    /// [`Http1Error::Io`]; the connection is unusable after either.
+    /// of the body (the caller's) comes back as [`Http1Error::RequestBody`], one of the
+    /// connection as [`Http1Error::Io`]; the connection is unusable after either.
     pub fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), BoxError>> {
+    ) -> Poll<Result<(), Http1Error>> {
         loop {
             while !self.pending.is_empty() {
                 let mut slices = [IoSlice::new(&[]); PIECES_AT_ONCE];
@@ -100,9 +99,7 @@ impl RequestWriter {
                 let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))
                     .map_err(Http1Error::Io)?;
                 if written == 0 {
-                    return Poll::Ready(
-                        Err(Http1Error::Io(io::ErrorKind::WriteZero.into()).into()),
-                    );
+                    return Poll::Ready(Err(Http1Error::Io(io::ErrorKind::WriteZero.into())));
                 }
                 self.advance(written);
             }
@@ -113,7 +110,7 @@ impl RequestWriter {
                 Some(Ok(frame)) => self.push(frame),
                 Some(Err(err)) => {
                     self.body = None;
-                    return Poll::Ready(Err(err));
+                    return Poll::Ready(Err(Http1Error::RequestBody(err)));
                 }
                 None => {
                     self.body = None;
@@ -122,7 +119,7 @@ impl RequestWriter {
                             self.pending.push_back(Bytes::from_static(b"0\r\n\r\n"))
                         }
                         Framing::Length(length) if length != self.sent => {
-                            return Poll::Ready(Err(Http1Error::RequestLength.into()));
+                            return Poll::Ready(Err(Http1Error::RequestLength));
                         }
                         Framing::Length(_) | Framing::None => {}
                     }
