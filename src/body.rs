@@ -162,6 +162,16 @@ impl<B: Body> Upstream<B> {
     pub(crate) fn is_released(&self) -> bool {
         matches!(self, Upstream::Released)
     }
+
+    /// Nothing more will come from upstream: it was released, or its body says it ended
+    /// (what is left, if anything, are frames the `ResponseFuture` took, held in memory).
+    pub(crate) fn has_ended(&self) -> bool {
+        match self {
+            Upstream::Inline { body } => body.is_end_stream(),
+            Upstream::Replayed { body } => body.upstream_ended(),
+            Upstream::Released => true,
+        }
+    }
 }
 
 impl<B: Body> DeadlineBody<B> {
@@ -317,6 +327,30 @@ impl Core {
         Ok(Some(now))
     }
 
+    /// The upstream failed: it is released, and the body yields the protocol's ending for
+    /// the failure, or the error itself.
+    #[cold]
+    fn upstream_failed<B, D>(
+        &mut self,
+        mut upstream: Pin<&mut Upstream<B>>,
+        err: BoxError,
+    ) -> Poll<Option<Result<Frame<D>, BoxError>>>
+    where
+        B: Body,
+        D: Buf + 'static,
+    {
+        upstream.set(Upstream::Released);
+        self.recorder.upstream_error();
+        match self
+            .protocol
+            .as_deref_mut()
+            .and_then(|p| p.upstream_ending(&err))
+        {
+            Some(last) => Poll::Ready(Some(Ok(last))),
+            None => Poll::Ready(Some(Err(err))),
+        }
+    }
+
     /// What the body yields for a deadline: the protocol's ending, or the error.
     pub(crate) fn ending<D>(
         &mut self,
@@ -358,6 +392,7 @@ impl Core {
                     self.recorder.completed_if_unreported();
                     return Poll::Ready(None);
                 }
+                Next::Failed(err) => return self.upstream_failed(upstream, err),
                 Next::Poll => {}
             }
         }
@@ -394,16 +429,7 @@ impl Core {
                     self.recorder.frame(&frame, now, progress);
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Err(err))) => {
-                    upstream.set(Upstream::Released);
-                    self.recorder.upstream_error();
-                    let err = err.into();
-                    let last = self.protocol.as_deref_mut();
-                    return match last.and_then(|p| p.upstream_ending(&err)) {
-                        Some(last) => Poll::Ready(Some(Ok(last))),
-                        None => Poll::Ready(Some(Err(err))),
-                    };
-                }
+                Poll::Ready(Some(Err(err))) => return self.upstream_failed(upstream, err.into()),
                 Poll::Ready(None) => {
                     // The end is judged like a frame.
                     let now = match self.check(true) {

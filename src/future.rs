@@ -191,7 +191,12 @@ where
                         let (head, body) = response.into_parts();
                         let protocol = this.protocol.as_ref().and_then(|p| p.for_response(&head));
                         if !this.deadlines.waits_for_first_frame() {
-                            let upstream = Upstream::Inline { body };
+                            // Only a watcher's layer gains by it, and not for a stream the
+                            // protocol reads.
+                            let upstream = match (&watched, &this.watcher, &protocol) {
+                                (Some(_), Some(_), None) => take_ready(body, this.deadlines, cx),
+                                _ => Upstream::Inline { body },
+                            };
                             return Poll::Ready(this.finish(head, upstream, protocol, watched));
                         }
                         if let Some(recorder) = this.recorder {
@@ -270,6 +275,29 @@ where
     }
 }
 
+/// An answer whose length is known (one not streamed, an error) is often whole when its
+/// head comes: under `release_unpolled`, what is ready of it is taken now, so that an
+/// answer already whole holds nothing upstream and needs no watcher task. A stream, or a
+/// body with nothing to watch for, is handed over untouched.
+fn take_ready<B>(body: B, deadlines: &Deadlines, cx: &mut Context<'_>) -> Upstream<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let watched = deadlines.total().is_some() || deadlines.has_idle();
+    if !watched || body.is_end_stream() || body.size_hint().exact().is_none() {
+        return Upstream::Inline { body };
+    }
+    let mut replayed = Replayed::new(body);
+    match replayed.as_mut().body().poll_frame(cx) {
+        Poll::Pending => {}
+        Poll::Ready(Some(Ok(frame))) => replayed.as_mut().first(frame),
+        Poll::Ready(Some(Err(err))) => replayed.as_mut().failed(err.into()),
+        Poll::Ready(None) => replayed.as_mut().ended(None),
+    }
+    Upstream::Replayed { body: replayed }
+}
+
 const POLLED_AFTER_COMPLETION: &str =
     "tower-stream-deadline: ResponseFuture polled after it completed";
 
@@ -326,7 +354,8 @@ impl<F, B: Body, R> Projected<'_, F, B, R> {
         };
         if !self.deadlines.waits_for_first_frame() {
             recorder.head(now);
-        } else if matches!(&upstream, Upstream::Replayed { body } if body.made_progress()) {
+        }
+        if matches!(&upstream, Upstream::Replayed { body } if body.made_progress()) {
             recorder.first_frame(now);
         }
         let mut head = head;

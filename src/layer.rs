@@ -162,10 +162,16 @@ impl<R> StreamDeadlineLayer<R> {
     /// frame), the response future holds the upstream and releases it when it is polled or
     /// dropped, as a future awaited by its caller always is.
     ///
-    /// It costs an uncontended lock per poll of the body, and per response a task and three
-    /// allocations (about 500 bytes, see BENCHMARKS.md): worth it in a proxy, not in a client
-    /// that always reads its own stream. Where there is no runtime with timers at `call`, or
-    /// it shuts down, the body is released by polls as without it.
+    /// An answer whose upstream has ended by the time it is handed over needs no watcher:
+    /// nothing is left upstream to stop. That is an empty body, one whose first frame
+    /// (taken under a first-frame budget) was its last, and one whose length is known
+    /// (a `content-length`) and whose bytes all came with its head: the response future
+    /// takes what is ready of such a body, and the body yields it first, as taken then.
+    ///
+    /// It costs an uncontended lock per poll of the body, and per answer that streams a task
+    /// and three allocations (about 500 bytes, see BENCHMARKS.md): worth it in a proxy, not
+    /// in a client that always reads its own stream. Where there is no runtime with timers
+    /// at `call`, or it shuts down, the body is released by polls as without it.
     ///
     /// # What it requires
     ///

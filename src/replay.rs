@@ -1,9 +1,11 @@
-//! The upstream body of a response that waited for its first frame: boxed with the frames
-//! the `ResponseFuture` took from it, which the `DeadlineBody` yields first.
+//! The upstream body of a response whose future polled it: boxed with what the
+//! `ResponseFuture` took from it (frames, the end, an error), which the `DeadlineBody`
+//! yields first.
 //!
-//! Under a first-frame budget the future polls the body before handing it over, so the body
-//! is boxed (pinned, it cannot move after a poll); the frames it took travel in the same
-//! allocation rather than a second one.
+//! Under a first-frame budget the future polls the body for its first frame; under
+//! `release_unpolled` it takes what is ready of an answer whose length is known, so that an
+//! answer already whole needs no watcher. Once polled the body cannot move, so it is boxed;
+//! what was taken travels in the same allocation rather than a second one.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -11,6 +13,8 @@ use std::pin::Pin;
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::BoxError;
 
 pin_project! {
     pub(crate) struct Replayed<B: Body> {
@@ -20,6 +24,9 @@ pin_project! {
         first: Option<Frame<B::Data>>,
         // The body ended while the future waited: after the replay there is nothing to poll.
         ended: bool,
+        // The body failed when the future polled it (not under a first-frame budget, where
+        // that fails the call): yielded after the replay, as it came.
+        failed: Option<BoxError>,
         #[pin]
         body: B,
     }
@@ -31,6 +38,8 @@ pub(crate) enum Next<D> {
     Frame(Frame<D>, bool),
     /// The replay is over and the body had ended.
     End,
+    /// The replay is over and the body had failed.
+    Failed(BoxError),
     /// The replay is over: poll the body.
     Poll,
 }
@@ -41,6 +50,7 @@ impl<B: Body> Replayed<B> {
             held: VecDeque::new(),
             first: None,
             ended: false,
+            failed: None,
             body,
         })
     }
@@ -62,9 +72,14 @@ impl<B: Body> Replayed<B> {
         *this.ended = true;
     }
 
+    /// The body failed, after the frames held, if any.
+    pub(crate) fn failed(self: Pin<&mut Self>, error: BoxError) {
+        *self.project().failed = Some(error);
+    }
+
     /// Whether the body sent a frame that counted as progress (rather than ending).
     pub(crate) fn made_progress(&self) -> bool {
-        !self.ended
+        self.first.is_some() && !self.ended
     }
 
     /// The next frame to replay, or what to do once there is none.
@@ -75,6 +90,9 @@ impl<B: Body> Replayed<B> {
         }
         if let Some(frame) = this.first.take() {
             return Next::Frame(frame, true);
+        }
+        if let Some(error) = this.failed.take() {
+            return Next::Failed(error);
         }
         match this.ended {
             true => Next::End,
@@ -93,7 +111,12 @@ impl<B: Body> Replayed<B> {
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        self.len() == 0 && (self.ended || self.body.is_end_stream())
+        self.len() == 0 && self.failed.is_none() && self.upstream_ended()
+    }
+
+    /// The body itself has no more to give, whatever is left to replay.
+    pub(crate) fn upstream_ended(&self) -> bool {
+        self.ended || self.failed.is_some() || self.body.is_end_stream()
     }
 
     /// The body's own size hint (nothing once it ended), and the data bytes still to replay.

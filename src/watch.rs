@@ -69,14 +69,17 @@ impl<B: Body> State<B> {
 }
 
 /// The timer for a watcher of a body with these `deadlines` on `runtime`; `None` where no
-/// watcher is needed (no deadline to watch, the upstream already gone) or none can be had
-/// (a runtime without timers).
+/// watcher is needed or none can be had (a runtime without timers).
+///
+/// None is needed without a deadline to watch, or once the upstream has ended: a short
+/// answer whose head and body came together (the first frame, under a first-frame budget,
+/// was its last) holds nothing upstream that a deadline could stop, so it costs no task.
 pub(crate) fn timer<B: Body>(
     runtime: &Handle,
     upstream: &Upstream<B>,
     deadlines: &Deadlines,
 ) -> Option<Sleep> {
-    if (deadlines.total().is_none() && !deadlines.has_idle()) || upstream.is_released() {
+    if (deadlines.total().is_none() && !deadlines.has_idle()) || upstream.has_ended() {
         return None;
     }
     // tokio panics here when the runtime was built without `enable_time`; the body's own

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body as _;
-use http_body_util::BodyExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use tower::{Layer, Service};
 use tower_stream_deadline::{DeadlineExceeded, DeadlineKind, Ending, Outcome, StreamDeadlineLayer};
 
-use support::{MS, Step, Upstream, call};
+use support::{MS, Step, Upstream, call, call_with};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -162,6 +163,171 @@ async fn a_body_that_ends_or_is_dropped_releases_its_watcher_and_reports_once() 
     // Past the deadline nothing more is reported: the watchers ended with their bodies.
     tokio::time::sleep(2 * SEC).await;
     assert_eq!(outcomes.endings(), [Ending::Completed, Ending::Dropped]);
+}
+
+/// Tasks alive on the test's runtime: the watchers (the test itself is not a task).
+fn watchers() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+pin_project_lite::pin_project! {
+    /// A body that says its length, as one with a `content-length` does.
+    struct Known<B> {
+        length: u64,
+        #[pin]
+        body: B,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Known<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.length)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_whose_upstream_ended_by_the_hand_over_needs_no_watcher() {
+    let outcomes = Outcomes::default();
+    let upstream = tower::service_fn(|request: http::Request<()>| async move {
+        let answer = || Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from("answer")));
+        let body = match request.uri().path() {
+            // Whole with its head, and says when it ended, as a `content-length` body does.
+            "/short" => Full::new(Bytes::from("answer")).boxed_unsync(),
+            "/empty" => Empty::new().boxed_unsync(),
+            // Its length is known, its bytes come long after its head.
+            "/late" => Known {
+                length: 6,
+                body: StreamBody::new(futures::stream::once(async move {
+                    tokio::time::sleep(10 * SEC).await;
+                    answer()
+                })),
+            }
+            .boxed_unsync(),
+            // A stream: no length, no end known before the last frame.
+            _ => StreamBody::new(futures::stream::iter([answer()])).boxed_unsync(),
+        };
+        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    });
+    // Each answer in turn: the watchers alive once it is handed over, and what it yields
+    // when read past the deadline, unpolled until then.
+    let cases = [
+        (
+            StreamDeadlineLayer::new(SEC),
+            vec![
+                ("/short", 0, "answer, deadline"),
+                ("/empty", 0, "deadline"),
+                ("/late", 1, "deadline"),
+                ("/stream", 2, "deadline"),
+            ],
+        ),
+        (
+            // The future takes the first frame (here the last) itself.
+            StreamDeadlineLayer::new(SEC).first_frame(SEC / 2),
+            vec![
+                ("/short", 0, "answer, deadline"),
+                ("/empty", 0, "end"),
+                ("/stream", 1, "deadline"),
+            ],
+        ),
+    ];
+    for (layer, answers) in cases {
+        let mut svc = outcomes.layer(layer.release_unpolled()).layer(upstream);
+        let mut bodies = Vec::new();
+        for (path, watching, _) in &answers {
+            let request = http::Request::get(*path).body(()).unwrap();
+            bodies.push(call_with(&mut svc, request).await.unwrap().into_body());
+            assert_eq!(watchers(), *watching, "watchers once {path} is handed over");
+        }
+
+        // A watched body was released at the deadline and yields the error. One that needed
+        // no watcher is read as the default layer reads it: what was taken in time (the
+        // frame, or the end the future saw), then what is observed past the deadline.
+        tokio::time::sleep(2 * SEC).await;
+        assert_eq!(watchers(), 0, "each watcher ended at the deadline");
+        for (mut body, (path, _, yields)) in bodies.into_iter().zip(answers) {
+            let mut seen = Vec::new();
+            while let Some(frame) = body.frame().await {
+                seen.push(match frame {
+                    Ok(frame) => String::from_utf8_lossy(&frame.into_data().unwrap()).into_owned(),
+                    Err(err) => {
+                        assert!(DeadlineExceeded::find(&*err).is_some(), "{path}: {err}");
+                        "deadline".to_owned()
+                    }
+                });
+            }
+            if seen.is_empty() {
+                seen.push("end".to_owned());
+            }
+            assert_eq!(seen.join(", "), yields, "{path}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_taken_at_the_hand_over_is_reported_and_fails_as_one_read_later() {
+    let outcomes = Outcomes::default();
+    let upstream = tower::service_fn(|request: http::Request<()>| async move {
+        tokio::time::sleep(100 * MS).await;
+        let body = match request.uri().path() {
+            "/short" => Full::new(Bytes::from("answer"))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            // Says its length, then breaks at once: the body's error, not the call's.
+            _ => Known {
+                length: 6,
+                body: StreamBody::new(futures::stream::iter([Err::<Frame<Bytes>, _>(
+                    tower_stream_deadline::BoxError::from("connection reset"),
+                )])),
+            }
+            .boxed_unsync(),
+        };
+        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    });
+    let layer = outcomes.layer(StreamDeadlineLayer::new(SEC).release_unpolled());
+    let mut svc = layer.layer(upstream);
+
+    let request = http::Request::get("/short").body(()).unwrap();
+    let body = call_with(&mut svc, request).await.unwrap().into_body();
+    tokio::time::sleep(200 * MS).await;
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "answer");
+    let reported = outcomes.0.lock().unwrap().pop().expect("an outcome");
+    assert_eq!(reported.ending, Ending::Completed);
+    assert_eq!((reported.frames, reported.bytes), (1, 6));
+    // The frame came with the head, not when it was read.
+    assert_eq!(reported.time_to_head, Some(100 * MS));
+    assert_eq!(reported.time_to_first_frame, Some(100 * MS));
+    assert_eq!(reported.total_time, 300 * MS);
+
+    let request = http::Request::get("/broken").body(()).unwrap();
+    let mut body = call_with(&mut svc, request)
+        .await
+        .expect("the head came: the call succeeded")
+        .into_body();
+    assert!(!body.is_end_stream(), "the error is still to come");
+    let err = body
+        .frame()
+        .await
+        .expect("the error")
+        .expect_err("the error");
+    assert_eq!(
+        err.to_string(),
+        "connection reset",
+        "passed through unchanged"
+    );
+    assert!(body.frame().await.is_none());
+    assert_eq!(outcomes.endings(), [Ending::UpstreamError]);
 }
 
 #[test]
