@@ -1,5 +1,6 @@
 //! One log line per request, written when the request is over, and the metrics it adds to.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ pub struct RequestLog {
     /// The upstream's own `x-request-id`, when it answered with another one.
     upstream_request_id: Mutex<Option<HeaderValue>>,
     /// Each attempt's upstream: its index in the request's pool, and its URL as shown.
-    upstreams: Mutex<Vec<(usize, String)>>,
+    upstreams: Mutex<Vec<(usize, Arc<str>)>>,
     /// What lasts as long as the response: the count of requests in flight on its upstream.
     held: Mutex<Vec<InFlight>>,
 }
@@ -129,9 +130,9 @@ impl RequestLog {
     }
 
     /// An attempt goes to the upstream at `index` of the request's pool, shown as `shown`.
-    pub fn trying(&self, index: usize, shown: &str) {
+    pub fn trying(&self, index: usize, shown: Arc<str>) {
         if let Ok(mut upstreams) = self.upstreams.lock() {
-            upstreams.push((index, shown.to_owned()));
+            upstreams.push((index, shown));
         }
     }
 
@@ -181,24 +182,31 @@ impl Drop for RequestLog {
             .get_mut()
             .map(std::mem::take)
             .unwrap_or_default();
-        let upstreams = (!upstreams.is_empty()).then(|| {
-            let shown: Vec<&str> = upstreams.iter().map(|(_, shown)| shown.as_str()).collect();
-            shown.join(",")
-        });
+        let upstreams: Option<Cow<'_, str>> = match upstreams.as_slice() {
+            [] => None,
+            [(_, one)] => Some(Cow::Borrowed(one)),
+            several => {
+                let shown: Vec<&str> = several.iter().map(|(_, shown)| &**shown).collect();
+                Some(Cow::Owned(shown.join(",")))
+            }
+        };
         // The crate's name for the ending, as the metrics label it; a client that left
         // mid-body dropped the request, whatever the attempt reported.
         let client_left = *self.client_left.get_mut();
         let (ending, first_frame, frames, bytes) = match &last {
-            Some(_) if client_left => ("dropped".to_owned(), None, 0, 0),
+            Some(_) if client_left => (Cow::Borrowed("dropped"), None, 0, 0),
             Some((o, first_frame)) => {
-                let ending = o.ending.as_str().replace('-', "_");
+                let ending = match o.ending.as_str() {
+                    dashed if dashed.contains('-') => Cow::Owned(dashed.replace('-', "_")),
+                    plain => Cow::Borrowed(plain),
+                };
                 (ending, *first_frame, o.frames, o.bytes)
             }
             // Forwarded, yet no attempt reported: the caller left before the first call.
-            None if *self.forwarded.get_mut() => ("dropped".to_owned(), None, 0, 0),
-            None => ("not_sent".to_owned(), None, 0, 0),
+            None if *self.forwarded.get_mut() => (Cow::Borrowed("dropped"), None, 0, 0),
+            None => (Cow::Borrowed("not_sent"), None, 0, 0),
         };
-        let ending = ending.as_str();
+        let ending = &*ending;
         if *self.forwarded.get_mut() {
             self.metrics.finished(Finished {
                 ending,

@@ -84,7 +84,7 @@ fn copy(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
 /// client left).
 struct Pending {
     metrics: Arc<Metrics>,
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
 }
 
 impl Drop for Pending {
@@ -148,9 +148,9 @@ where
         tried.push(index);
         let member = pool.members()[index].clone();
         let upstream = member.upstream();
-        let shown = upstream.to_string();
+        let shown = upstream.shown().clone();
         if let Some(log) = &log {
-            log.trying(index, &shown);
+            log.trying(index, shown.clone());
         }
         // Kept for a refused connection, only while another upstream is left to try.
         let copy = match pool.has_untried(&tried) {

@@ -1,6 +1,8 @@
 //! The `--upstream` URL: where requests go, how it is shown (never with its credentials),
 //! and the Basic credentials it may carry.
 
+use std::sync::Arc;
+
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 use percent_encoding::percent_decode_str;
@@ -20,8 +22,9 @@ pub struct Upstream {
     /// `host:port`, without credentials.
     authority: Authority,
     prefix: String,
-    /// The URL for logs: credentials replaced by `***`.
-    shown: String,
+    /// The URL for logs: credentials replaced by `***`. Shared: every attempt logs and
+    /// counts it.
+    shown: Arc<str>,
     pub https: bool,
     /// `user:password@` in the URL, as a Basic `Authorization` (marked sensitive).
     pub authorization: Option<HeaderValue>,
@@ -69,7 +72,7 @@ impl Upstream {
         let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
         let hidden = if credentials { "***@" } else { "" };
         Ok(Upstream {
-            shown: format!("{scheme}://{hidden}{authority}{prefix}"),
+            shown: format!("{scheme}://{hidden}{authority}{prefix}").into(),
             scheme,
             authority,
             prefix,
@@ -101,6 +104,14 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// The URL as shown (see [`Display`](#impl-Display-for-Upstream)), to keep without a
+    /// copy.
+    pub fn shown(&self) -> &Arc<str> {
+        &self.shown
+    }
+}
+
 impl std::fmt::Display for Upstream {
     /// The URL without its credentials: the only way an upstream is ever printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,7 +137,7 @@ impl Default for Upstream {
             scheme: Scheme::HTTP,
             authority: Authority::from_static("127.0.0.1:8000"),
             prefix: String::new(),
-            shown: DEFAULT_UPSTREAM.to_owned(),
+            shown: DEFAULT_UPSTREAM.into(),
             https: false,
             authorization: None,
         })
