@@ -151,8 +151,12 @@ impl<B: Clone, Res> Policy<Request<B>, Res, BoxError> for RetryFirstFrame {
         Some(ready(()))
     }
 
-    /// The copy kept for a retry is marked as the next [`Attempt`].
+    /// The copy kept for a retry is marked as the next [`Attempt`]. None is kept once no
+    /// retry is left: the request goes out as it is, without a copy.
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        if self.retries == 0 {
+            return None;
+        }
         let mut retry = req.clone();
         Attempt::mark_next(&mut retry);
         Some(retry)

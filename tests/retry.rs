@@ -113,3 +113,36 @@ async fn total_deadlines_and_upstream_errors_are_not_retried() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// A request body that counts its copies.
+struct Counted(Arc<AtomicUsize>);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Counted(self.0.clone())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_is_copied_only_for_a_retry_that_can_still_happen() {
+    let stuck = tower::service_fn(|_req: Request<Counted>| async {
+        Ok::<_, UpstreamError>(Response::new(Scripted::new(vec![Step::Stall])))
+    });
+    for (retries, attempts) in [(0, 1), (1, 2), (2, 3)] {
+        let copies = Arc::new(AtomicUsize::new(0));
+        let svc = ServiceBuilder::new()
+            .layer(RetryLayer::new(RetryFirstFrame::new(retries)))
+            .layer(StreamDeadlineLayer::new(60 * SEC).first_frame(SEC))
+            .service(stuck);
+        let request = Request::new(Counted(copies.clone()));
+        let result = tower::ServiceExt::oneshot(svc, request).await;
+        // The last attempt fails at the first-frame budget too: one budget per attempt.
+        assert_fired(deadline_of(&result), DeadlineKind::FirstFrame, SEC);
+        assert_eq!(
+            copies.load(Ordering::SeqCst),
+            attempts - 1,
+            "{retries} retries: a copy for each retry, none for the last attempt"
+        );
+    }
+}

@@ -52,7 +52,10 @@ struct Stack {
     policy: Arc<Policy>,
     /// A request whose body is streamed: one attempt.
     routed: Routed,
-    /// A buffered body: retried at the first-frame budget.
+    /// A buffered body that does not ask for a stream: one attempt (it has no first-frame
+    /// budget, so nothing to retry at; no copy of it is kept).
+    replayed: Replayed,
+    /// A buffered body that asks for a stream: retried at the first-frame budget.
     retried: Retry<RetryFirstFrame, Replayed>,
     /// With `hedge_after`, a buffered body that asks for a stream: hedged after it. Hedges
     /// count against the retries: as many attempts in all.
@@ -72,9 +75,10 @@ impl Stack {
         Stack {
             policy: policy.clone(),
             retried: RetryLayer::new(RetryFirstFrame::new(policy.retries)).layer(replayed.clone()),
-            hedged: policy
-                .hedge_after
-                .map(|after| HedgeFirstFrameLayer::new(after, policy.retries + 1).layer(replayed)),
+            hedged: policy.hedge_after.map(|after| {
+                HedgeFirstFrameLayer::new(after, policy.retries + 1).layer(replayed.clone())
+            }),
+            replayed,
             routed,
         }
     }
@@ -313,8 +317,9 @@ impl Gateway {
                 // Each attempt to an upstream the request has not tried, while there is one.
                 let request = Request::from_parts(parts, Full::new(bytes));
                 match &stack.hedged {
-                    Some(hedged) if fields.stream => hedged.clone().oneshot(request).await,
-                    _ => stack.retried.clone().oneshot(request).await,
+                    _ if !fields.stream => stack.replayed.clone().oneshot(request).await,
+                    Some(hedged) => hedged.clone().oneshot(request).await,
+                    None => stack.retried.clone().oneshot(request).await,
                 }
             }
             RequestBody::Streamed(body) => {
