@@ -36,6 +36,15 @@ pub const FIRST_FRAME_TIMEOUT: &str = "x-first-frame-timeout";
 pub const IDLE_TIMEOUT: &str = "x-idle-timeout";
 pub const READ_TIMEOUT: &str = "x-stainless-read-timeout";
 
+/// Every header a client's budgets are read from.
+const NAMES: [&str; 5] = [
+    REQUEST_TIMEOUT,
+    ENVOY_EXPECTED_TIMEOUT,
+    FIRST_FRAME_TIMEOUT,
+    IDLE_TIMEOUT,
+    READ_TIMEOUT,
+];
+
 /// The least time kept between the end of a silence the gateway allows and a client's
 /// (or Envoy's) timer: the error event's way to the client through a proxy or two, and a
 /// busy client's event loop, fit in it.
@@ -100,7 +109,13 @@ impl ClientBudgets {
 
     fn parse(headers: &HeaderMap, arrived: Instant) -> (Self, Vec<String>) {
         let mut ignored = Vec::new();
+        // Most requests carry none of them: one pass over the names tells, where a lookup
+        // by a name given as text parses and hashes it, five times.
+        let any = headers.keys().any(|name| NAMES.contains(&name.as_str()));
         let mut read = |name: &str, parse: fn(&str) -> Result<Option<Duration>, String>| {
+            if !any {
+                return None;
+            }
             let value = headers.get(name)?;
             let parsed = value
                 .to_str()

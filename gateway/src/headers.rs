@@ -26,6 +26,13 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most heads carry none of them: one pass over the names, with no hashing, tells.
+    if !headers
+        .keys()
+        .any(|name| *name == TE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     // Read as bytes, token by token: one byte that is not visible ASCII must not hide the
     // other names a `Connection` header lists. A token that is no header name names nothing.
     let named: Vec<HeaderName> = headers
