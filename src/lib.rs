@@ -34,7 +34,8 @@
 //!   a body nobody polls (a proxy whose client stopped reading) keeps its upstream. With it,
 //!   a watcher task on the runtime of `call` drops the upstream at the total or idle
 //!   deadline whether or not anyone polls, and reports the outcome then. It costs a lock per
-//!   poll and a task per response, and the task needs `Send + 'static` bodies (hyper's,
+//!   poll and a task per response that streams (an answer whose upstream has ended by the
+//!   time it is handed over needs none), and the task needs `Send + 'static` bodies (hyper's,
 //!   axum's and tonic's are): the layer becomes a `StreamDeadlineLayer<`[`ReleaseUnpolled`]`>`,
 //!   and only its service asks for that bound. Without it the layer puts no bound on your
 //!   service or its body beyond `Body`.
