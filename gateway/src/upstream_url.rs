@@ -102,11 +102,8 @@ impl Upstream {
             .path_and_query(path_and_query)
             .build()
     }
-}
 
-impl Upstream {
-    /// The URL as shown (see [`Display`](#impl-Display-for-Upstream)), to keep without a
-    /// copy.
+    /// The URL as shown (as `Display` writes it), to keep without a copy.
     pub fn shown(&self) -> &Arc<str> {
         &self.shown
     }
