@@ -7,9 +7,11 @@
 # the workspace's target directory, so a gateway cargo has built already is not compiled
 # again), checks its metadata with `twine check --strict` (what PyPI would show), installs
 # that wheel into a fresh venv of its own without a package index, installs
-# nginx with apt-get when it is missing, and runs each checks*.py against the command found
-# on that venv's PATH. The checks start the FastAPI upstream and the gateway and print
-# PASS/FAIL per check. Needs python3 (3.11+) with venv and pip, cargo, and PyPI.
+# nginx with apt-get when it is missing, builds llama.cpp's llama-server and fetches a small
+# model when they are not in their cache (llama_server.sh), and runs each checks*.py against
+# the command found on that venv's PATH. The checks start their upstream (the FastAPI
+# stand-in, or llama-server) and the gateway and print PASS/FAIL per check. Needs python3
+# (3.11+) with venv and pip, cargo, a C++ compiler, and PyPI.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -74,6 +76,13 @@ if ! PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null; then
   apt-get install -y -q nginx-light >/dev/null ||
     { apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; }
 fi
+
+# A real model server for checks_llama_server.py: built once per machine (about 4 minutes),
+# then taken from its cache.
+paths="$("$here/llama_server.sh")"
+export STREAM_DEADLINE_LLAMA_SERVER="$(sed -n 1p <<<"$paths")"
+export STREAM_DEADLINE_LLAMA_MODEL="$(sed -n 2p <<<"$paths")"
+echo "tests/python: using $STREAM_DEADLINE_LLAMA_SERVER with $(basename "$STREAM_DEADLINE_LLAMA_MODEL")"
 
 status=0
 for checks in "$here"/checks*.py; do
