@@ -99,12 +99,13 @@ def check_a_long_answer_is_cut_and_the_server_stops(servers: Servers) -> str:
     stream = client.chat.completions.create(
         model="smollm2", messages=MESSAGES, stream=True, **LONG_ANSWER
     )
-    try:
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                tokens += 1
-    except openai.APIError as err:
-        error = err
+    with stream:
+        try:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    tokens += 1
+        except openai.APIError as err:
+            error = err
     ended = time.time() - started
     expect(error is not None, f"the stream ended without an error after {tokens} tokens")
     expect(is_deadline_event(error), f"not the gateway's deadline event: {error!r}")
