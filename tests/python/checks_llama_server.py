@@ -12,6 +12,9 @@ The server runs one slot on 127.0.0.1, the gateway in front of it with a 3 s tot
    server's slot stops generating within 1 s of it (its `/slots` says so).
 3. Contrast, the same answer straight from the server with the SDK's `timeout=1.0` (a
    timeout per read): tokens keep coming, and 4 s in, the slot is still generating.
+4. The same long answer through the server's Anthropic Messages API, with the `anthropic`
+   SDK's `messages.stream`: text deltas, then `anthropic.APIStatusError` with the gateway's
+   `deadline_exceeded` at 3 s; the slot idle within 1 s of it.
 """
 
 import json
@@ -20,6 +23,7 @@ import sys
 import time
 import urllib.request
 
+import anthropic
 import openai
 
 from checks import (
@@ -32,6 +36,7 @@ from checks import (
     run_checks,
     wait_until_serving,
 )
+from checks_endings import anthropic_api_error
 
 TOTAL = 3.0
 FLAGS = ["--total", "3s", "--first-frame", "20s", "--idle", "5s", "--retries", "0"]
@@ -141,12 +146,42 @@ def check_direct_with_a_read_timeout_goes_on(servers: Servers) -> str:
     )
 
 
+def check_the_messages_api_is_cut_and_the_server_stops(servers: Servers) -> str:
+    client = anthropic.Anthropic(
+        base_url=servers.gateway_url, api_key="unused", max_retries=0, timeout=STALL_GUARD
+    )
+    deltas, error = 0, None
+    started = time.time()
+    try:
+        with client.messages.stream(
+            model="smollm2", messages=MESSAGES, max_tokens=LONG_ANSWER["max_tokens"],
+            extra_body=LONG_ANSWER["extra_body"],
+        ) as stream:
+            for _ in stream.text_stream:
+                deltas += 1
+    except anthropic.APIError as err:
+        error = err
+    ended = time.time() - started
+    expect(error is not None, f"the stream ended without an error after {deltas} deltas")
+    message = anthropic_api_error(error, "timeout", "deadline_exceeded")
+    expect(deltas > 0, "no text came before the deadline")
+    expect(TOTAL - 0.05 <= ended <= TOTAL + 0.5, f"cut after {ended:.3f} s, not at {TOTAL} s")
+    idle = wait_idle(servers, IDLE_WITHIN)
+    expect(idle is not None, f"llama-server still generating {IDLE_WITHIN} s after the cut")
+    return (
+        f"{deltas} deltas, APIStatusError at {ended:.3f} s ({message[:40]!r}...); "
+        f"the slot idle {idle * 1000:.0f} ms later"
+    )
+
+
 CHECKS = [
     ("1 a short answer, not streamed", check_a_short_answer),
     ("2 a long answer, cut at the total budget: llama-server stops",
      check_a_long_answer_is_cut_and_the_server_stops),
     ("3 contrast, direct with timeout=1.0: llama-server goes on",
      check_direct_with_a_read_timeout_goes_on),
+    ("4 anthropic messages.stream, cut at the total budget: llama-server stops",
+     check_the_messages_api_is_cut_and_the_server_stops),
 ]
 
 
