@@ -4,10 +4,11 @@
 
 `llama_server.sh` builds the server and fetches the model (SmolLM2 135M Instruct, 4-bit);
 run.sh passes their paths in STREAM_DEADLINE_LLAMA_SERVER and STREAM_DEADLINE_LLAMA_MODEL.
-The server runs one slot on 127.0.0.1, the gateway in front of it with a 3 s total budget.
+The server runs one slot on 127.0.0.1 with `--ignore-eos` (every answer runs to its
+`max_tokens`, whichever API asks), the gateway in front of it with a 3 s total budget.
 
 1. A short answer, not streamed, through the gateway: a 200 with the model's words.
-2. An answer that would run to 1,900 tokens (`ignore_eos`), streamed with the `openai` SDK
+2. An answer that would run to 1,900 tokens, streamed with the `openai` SDK
    through the gateway: tokens, then `openai.APIError` naming the deadline at 3 s; the
    server's slot stops generating within 1 s of it (its `/slots` says so).
 3. Contrast, the same answer straight from the server with the SDK's `timeout=1.0` (a
@@ -44,7 +45,7 @@ FLAGS = ["--total", "3s", "--first-frame", "20s", "--idle", "5s", "--retries", "
 IDLE_WITHIN = 1.0
 # How long the contrast watches the server generate for a client that asked for 1 s.
 WATCH_FOR = 4.0
-LONG_ANSWER = {"max_tokens": 1900, "extra_body": {"ignore_eos": True}}
+LONG_ANSWER = {"max_tokens": 1900}
 MESSAGES = [{"role": "user", "content": "Count from one to one thousand, in words."}]
 
 
@@ -59,7 +60,7 @@ class LlamaServers(Servers):
         port = free_port()
         self.upstream_url = f"http://127.0.0.1:{port}"
         argv = [self.server, "--model", self.model, "--host", "127.0.0.1", "--port", str(port),
-                "--ctx-size", "2048", "--parallel", "1", "--threads", "2"]
+                "--ctx-size", "2048", "--parallel", "1", "--threads", "2", "--ignore-eos"]
         upstream = self._spawn(argv, "upstream.log")
         # 503 while the model loads: ready once /health answers 200.
         wait_until_serving(f"{self.upstream_url}/health", upstream, "llama-server")
@@ -154,8 +155,7 @@ def check_the_messages_api_is_cut_and_the_server_stops(servers: Servers) -> str:
     started = time.time()
     try:
         with client.messages.stream(
-            model="smollm2", messages=MESSAGES, max_tokens=LONG_ANSWER["max_tokens"],
-            extra_body=LONG_ANSWER["extra_body"],
+            model="smollm2", messages=MESSAGES, **LONG_ANSWER
         ) as stream:
             for _ in stream.text_stream:
                 deltas += 1
