@@ -140,6 +140,12 @@ impl Deadlines {
         self.idle != Budget::NONE
     }
 
+    /// Whether a deadline binds the body once it is handed over (a total or an idle one):
+    /// what a watcher of `release_unpolled` would watch.
+    pub(crate) fn bind_the_body(&self) -> bool {
+        self.total.is_some() || self.has_idle()
+    }
+
     /// The earliest deadline that binds in `phase`, if any.
     #[inline]
     pub(crate) fn next(&self, phase: Phase) -> Option<Instant> {

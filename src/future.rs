@@ -284,8 +284,7 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let watched = deadlines.total().is_some() || deadlines.has_idle();
-    if !watched || body.is_end_stream() || body.size_hint().exact().is_none() {
+    if !deadlines.bind_the_body() || body.is_end_stream() || body.size_hint().exact().is_none() {
         return Upstream::Inline { body };
     }
     let mut replayed = Replayed::new(body);

@@ -79,7 +79,7 @@ pub(crate) fn timer<B: Body>(
     upstream: &Upstream<B>,
     deadlines: &Deadlines,
 ) -> Option<Sleep> {
-    if (deadlines.total().is_none() && !deadlines.has_idle()) || upstream.has_ended() {
+    if !deadlines.bind_the_body() || upstream.has_ended() {
         return None;
     }
     // tokio panics here when the runtime was built without `enable_time`; the body's own

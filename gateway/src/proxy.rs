@@ -316,10 +316,10 @@ impl Gateway {
             RequestBody::Replayable(bytes) => {
                 // Each attempt to an upstream the request has not tried, while there is one.
                 let request = Request::from_parts(parts, Full::new(bytes));
-                match &stack.hedged {
-                    _ if !fields.stream => stack.replayed.clone().oneshot(request).await,
-                    Some(hedged) => hedged.clone().oneshot(request).await,
-                    None => stack.retried.clone().oneshot(request).await,
+                match (fields.stream, &stack.hedged) {
+                    (false, _) => stack.replayed.clone().oneshot(request).await,
+                    (true, Some(hedged)) => hedged.clone().oneshot(request).await,
+                    (true, None) => stack.retried.clone().oneshot(request).await,
                 }
             }
             RequestBody::Streamed(body) => {
