@@ -14,6 +14,7 @@
 //! nothing, and so holds the upstream back (TCP's flow control) until it is polled again or
 //! dropped (the deadline layer's release of an unpolled body drops it).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -21,6 +22,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::{Request, Response, request};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use tower_stream_deadline::BoxError;
 
 use crate::http1_body_decoder::{BodyDecoder, Decoded};
@@ -28,38 +30,44 @@ use crate::http1_error::Http1Error;
 use crate::http1_head::{self, ResponseHead};
 use crate::http1_pool::{Host, Http1Connection, Http1Pool};
 use crate::http1_request::RequestWriter;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{ResponseBody, UpstreamBody};
 
 /// Sends `request` (with an absolute URI) to its host on a connection of `pool`, and reads
 /// its response head.
-pub async fn send(
-    pool: Arc<Http1Pool>,
+///
+/// The request is taken apart before the future is made, and the future is an `async` block
+/// that yields the gateway's [`ResponseBody`] itself: it is boxed for every request, and an
+/// `async fn` (or a block that maps another future's output) would hold the request, or
+/// the whole exchange, twice.
+pub fn send(
+    pool: &Http1Pool,
     request: Request<UpstreamBody>,
-) -> Result<Response<Http1Body>, BoxError> {
-    let host = pool
-        .host(request.uri())
-        .ok_or("the upstream URI has no host")?;
+) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + 'static {
+    let host = pool.host(request.uri());
     let (head, body) = request.into_parts();
-    let mut connection = host.connection().await?;
-    let (answer, writing) = exchange(&mut connection, &head, body).await?;
-    let mut body = Http1Body {
-        decoder: BodyDecoder::new(answer.framing),
-        connection: Some((connection, host)),
-        keep_alive: answer.keep_alive,
-        writing,
-        failed: None,
-        unflushed: false,
-    };
-    if body.decoder.is_done() {
-        // Nothing to read: the connection is free now (the body may never be polled).
-        std::future::poll_fn(|cx| {
-            body.end(cx);
-            Poll::Ready(())
-        })
-        .await;
+    async move {
+        let host = host.ok_or("the upstream URI has no host")?;
+        let mut connection = host.connection().await?;
+        let (answer, writing) = exchange(&mut connection, &head, body).await?;
+        let mut body = Http1Body {
+            decoder: BodyDecoder::new(answer.framing),
+            connection: Some((connection, host)),
+            keep_alive: answer.keep_alive,
+            writing,
+            failed: None,
+            unflushed: false,
+        };
+        if body.decoder.is_done() {
+            // Nothing to read: the connection is free now (the body may never be polled).
+            std::future::poll_fn(|cx| {
+                body.end(cx);
+                Poll::Ready(())
+            })
+            .await;
+        }
+        let (parts, ()) = answer.response.into_parts();
+        Ok(Response::from_parts(parts, Either::Right(body)))
     }
-    let (parts, ()) = answer.response.into_parts();
-    Ok(Response::from_parts(parts, body))
 }
 
 /// Writes the request on `connection` and reads the head of its answer, watching for the

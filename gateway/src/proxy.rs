@@ -199,7 +199,9 @@ impl Gateway {
                 let told = heartbeat::ask(request.extensions_mut());
                 let (gateway, held) = (self.clone(), log.clone());
                 let forward = async move { gateway.forward(request, peer, &held).await };
-                heartbeat::race(forward, told, log.clone()).await
+                // Boxed: held inline, the race would make every request's future (hyper
+                // keeps one per connection, moved in for each request) larger by half.
+                Box::pin(heartbeat::race(forward, told, log.clone())).await
             }
         };
         let mut response = match forwarded {

@@ -123,78 +123,80 @@ where
 
 /// One attempt: to the upstream the pool picks, and on a refused connection at once to the
 /// next one not tried, while there is one.
-async fn attempt<S, B>(
+///
+/// An `async` block rather than an `async fn`: the future is boxed for every attempt, and an
+/// `async fn` keeps a second copy of each argument (the request among them).
+fn attempt<S, B>(
     mut inner: S,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
-    request: Request<UpstreamBody>,
-) -> Result<Response<B>, BoxError>
+    mut request: Request<UpstreamBody>,
+) -> impl Future<Output = Result<Response<B>, BoxError>>
 where
     S: Service<Request<UpstreamBody>, Response = Response<B>, Error = BoxError>,
 {
-    let log = request.extensions().get::<Arc<RequestLog>>().cloned();
-    let target = request.uri().clone();
-    let mut next = Some(request);
-    loop {
-        let Some(mut request) = next.take() else {
-            return Err("no request left to send".into());
-        };
-        let now = Instant::now();
-        let mut tried = log.as_ref().map(|log| log.tried()).unwrap_or_default();
-        if !tried.is_empty() {
-            limit_to_what_is_left(&mut request);
-        }
-        let index = pool.pick(&tried, now);
-        tried.push(index);
-        let member = pool.members()[index].clone();
-        let upstream = member.upstream();
-        let shown = upstream.shown().clone();
-        if let Some(log) = &log {
-            log.trying(index, shown.clone());
-        }
-        // Kept for a refused connection, only while another upstream is left to try.
-        let copy = match pool.has_untried(&tried) {
-            true => copy(&request),
-            false => None,
-        };
-        *request.uri_mut() = upstream.uri_for(&target)?;
-        if let Some(authorization) = &upstream.authorization {
-            // The URL's credentials, unless the client sent its own.
-            request
-                .headers_mut()
-                .entry(http::header::AUTHORIZATION)
-                .or_insert_with(|| authorization.clone());
-        }
-        let in_flight = member.in_flight();
-        let mut pending = Pending {
-            metrics: metrics.clone(),
-            upstream: Some(shown.clone()),
-        };
-        let result = match inner.ready().await {
-            Ok(ready) => ready.call(request).await,
-            Err(err) => Err(err),
-        };
-        pending.upstream = None;
-        let (verdict, label) = judge(&result);
-        metrics.upstream_attempt(&shown, label);
-        if let Some(change) = member.report(verdict, Instant::now()) {
-            let out = change == Change::LeftOut;
-            metrics.upstream_out(&shown, out);
-            if out {
-                tracing::warn!(target: crate::log::TARGET, upstream = %shown, "upstream left out for a while: it keeps failing");
-            } else {
-                tracing::info!(target: crate::log::TARGET, upstream = %shown, "upstream back");
+    async move {
+        let log = request.extensions().get::<Arc<RequestLog>>().cloned();
+        let target = request.uri().clone();
+        loop {
+            let now = Instant::now();
+            let mut tried = log.as_ref().map(|log| log.tried()).unwrap_or_default();
+            if !tried.is_empty() {
+                limit_to_what_is_left(&mut request);
             }
+            let index = pool.pick(&tried, now);
+            tried.push(index);
+            let member = pool.members()[index].clone();
+            let upstream = member.upstream();
+            let shown = upstream.shown().clone();
+            if let Some(log) = &log {
+                log.trying(index, shown.clone());
+            }
+            // Kept for a refused connection, only while another upstream is left to try
+            // (boxed: most pools have one upstream, and the future stays small).
+            let copy = match pool.has_untried(&tried) {
+                true => copy(&request).map(Box::new),
+                false => None,
+            };
+            *request.uri_mut() = upstream.uri_for(&target)?;
+            if let Some(authorization) = &upstream.authorization {
+                // The URL's credentials, unless the client sent its own.
+                request
+                    .headers_mut()
+                    .entry(http::header::AUTHORIZATION)
+                    .or_insert_with(|| authorization.clone());
+            }
+            let in_flight = member.in_flight();
+            let mut pending = Pending {
+                metrics: metrics.clone(),
+                upstream: Some(shown.clone()),
+            };
+            let result = match inner.ready().await {
+                Ok(ready) => ready.call(request).await,
+                Err(err) => Err(err),
+            };
+            pending.upstream = None;
+            let (verdict, label) = judge(&result);
+            metrics.upstream_attempt(&shown, label);
+            if let Some(change) = member.report(verdict, Instant::now()) {
+                let out = change == Change::LeftOut;
+                metrics.upstream_out(&shown, out);
+                if out {
+                    tracing::warn!(target: crate::log::TARGET, upstream = %shown, "upstream left out for a while: it keeps failing");
+                } else {
+                    tracing::info!(target: crate::log::TARGET, upstream = %shown, "upstream back");
+                }
+            }
+            if let (Some(copy), "refused") = (copy, label) {
+                request = *copy;
+                continue;
+            }
+            if let (Ok(_), Some(log)) = (&result, &log) {
+                // Counted while the response lasts: the log goes when the response ends.
+                log.hold(in_flight);
+            }
+            return result;
         }
-        if let (Some(copy), "refused") = (copy, label) {
-            next = Some(copy);
-            continue;
-        }
-        if let (Ok(_), Some(log)) = (&result, &log) {
-            // Counted while the response lasts: the log goes when the response ends.
-            log.hold(in_flight);
-        }
-        return result;
     }
 }
 

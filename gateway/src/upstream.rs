@@ -51,8 +51,7 @@ impl UpstreamClient {
     ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>> {
         match &self.0.http1 {
             Some(pool) if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) => {
-                let sent = http1_exchange::send(pool.clone(), request);
-                Box::pin(async move { Ok(sent.await?.map(Either::Right)) })
+                Box::pin(http1_exchange::send(pool, request))
             }
             _ => {
                 let sent = self.0.shared.request(request);
