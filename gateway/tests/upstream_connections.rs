@@ -2,7 +2,8 @@
 //! its connection to the next request; one that was cut (a deadline, a client that left) or
 //! failed closes it; an idle connection the upstream closed is not used; and
 //! `--upstream-connections` bounds how many are open, the requests beyond waiting within
-//! their budgets; an upstream named by host name is reached; a stream that comes in bursts,
+//! their budgets; with `--h2c`, streams share one connection and a cut resets only its own
+//! stream; an upstream named by host name is reached; a stream that comes in bursts,
 //! read by a client with a small receive window that pauses, reaches it whole. The
 //! gateway binary on 127.0.0.1, in front of servers that count their connections.
 
@@ -205,6 +206,52 @@ fn event_stream<B>(body: B) -> Response<B> {
 
 fn get_request(path: &str) -> Request<Full<Bytes>> {
     Request::get(path).body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn with_h2c_streams_share_one_upstream_connection_and_a_cut_resets_only_its_own() {
+    let (upstream, counts) = upstream::start().await;
+    let gateway = Gateway::start(
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--h2c",
+            "--total",
+            "1s",
+        ],
+        &[],
+    );
+    // Streams at once, each from a client connection of its own, each cut at its budget.
+    let babbles: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(send(gateway.addr, post("/v1/babble", &[]))))
+        .collect();
+    for babble in babbles {
+        let answer = babble.await.unwrap();
+        assert!(answer.body.starts_with("data: {"), "{}", answer.body);
+        assert!(
+            answer.body.contains("total budget of 1s"),
+            "{}",
+            answer.body
+        );
+    }
+    // Each upstream stream is reset at its deadline (the model server stops that answer)...
+    until("babbles cancelled", &counts.cancelled, 4).await;
+    // ...and their connection stays for the next request.
+    let answer = send(gateway.addr, post("/v1/complete", &[])).await;
+    assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+    assert_eq!(
+        Counts::get(&counts.connections),
+        1,
+        "one connection for all"
+    );
+    assert_eq!(Counts::get(&counts.open), 1, "still open");
+    let seen = counts.seen.lock().unwrap();
+    assert_eq!(seen.len(), 5);
+    assert!(
+        seen.iter()
+            .all(|(version, _)| *version == http::Version::HTTP_2),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
