@@ -126,6 +126,10 @@ where
 ///
 /// An `async` block rather than an `async fn`: the future is boxed for every attempt, and an
 /// `async fn` keeps a second copy of each argument (the request among them).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold the request twice"
+)]
 fn attempt<S, B>(
     mut inner: S,
     pool: Arc<Pool>,
