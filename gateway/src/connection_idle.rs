@@ -5,8 +5,10 @@
 //!
 //! hyper's own `header_read_timeout` starts at the first byte of an HTTP/1 head and HTTP/2
 //! has no such timer, so a connection that sends nothing, or only an HTTP/2 preface, would
-//! otherwise hold one of `--max-connections` for as long as it likes. A connection with a
-//! request in flight is never closed here: the request body and response budgets bound it.
+//! otherwise hold one of `--max-connections` for as long as it likes. This bound covers a
+//! head sent slowly too, so hyper's timer is off (it would be armed and dropped for every
+//! request). A connection with a request in flight is never closed here: the request body
+//! and response budgets bound it.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Flags;
 use crate::connection_idle::{Activity, Tracked};
+use crate::headers::ForwardedFor;
 use crate::log::TARGET;
 use crate::proxy::Gateway;
 
@@ -54,10 +55,13 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) -> GracefulShutdown {
     let mut server = auto::Builder::new(TokioExecutor::new());
+    // No header read timer of hyper's: `connection_idle` bounds the wait for every head
+    // (from the accept or the end of the last response, which is sooner than hyper's start
+    // at a head's first byte), and hyper's would be armed and dropped for every request.
     server
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(flags.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(WRITE_QUEUE_AT_MOST);
     server.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
@@ -118,11 +122,12 @@ pub async fn serve(
         let gateway = gateway.clone();
         let activity = Activity::new();
         let requests = activity.clone();
+        let forwarded_for = ForwardedFor::new(peer);
         let service = service_fn(move |request| {
-            let gateway = gateway.clone();
+            let (gateway, forwarded_for) = (gateway.clone(), forwarded_for.clone());
             let in_flight = requests.start();
             async move {
-                let response = gateway.handle(request, peer).await;
+                let response = gateway.handle(request, forwarded_for).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         });

@@ -3,7 +3,6 @@
 //! budgets the client's headers ask for, the heartbeats of a slow stream, the request id,
 //! and the gateway's own error answers.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -21,7 +20,7 @@ use tower_stream_deadline::{
 use crate::client_budgets::{ClientBudgets, Configured};
 use crate::config::Flags;
 use crate::errors::{error_chain, json_error, request_timeout};
-use crate::headers;
+use crate::headers::{self, ForwardedFor};
 use crate::heartbeat::{self, Heartbeat, Raced};
 use crate::log::RequestLog;
 use crate::metrics::Metrics;
@@ -181,7 +180,7 @@ impl Gateway {
     pub async fn handle(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: ForwardedFor,
     ) -> Response<GatewayBody> {
         let (id, ignored) = request_id::take_or_make(request.headers_mut());
         let log = Arc::new(RequestLog::new(
@@ -238,7 +237,7 @@ impl Gateway {
     async fn forward(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: ForwardedFor,
         log: &Arc<RequestLog>,
     ) -> Result<Response<DeadlineBody<ResponseBody>>, Response<Full<Bytes>>> {
         let arrived = tokio::time::Instant::now();
@@ -260,7 +259,7 @@ impl Gateway {
                 &format!("cannot forward this URI: {err}"),
             ));
         }
-        headers::prepare_request(&mut parts, peer);
+        headers::prepare_request(&mut parts, &peer);
         parts.extensions.insert(OnRequestOutcome::new({
             let log = log.clone();
             move |outcome| log.record(outcome)

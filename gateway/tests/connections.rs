@@ -1,5 +1,6 @@
 //! What bounds a client connection that sends no request: `--header-read-timeout`, counted
-//! from the accept and from the end of each response, for HTTP/1 and HTTP/2 alike.
+//! from the accept and from the end of each response, for HTTP/1 and HTTP/2 alike, however
+//! many bytes (a head sent a byte at a time, HTTP/2 PINGs) come meanwhile.
 
 mod support;
 
@@ -43,7 +44,7 @@ async fn keep_sending(mut stream: tokio::io::WriteHalf<TcpStream>, bytes: &'stat
 }
 
 #[tokio::test]
-async fn silent_connections_and_http2_connections_that_open_no_stream_are_closed_at_the_head_timeout()
+async fn silent_connections_slow_heads_and_http2_connections_without_a_stream_are_closed_at_the_head_timeout()
  {
     let gateway = Gateway::start(&["--header-read-timeout", "500ms"], &[]);
     let started = Instant::now();
@@ -69,6 +70,18 @@ async fn silent_connections_and_http2_connections_that_open_no_stream_are_closed
                 std::future::pending::<()>().await;
             }
         });
+        closing.push(tokio::spawn(async move {
+            let closed = closed_after(read, started).await;
+            sender.abort();
+            closed
+        }));
+    }
+    for _ in 0..5 {
+        // An HTTP/1 head that never ends: a byte of a header name every 100 ms.
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (read, write) = tokio::io::split(stream);
+        let sender = tokio::spawn(keep_sending(write, b"x"));
         closing.push(tokio::spawn(async move {
             let closed = closed_after(read, started).await;
             sender.abort();

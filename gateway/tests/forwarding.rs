@@ -1,5 +1,5 @@
-//! What reaches the upstream: every request target goes to the configured upstream, and
-//! hop-by-hop headers stay behind.
+//! What reaches the upstream: every request target goes to the configured upstream,
+//! hop-by-hop headers stay behind, and the client's address is added to `x-forwarded-for`.
 
 mod support;
 
@@ -93,4 +93,44 @@ async fn a_connection_header_with_an_unreadable_byte_still_strips_the_headers_it
         !body.contains("x-secret"),
         "a header named in Connection went on: {body}"
     );
+}
+
+#[tokio::test]
+async fn the_client_address_is_added_to_x_forwarded_for_on_every_request_of_a_connection() {
+    let (upstream, _) = upstream::answering(|request: Request<hyper::body::Incoming>| async move {
+        let seen = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        http::Response::new(http_body_util::Full::new(Bytes::from(seen)))
+    })
+    .await;
+    let gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // One connection: its address is written once and goes on every request, after what
+    // the client sent, if anything.
+    for (sent, expected) in [
+        (None, "127.0.0.1"),
+        (Some("203.0.113.7"), "203.0.113.7, 127.0.0.1"),
+        (None, "127.0.0.1"),
+    ] {
+        let mut request = Request::get("/v1/who").header("host", "gateway");
+        if let Some(sent) = sent {
+            request = request.header("x-forwarded-for", sent);
+        }
+        let request = request.body(Empty::<Bytes>::new()).unwrap();
+        let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, expected.as_bytes(), "sent {sent:?}");
+    }
 }
