@@ -276,13 +276,15 @@ async fn plain_proxy(listener: tokio::net::TcpListener, flags: &Flags) {
         };
         let _ = stream.set_nodelay(true);
         let (client, upstream, server) = (client.clone(), upstream.clone(), server.clone());
+        let forwarded_for = headers::ForwardedFor::new(peer);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let (client, upstream) = (client.clone(), upstream.clone());
+                let forwarded_for = forwarded_for.clone();
                 async move {
                     let (mut parts, body) = request.into_parts();
                     parts.uri = upstream.uri_for(&parts.uri).unwrap();
-                    headers::prepare_request(&mut parts, peer);
+                    headers::prepare_request(&mut parts, &forwarded_for);
                     let limits = BodyLimits::new(idle, tokio::time::Instant::now(), total);
                     let body = match request_body::read(&parts.headers, body, limits).await {
                         Ok(RequestBody::Replayable(bytes)) => {
