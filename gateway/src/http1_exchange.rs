@@ -80,7 +80,7 @@ async fn exchange(
     connection: &mut Http1Connection,
     head: &request::Parts,
     body: UpstreamBody,
-) -> Result<(ResponseHead, Option<RequestWriter>), BoxError> {
+) -> Result<(ResponseHead, Option<Box<RequestWriter>>), BoxError> {
     let mut writing = Some(RequestWriter::new(head, body));
     // The connection failed while the request was written: the answer may still be there.
     let mut write_failed: Option<Http1Error> = None;
@@ -107,7 +107,7 @@ async fn exchange(
                     if write_failed.is_some() {
                         answer.keep_alive = false;
                     }
-                    return Poll::Ready(Ok((answer, writing.take())));
+                    return Poll::Ready(Ok((answer, writing.take().map(Box::new))));
                 }
                 Ok(None) => {}
                 Err(err) => return failed(err, &mut write_failed),
@@ -130,8 +130,10 @@ pub struct Http1Body {
     connection: Option<(Http1Connection, Arc<Host>)>,
     // Whether the upstream lets the connection carry another request.
     keep_alive: bool,
-    // The rest of the request, when the upstream answered before it had all of it.
-    writing: Option<RequestWriter>,
+    // The rest of the request, when the upstream answered before it had all of it. Boxed:
+    // that is rare, and inline it would be three fifths of the body, which every response
+    // moves several times on its way to the client.
+    writing: Option<Box<RequestWriter>>,
     // A failure met after frames not yet written on: held for one turn (see `fail`).
     failed: Option<Http1Error>,
     // Whether a frame was returned since the reader last got `Pending`.
