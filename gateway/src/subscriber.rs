@@ -89,7 +89,12 @@ fn text_fields() -> impl for<'writer> FormatFields<'writer> + Send + Sync + 'sta
     debug_fn(
         |writer: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn fmt::Debug| {
             if field.name() != "message" {
-                return write!(writer, "{field}={value:?}");
+                // The name and `=` as they are, not through `format_args!`'s padding rules;
+                // a raw identifier without its `r#`, as the default writes it.
+                let name = field.name();
+                writer.write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                writer.write_char('=')?;
+                return write!(writer, "{value:?}");
             }
             if writer.sanitizes_ansi_escapes() {
                 write!(Escaped(writer), "{value:?}")
@@ -187,6 +192,7 @@ mod tests {
                 first_frame_ms = Some(34.8f64),
                 elapsed_ms = 97.0f64,
                 ok = true,
+                r#type = "raw",
                 delta = -3i64,
                 ending = "completed",
                 note = ?vec!["a"],
@@ -211,7 +217,7 @@ mod tests {
             ours.contains(
                 "request method=POST path=/v1/chat/completions status=200 \
              upstreams=\"quoted \\\" too\" attempts=2 frames=4 first_frame_ms=34.8 \
-             elapsed_ms=97.0 ok=true delta=-3 ending=\"completed\" note=[\"a\"]\n"
+             elapsed_ms=97.0 ok=true type=\"raw\" delta=-3 ending=\"completed\" note=[\"a\"]\n"
             ),
             "{ours}"
         );
