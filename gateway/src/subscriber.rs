@@ -17,6 +17,7 @@ use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::prelude::*;
 
 /// The targets and levels logged when `RUST_LOG` is unset or cannot be read.
@@ -58,6 +59,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
             .fmt_fields(text_fields())
+            .with_timer(LineTime)
             .with_writer(stderr.clone())
             .with_ansi(std::io::stderr().is_terminal())
     });
@@ -133,6 +135,29 @@ fn is_terminal_control(c: char) -> bool {
         c,
         '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}'
     )
+}
+
+/// The time at the start of a text line, as tracing-subscriber's `SystemTime` writes it
+/// (RFC 3339 in UTC, to the microsecond), written by humantime, which puts it together in
+/// one piece where tracing-subscriber formats seven numbers (measured with callgrind: 2,400
+/// instructions a line, a twentieth of a short request's).
+struct LineTime;
+
+/// The first second of the year 10000, past humantime's range.
+const YEAR_10000: u64 = 253_402_300_800;
+
+impl FormatTime for LineTime {
+    fn format_time(&self, writer: &mut Writer<'_>) -> fmt::Result {
+        let now = std::time::SystemTime::now();
+        // humantime takes 1970 to 9999 (and panics before 1970): a clock set outside that is
+        // tracing-subscriber's to write.
+        match now.duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) if since.as_secs() < YEAR_10000 => {
+                write!(writer, "{}", humantime::format_rfc3339_micros(now))
+            }
+            _ => tracing_subscriber::fmt::time::SystemTime.format_time(writer),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,5 +251,29 @@ mod tests {
             "{ours}"
         );
         assert!(ours.contains(" only=1\n"), "{ours}");
+    }
+
+    #[test]
+    fn line_times_are_written_as_tracing_subscriber_writes_them() {
+        let time = |timer: &dyn FormatTime| {
+            let mut written = String::new();
+            timer.format_time(&mut Writer::new(&mut written)).unwrap();
+            written
+        };
+        // Two clocks read one after the other agree to the second but across a second's end:
+        // a few tries find a pair within one.
+        for _ in 0..10 {
+            let (ours, theirs) = (
+                time(&LineTime),
+                time(&tracing_subscriber::fmt::time::SystemTime),
+            );
+            assert_eq!(ours.len(), theirs.len(), "{ours} {theirs}");
+            assert_eq!(ours.len(), "2026-12-02T14:14:06.489973Z".len(), "{ours}");
+            assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
+            if ours[..19] == theirs[..19] {
+                return;
+            }
+        }
+        panic!("ten pairs of timestamps, none within one second");
     }
 }
