@@ -95,7 +95,8 @@ const MAX_DEPTH: usize = 32;
 /// assert!(is_llm_output(b"[DONE]"));
 /// ```
 pub fn is_llm_output(data: &[u8]) -> bool {
-    let data = data.trim_ascii();
+    // Leading white space only: the first byte decides, and nothing after an object is read.
+    let data = data.trim_ascii_start();
     match data.first() {
         None => false,
         Some(b'{') => Fields::read(data).is_none_or(|fields| fields.count()),
@@ -107,7 +108,7 @@ pub fn is_llm_output(data: &[u8]) -> bool {
 /// `error` that is not null, `"object": "error"`, or a `type` of `error` or
 /// `response.failed`.
 pub(crate) fn says_error(data: &[u8]) -> bool {
-    let data = data.trim_ascii();
+    let data = data.trim_ascii_start();
     if data.first() != Some(&b'{') {
         return false;
     }
