@@ -268,7 +268,9 @@ async fn plain_proxy(listener: tokio::net::TcpListener, flags: &Flags) {
     server
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(flags.header_read_timeout);
+        // As the gateway's listener: no header read timer of hyper's (the gateway bounds
+        // heads with a timer per connection, which these clients never run into).
+        .header_read_timeout(None);
     let server = Arc::new(server);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {

@@ -115,7 +115,7 @@ struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let mut rest = text;
-        while let Some(at) = rest.find(|c: char| is_terminal_control(c)) {
+        while let Some(at) = rest.find(is_terminal_control) {
             self.0.write_str(&rest[..at])?;
             let control = rest[at..].chars().next().unwrap_or_default();
             match control {
