@@ -12,11 +12,11 @@ use std::fmt::{self, Write as _};
 use std::io::{BufWriter, IsTerminal};
 
 use clap::ValueEnum;
+use tracing::field::{Field, Visit};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt::FormatFields;
-use tracing_subscriber::fmt::format::{Writer, debug_fn};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::prelude::*;
 
@@ -58,7 +58,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         .finish(BufWriter::with_capacity(LINES_BUFFERED, std::io::stderr()));
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
-            .fmt_fields(text_fields())
+            .fmt_fields(TextFields)
             .with_timer(LineTime)
             .with_writer(stderr.clone())
             .with_ansi(std::io::stderr().is_terminal())
@@ -85,27 +85,149 @@ pub fn init(format: LogFormat) -> WorkerGuard {
 /// other field, a space apart, as tracing-subscriber's default does, and without the calls
 /// that default makes to style every name and `=` even when styles are off (measured with
 /// callgrind: a tenth of a short request's instructions, for the 12 fields of a request's
-/// line). The message keeps the default's escaping of terminal controls; names are not
-/// styled on a terminal.
-fn text_fields() -> impl for<'writer> FormatFields<'writer> + Send + Sync + 'static {
-    debug_fn(
-        |writer: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn fmt::Debug| {
-            if field.name() != "message" {
-                // The name and `=` as they are, not through `format_args!`'s padding rules;
-                // a raw identifier without its `r#`, as the default writes it.
-                let name = field.name();
-                writer.write_str(name.strip_prefix("r#").unwrap_or(name))?;
-                writer.write_char('=')?;
-                return write!(writer, "{value:?}");
-            }
-            if writer.sanitizes_ansi_escapes() {
+/// line). Numbers, booleans and plain strings are written without `core::fmt` (a request's
+/// line has four integers, two milliseconds and two strings); the text is the default's
+/// all the same. The message keeps the default's escaping of terminal controls; names are
+/// not styled on a terminal.
+struct TextFields;
+
+impl<'writer> MakeVisitor<Writer<'writer>> for TextFields {
+    type Visitor = TextVisitor<'writer>;
+
+    fn make_visitor(&self, writer: Writer<'writer>) -> TextVisitor<'writer> {
+        TextVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        }
+    }
+}
+
+/// One event's fields on their way into a text line.
+struct TextVisitor<'writer> {
+    writer: Writer<'writer>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl TextVisitor<'_> {
+    /// A space unless `field` is the first, `name=` unless it is the message, then the value
+    /// that `value` writes (told whether it is the message).
+    fn write(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>, bool) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.write_field(field, value);
+        }
+    }
+
+    fn write_field(
+        &mut self,
+        field: &Field,
+        value: impl FnOnce(&mut Writer<'_>, bool) -> fmt::Result,
+    ) -> fmt::Result {
+        if !std::mem::take(&mut self.first) {
+            self.writer.write_char(' ')?;
+        }
+        let name = field.name();
+        let message = name == "message";
+        if !message {
+            // A raw identifier without its `r#`, as the default writes it.
+            self.writer
+                .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+            self.writer.write_char('=')?;
+        }
+        value(&mut self.writer, message)
+    }
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, |writer, message| {
+            if message && writer.sanitizes_ansi_escapes() {
                 write!(Escaped(writer), "{value:?}")
             } else {
                 write!(writer, "{value:?}")
             }
-        },
-    )
-    .delimited(" ")
+        });
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            // The default writes a message given as a string as it is, not quoted.
+            return self.record_debug(field, &format_args!("{value}"));
+        }
+        self.write(field, |writer, _| write_str_debug(writer, value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.write(field, |writer, _| {
+            writer.write_str(itoa::Buffer::new().format(value))
+        });
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.write(field, |writer, _| {
+            writer.write_str(itoa::Buffer::new().format(value))
+        });
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.write(field, |writer, _| {
+            writer.write_str(if value { "true" } else { "false" })
+        });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.write(field, |writer, _| write_f64_debug(writer, value));
+    }
+}
+
+impl VisitOutput<fmt::Result> for TextVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for TextVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+/// `value` as `{:?}` writes it: quoted, with `"`, `\`, controls and other characters
+/// escaped. A string of printable ASCII without `"` or `\` (a request's ending, an
+/// upstream's URL) has nothing to escape, and goes as it is between the quotes.
+fn write_str_debug(writer: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    let plain = value
+        .bytes()
+        .all(|byte| matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\');
+    if !plain {
+        return write!(writer, "{value:?}");
+    }
+    writer.write_char('"')?;
+    writer.write_str(value)?;
+    writer.write_char('"')
+}
+
+/// Tenths below this are written by [`write_f64_debug`] itself: doubles below 10^14 are
+/// less than a tenth apart, so a tenth's nearest double has no other tenth that rounds to it.
+const TENTHS_WRITTEN: f64 = 1e15;
+
+/// `value` as `{:?}` writes it. The log's milliseconds are rounded to a tenth, and the
+/// shortest text that reads back as the double nearest a tenth is that tenth, with one
+/// digit after the point (`12.0`, `12.3`): written from two integers, not by `core::fmt`'s
+/// search for the shortest digits. Any other value is `core::fmt`'s.
+fn write_f64_debug(writer: &mut impl fmt::Write, value: f64) -> fmt::Result {
+    let tenths = (value * 10.0).round();
+    // `-0.0` passes the range and comparison but is written with its sign.
+    if value.is_sign_positive() && (0.0..TENTHS_WRITTEN).contains(&tenths) && tenths / 10.0 == value
+    {
+        // Exact: a whole number below 2^53.
+        let tenths = tenths as u64;
+        writer.write_str(itoa::Buffer::new().format(tenths / 10))?;
+        writer.write_char('.')?;
+        return writer.write_char(char::from(b'0' + (tenths % 10) as u8));
+    }
+    write!(writer, "{value:?}")
 }
 
 /// Writes what it is given with the controls a terminal would act on written out instead,
@@ -164,6 +286,8 @@ impl FormatTime for LineTime {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use proptest::prelude::*;
+    use tracing_subscriber::fmt::FormatFields;
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
@@ -219,7 +343,14 @@ mod tests {
                 ok = true,
                 r#type = "raw",
                 delta = -3i64,
+                largest = u64::MAX,
+                smallest = i64::MIN,
+                sum = 0.1f64 + 0.2,
+                negative_zero = -0.0f64,
+                not_a_number = f64::NAN,
+                huge = 1e300f64,
                 ending = "completed",
+                escaped = "tab\t, newline\n, é and \\",
                 note = ?vec!["a"],
                 "request",
             );
@@ -228,13 +359,14 @@ mod tests {
                 "formatted"
             );
             tracing::info!(only = 1u8);
+            tracing::info!(message = "a message given as a string", after = false);
         });
         String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
     }
 
     #[test]
     fn text_lines_are_written_as_the_default_fields_write_them() {
-        let ours = written(text_fields());
+        let ours = written(TextFields);
         let default = written(tracing_subscriber::fmt::format::DefaultFields::new());
         assert_eq!(ours, default);
         // What they say, so that both cannot agree on nothing.
@@ -242,7 +374,10 @@ mod tests {
             ours.contains(
                 "request method=POST path=/v1/chat/completions status=200 \
              upstreams=\"quoted \\\" too\" attempts=2 frames=4 first_frame_ms=34.8 \
-             elapsed_ms=97.0 ok=true type=\"raw\" delta=-3 ending=\"completed\" note=[\"a\"]\n"
+             elapsed_ms=97.0 ok=true type=\"raw\" delta=-3 largest=18446744073709551615 \
+             smallest=-9223372036854775808 sum=0.30000000000000004 negative_zero=-0.0 \
+             not_a_number=NaN huge=1e300 ending=\"completed\" \
+             escaped=\"tab\\t, newline\\n, é and \\\\\" note=[\"a\"]\n"
             ),
             "{ours}"
         );
@@ -251,6 +386,49 @@ mod tests {
             "{ours}"
         );
         assert!(ours.contains(" only=1\n"), "{ours}");
+        assert!(
+            ours.contains(" a message given as a string after=false\n"),
+            "{ours}"
+        );
+    }
+
+    fn debug_written(write: impl FnOnce(&mut String) -> fmt::Result) -> String {
+        let mut written = String::new();
+        write(&mut written).unwrap();
+        written
+    }
+
+    proptest! {
+        #[test]
+        fn numbers_are_written_as_debug_writes_them(
+            tenths in prop_oneof![0u64..10_000_000, 0u64..20_000_000_000_000_000],
+            bits in any::<u64>(),
+            near in any::<f64>(),
+        ) {
+            // The log's milliseconds (tenths, past where the shortcut stops), any double,
+            // and doubles a few steps from a tenth.
+            let tenth = tenths as f64 / 10.0;
+            let stepped = f64::from_bits(tenth.to_bits().wrapping_add(bits % 5));
+            for value in [tenth, stepped, f64::from_bits(bits), near, near.round() / 10.0] {
+                prop_assert_eq!(
+                    debug_written(|w| write_f64_debug(w, value)),
+                    format!("{value:?}")
+                );
+            }
+        }
+
+        #[test]
+        fn strings_are_written_as_debug_writes_them(
+            value in any::<String>(),
+            ascii in "[ -~]{0,40}",
+        ) {
+            for value in [value.as_str(), ascii.as_str()] {
+                prop_assert_eq!(
+                    debug_written(|w| write_str_debug(w, value)),
+                    format!("{value:?}")
+                );
+            }
+        }
     }
 
     #[test]
