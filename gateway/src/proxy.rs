@@ -250,7 +250,7 @@ impl Gateway {
         // Checked once against the flags' first upstream (every upstream makes its URI the
         // same way), so that a bad target is the client's 400, not an attempt's failure.
         let first = &loaded.stacks.for_model(None).policy.pool.members()[0];
-        if let Err(err) = first.upstream().uri_for(&parts.uri) {
+        if let Err(err) = first.upstream().check(&parts.uri) {
             log.note(format!("bad request URI: {err}"));
             return Err(json_error(
                 StatusCode::BAD_REQUEST,

@@ -103,6 +103,15 @@ impl Upstream {
             .build()
     }
 
+    /// Whether [`uri_for`](Self::uri_for) takes `incoming`, without making the URI: only a
+    /// prefix can make a target too long to be one.
+    pub fn check(&self, incoming: &Uri) -> Result<(), http::Error> {
+        match self.prefix.is_empty() {
+            true => Ok(()),
+            false => self.uri_for(incoming).map(drop),
+        }
+    }
+
     /// The URL as shown (as `Display` writes it), to keep without a copy.
     pub fn shown(&self) -> &Arc<str> {
         &self.shown
@@ -238,5 +247,20 @@ mod tests {
             let root = expected.strip_suffix("v1/models?limit=2").unwrap();
             assert_eq!(authority_form.path(), root, "{url}");
         }
+    }
+
+    #[test]
+    fn only_a_prefix_can_make_a_target_too_long_to_forward() {
+        // As long as a URI can be: the prefix takes it past.
+        let longest = format!("/{}", "a".repeat(65_533));
+        let target: Uri = longest.parse().unwrap();
+        let plain = Upstream::parse("http://10.0.0.1:8000").unwrap();
+        assert!(plain.check(&target).is_ok());
+        assert!(plain.uri_for(&target).is_ok());
+        let prefixed = Upstream::parse("http://10.0.0.1:8000/base").unwrap();
+        assert!(prefixed.check(&target).is_err());
+        assert!(prefixed.uri_for(&target).is_err());
+        let short: Uri = "/v1/models".parse().unwrap();
+        assert!(prefixed.check(&short).is_ok());
     }
 }
