@@ -124,6 +124,7 @@ where
             writer.write_str("<unknown time>")?;
         }
         let metadata = event.metadata();
+        // The space after the time, the level right-aligned in five, a space.
         writer.write_str(match *metadata.level() {
             Level::TRACE => " TRACE ",
             Level::DEBUG => " DEBUG ",
