@@ -525,6 +525,33 @@ mod tests {
         written
     }
 
+    #[test]
+    fn milliseconds_at_the_edges_are_written_as_debug_writes_them() {
+        // Zero both ways, and values about the bound and past it: from 2^49 doubles are a
+        // tenth or more apart, and past 2^50 a tenth's nearest double is another tenth's.
+        let (two_to_49, two_to_50) = (2f64.powi(49), 2f64.powi(50));
+        for value in [
+            0.0,
+            -0.0,
+            0.1,
+            99_999_999_999_999.9,
+            1e14,
+            100_000_000_000_000.1,
+            two_to_49 - 0.1,
+            two_to_49,
+            two_to_49 + 0.1,
+            two_to_50 + 0.5,
+            two_to_50 + 1.5,
+            1e15 + 0.1,
+            1e16,
+        ] {
+            assert_eq!(
+                debug_written(|w| write_f64_debug(w, value)),
+                format!("{value:?}")
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn numbers_are_written_as_debug_writes_them(
