@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::plain_proxy::Client;
+
 /// A contender of one run.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Contender {
@@ -14,8 +16,9 @@ pub enum Contender {
     Direct,
     Nginx(PathBuf),
     Gateway(PathBuf),
-    /// This bench's own executable, as a plain hyper proxy (`plain_proxy.rs`).
-    Plain,
+    /// This bench's own executable, as a bare hyper proxy with this client
+    /// (`plain_proxy.rs`).
+    Plain(Client),
 }
 
 impl Contender {
@@ -24,7 +27,8 @@ impl Contender {
             Contender::Direct => "direct",
             Contender::Nginx(_) => "nginx",
             Contender::Gateway(_) => "gateway",
-            Contender::Plain => "plain hyper",
+            Contender::Plain(Client::Legacy) => "plain hyper",
+            Contender::Plain(Client::Gateway) => "hyper + gateway client",
         }
     }
 }
@@ -89,11 +93,12 @@ impl Proxy {
                 command.stderr(log_file(&log)?);
                 start_announcing(command, "listening on http://")?
             }
-            Contender::Plain => {
+            Contender::Plain(client) => {
                 let exe = std::env::current_exe().map_err(|e| e.to_string())?;
                 let mut command = launch(&exe);
                 command
                     .env(crate::PLAIN_PROXY, upstream.to_string())
+                    .env(crate::PLAIN_PROXY_CLIENT, client.name())
                     .stderr(Stdio::null());
                 start_announcing(command, "")?
             }

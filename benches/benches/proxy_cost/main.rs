@@ -38,12 +38,18 @@ use std::time::Duration;
 use contenders::{Contender, Placement};
 use workloads::Bench;
 
-/// Set in a child started as the plain proxy: the upstream's address.
+/// Set in a child started as a bare proxy: the upstream's address.
 const PLAIN_PROXY: &str = "PROXY_COST_PLAIN_PROXY_UPSTREAM";
+/// Set in a child started as a bare proxy: its client (`plain_proxy::Client::name`).
+const PLAIN_PROXY_CLIENT: &str = "PROXY_COST_PLAIN_PROXY_CLIENT";
 
 fn main() {
     if let Ok(upstream) = std::env::var(PLAIN_PROXY) {
-        return plain_proxy::run(&upstream);
+        let client = std::env::var(PLAIN_PROXY_CLIENT).unwrap_or_default();
+        return match plain_proxy::Client::from_name(&client) {
+            Some(client) => plain_proxy::run(&upstream, client),
+            None => eprintln!("bare proxy: no client named {client:?}"),
+        };
     }
     if std::env::args().any(|arg| arg == "--list") {
         return; // `cargo bench -- --list`: nothing to list.
@@ -69,7 +75,8 @@ fn main() {
         ),
     }
     contenders.push(Contender::Gateway(gateway.clone()));
-    contenders.push(Contender::Plain);
+    contenders.push(Contender::Plain(plain_proxy::Client::Legacy));
+    contenders.push(Contender::Plain(plain_proxy::Client::Gateway));
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = knob("PROXY_COST_PIN", 1) != 0 && cores >= 2 && pin_this_process(0);
