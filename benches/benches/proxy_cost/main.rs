@@ -1,7 +1,7 @@
 //! What a proxy hop costs, side by side: nginx (`proxy_buffering off`, HTTP/1.1 keep-alive
 //! to the upstream), `stream-deadline-gateway` (its release binary, run as operators run
-//! it) and a plain hyper proxy (hyper-util's legacy client, no deadline layer), on four
-//! workloads:
+//! it) and two bare hyper proxies (`plain_proxy.rs`: hyper-util's legacy client, and the
+//! gateway's own upstream client without the gateway's features), on four workloads:
 //!
 //! 1. 100 streams of server-sent events back to back: the proxy's CPU per chunk, its system
 //!    calls per chunk (a second run under `perf stat`), chunks per second, resident memory;
