@@ -9,13 +9,14 @@
 //!   polled): the gateway with its features left out, so that the gateway's figure less this
 //!   one is what they cost. The bench's requests are GETs: their bodies are not forwarded.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Empty, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -89,37 +90,49 @@ pub fn run(upstream: &str, client: Client) {
     });
 }
 
-async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: LegacyClient<_, Incoming> =
-        LegacyClient::builder(TokioExecutor::new()).build(connector);
+/// Serves every connection of `listener` with hyper's HTTP/1.1 server, each request
+/// answered by `forward`.
+async fn accept<F, Fut, B>(listener: tokio::net::TcpListener, forward: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, hyper::Error>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let client = client.clone();
+        let forward = forward.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |mut request: Request<Incoming>| {
-                let client = client.clone();
-                async move {
-                    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-                    let Ok(uri) = format!("http://{upstream}{path}").parse::<Uri>() else {
-                        return Ok::<_, hyper::Error>(status(StatusCode::BAD_REQUEST));
-                    };
-                    *request.uri_mut() = uri;
-                    Ok(match client.request(request).await {
-                        Ok(response) => response.map(Either::Left),
-                        Err(_) => status(StatusCode::BAD_GATEWAY),
-                    })
-                }
-            });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service_fn(forward))
                 .await;
         });
     }
+}
+
+async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: LegacyClient<_, Incoming> =
+        LegacyClient::builder(TokioExecutor::new()).build(connector);
+    accept(listener, move |mut request: Request<Incoming>| {
+        let client = client.clone();
+        async move {
+            let Some(uri) = target(upstream, request.uri()) else {
+                return Ok(status(StatusCode::BAD_REQUEST));
+            };
+            *request.uri_mut() = uri;
+            Ok(match client.request(request).await {
+                Ok(response) => response.map(Either::Left),
+                Err(_) => status(StatusCode::BAD_GATEWAY),
+            })
+        }
+    })
+    .await
 }
 
 async fn serve_with_gateway_client(listener: tokio::net::TcpListener, upstream: SocketAddr) {
@@ -131,21 +144,10 @@ async fn serve_with_gateway_client(listener: tokio::net::TcpListener, upstream: 
         Ok(client) => client,
         Err(e) => return eprintln!("hyper + gateway client: {e}"),
     };
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let client = client.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                forward(client.clone(), upstream, request)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    accept(listener, move |request| {
+        forward(client.clone(), upstream, request)
+    })
+    .await
 }
 
 async fn forward(
@@ -154,8 +156,7 @@ async fn forward(
     request: Request<Incoming>,
 ) -> Result<Response<Either<ResponseBody, Empty<Bytes>>>, hyper::Error> {
     let (mut parts, _) = request.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = format!("http://{upstream}{path}").parse::<Uri>() else {
+    let Some(uri) = target(upstream, &parts.uri) else {
         return Ok(status(StatusCode::BAD_REQUEST));
     };
     parts.uri = uri;
@@ -164,6 +165,12 @@ async fn forward(
         Ok(response) => response.map(Either::Left),
         Err(_) => status(StatusCode::BAD_GATEWAY),
     })
+}
+
+/// The request's target on `upstream`.
+fn target(upstream: SocketAddr, uri: &Uri) -> Option<Uri> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{upstream}{path}").parse().ok()
 }
 
 fn status<B>(code: StatusCode) -> Response<Either<B, Empty<Bytes>>> {
