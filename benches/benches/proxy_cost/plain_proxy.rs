@@ -42,6 +42,7 @@ impl Client {
         }
     }
 
+    /// The client of that name.
     pub fn from_name(name: &str) -> Option<Client> {
         [Client::Legacy, Client::Gateway]
             .into_iter()
@@ -79,7 +80,7 @@ pub fn run(upstream: &str, client: Client) {
         });
         let served = async move {
             match client {
-                Client::Legacy => serve(listener, upstream).await,
+                Client::Legacy => serve_with_legacy_client(listener, upstream).await,
                 Client::Gateway => serve_with_gateway_client(listener, upstream).await,
             }
         };
@@ -114,7 +115,7 @@ where
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr) {
+async fn serve_with_legacy_client(listener: tokio::net::TcpListener, upstream: SocketAddr) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: LegacyClient<_, Incoming> =
