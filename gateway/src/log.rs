@@ -39,10 +39,20 @@ pub struct RequestLog {
     request_id: HeaderValue,
     /// The upstream's own `x-request-id`, when it answered with another one.
     upstream_request_id: Mutex<Option<HeaderValue>>,
-    /// Each attempt's upstream: its index in the request's pool, and its URL as shown.
-    upstreams: Mutex<Vec<(usize, Arc<str>)>>,
-    /// What lasts as long as the response: the count of requests in flight on its upstream.
-    held: Mutex<Vec<InFlight>>,
+    /// Each attempt's upstream, in one list (a request's one allocation for them, where
+    /// most requests make one attempt).
+    tried: Mutex<Vec<Tried>>,
+}
+
+/// An attempt's upstream.
+struct Tried {
+    /// Its index in the request's pool.
+    index: usize,
+    /// Its URL as shown.
+    shown: Arc<str>,
+    /// What lasts as long as the attempt's response: the count of requests in flight on
+    /// the upstream.
+    held: Option<InFlight>,
 }
 
 impl RequestLog {
@@ -68,8 +78,7 @@ impl RequestLog {
             model: Mutex::new(None),
             request_id: request_id.clone(),
             upstream_request_id: Mutex::new(None),
-            upstreams: Mutex::new(Vec::new()),
-            held: Mutex::new(Vec::new()),
+            tried: Mutex::new(Vec::new()),
         }
     }
 
@@ -131,23 +140,30 @@ impl RequestLog {
 
     /// An attempt goes to the upstream at `index` of the request's pool, shown as `shown`.
     pub fn trying(&self, index: usize, shown: Arc<str>) {
-        if let Ok(mut upstreams) = self.upstreams.lock() {
-            upstreams.push((index, shown));
+        if let Ok(mut tried) = self.tried.lock() {
+            tried.push(Tried {
+                index,
+                shown,
+                held: None,
+            });
         }
     }
 
     /// The pool indices of the upstreams this request has tried, in order.
     pub fn tried(&self) -> Vec<usize> {
-        self.upstreams
+        self.tried
             .lock()
-            .map(|upstreams| upstreams.iter().map(|(index, _)| *index).collect())
+            .map(|tried| tried.iter().map(|tried| tried.index).collect())
             .unwrap_or_default()
     }
 
-    /// Keeps `in_flight` until the request is over.
+    /// Keeps `in_flight`, the count of the last attempt's upstream (see [`Self::trying`]),
+    /// until the request is over.
     pub fn hold(&self, in_flight: InFlight) {
-        if let Ok(mut held) = self.held.lock() {
-            held.push(in_flight);
+        if let Ok(mut tried) = self.tried.lock() {
+            if let Some(last) = tried.last_mut() {
+                last.held = Some(in_flight);
+            }
         }
     }
 
@@ -171,22 +187,21 @@ impl Drop for RequestLog {
             .and_then(|id| id.take());
         // Visible ASCII (a client's id that is not was replaced); an upstream's id that is not
         // is written with its other bytes escaped.
-        let request_id = String::from_utf8_lossy(self.request_id.as_bytes());
+        let request_id = self.request_id.as_bytes();
+        let request_id = std::str::from_utf8(request_id)
+            .map(Cow::Borrowed)
+            .unwrap_or_else(|_| String::from_utf8_lossy(request_id));
         let upstream_request_id = upstream_request_id
             .as_ref()
             .map(|id| id.as_bytes().escape_ascii().to_string());
         let elapsed = self.started.elapsed();
         let attempts = *self.attempts.get_mut();
-        let upstreams = self
-            .upstreams
-            .get_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
-        let upstreams: Option<Cow<'_, str>> = match upstreams.as_slice() {
+        let tried = self.tried.get_mut().map(std::mem::take).unwrap_or_default();
+        let upstreams: Option<Cow<'_, str>> = match tried.as_slice() {
             [] => None,
-            [(_, one)] => Some(Cow::Borrowed(one)),
+            [one] => Some(Cow::Borrowed(&one.shown)),
             several => {
-                let shown: Vec<&str> = several.iter().map(|(_, shown)| &**shown).collect();
+                let shown: Vec<&str> = several.iter().map(|tried| &*tried.shown).collect();
                 Some(Cow::Owned(shown.join(",")))
             }
         };

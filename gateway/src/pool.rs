@@ -196,9 +196,10 @@ impl Pool {
             .unwrap_or(start)
     }
 
-    /// Whether an attempt could still go to an upstream this request has not tried.
-    pub fn has_untried(&self, tried: &[usize]) -> bool {
-        (0..self.members.len()).any(|i| !tried.contains(&i))
+    /// Whether an attempt could still go to an upstream this request has not tried, once
+    /// the one at `picked` is tried too.
+    pub fn has_untried(&self, tried: &[usize], picked: usize) -> bool {
+        (0..self.members.len()).any(|i| i != picked && !tried.contains(&i))
     }
 }
 

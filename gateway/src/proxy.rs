@@ -14,7 +14,8 @@ use tower::util::{MapRequest, MapRequestLayer};
 use tower::{Layer, ServiceExt};
 use tower_stream_deadline::{
     DeadlineBody, DeadlineExceeded, HedgeFirstFrame, HedgeFirstFrameLayer, OnRequestOutcome,
-    ReleaseUnpolled, RetryFirstFrame, StreamDeadline, UpstreamErrorEvent,
+    ReleaseUnpolled, RequestBudgets, RetryFirstFrame, StreamDeadline, StreamDeadlineLayer,
+    UpstreamErrorEvent,
 };
 
 use crate::client_budgets::{ClientBudgets, Configured};
@@ -27,10 +28,10 @@ use crate::metrics::Metrics;
 use crate::policy::{ByModel, Policies, Policy};
 use crate::pool::Members;
 use crate::request_body::{self, BodyBroken, BodyLimits, BodyTimeout, ReadError, RequestBody};
-use crate::routing::{AttemptsEnd, Route};
+use crate::routing::{Attempts, Route};
 use crate::shutdown::{Cut, DrainBody};
 use crate::upstream::{self, ResponseBody, UpstreamBody, UpstreamClient};
-use crate::{request_fields, request_id};
+use crate::{request_fields, request_id, stream_request};
 
 /// What the gateway answers with: the upstream's body under its deadlines (after the
 /// heartbeats, if they began before it), or its own error.
@@ -49,7 +50,13 @@ type Replayed = MapRequest<Routed, fn(Request<Full<Bytes>>) -> Request<UpstreamB
 /// loaded: a request clones the stack it needs (a few `Arc`s) instead of building it.
 struct Stack {
     policy: Arc<Policy>,
-    /// A request whose body is streamed: one attempt.
+    /// The budgets a request that asks for a stream (`[1]`) or not (`[0]`) gets when its
+    /// client asks for none of its own: the layers below hold them already, and a request
+    /// carries budgets only when its client's differ (a request's extensions are a map
+    /// whose every entry is an allocation).
+    budgets: [RequestBudgets; 2],
+    /// A request whose body is streamed: one attempt (it is never read, so never asks for
+    /// a stream).
     routed: Routed,
     /// A buffered body that does not ask for a stream: one attempt (it has no first-frame
     /// budget, so nothing to retry at; no copy of it is kept).
@@ -63,21 +70,30 @@ struct Stack {
 
 impl Stack {
     fn new(policy: &Arc<Policy>, client: &UpstreamClient, metrics: &Arc<Metrics>) -> Stack {
-        let routed = Route::new(
-            policy.layer.layer(client.clone()),
-            policy.pool.clone(),
-            metrics.clone(),
-        );
+        let route = |layer: &StreamDeadlineLayer<ReleaseUnpolled>| {
+            Route::new(
+                layer.layer(client.clone()),
+                policy.pool.clone(),
+                metrics.clone(),
+            )
+        };
+        let configured = Configured::from_policy(policy);
+        let budgets = [false, true]
+            .map(|streamed| ClientBudgets::default().request_budgets(&configured, streamed));
+        let whole = stream_request::total_only_layer(policy.layer.clone());
         let replayable: fn(Request<Full<Bytes>>) -> Request<UpstreamBody> =
             |request| request.map(Either::Left);
-        let replayed = MapRequestLayer::new(replayable).layer(routed.clone());
+        let replay = |routed: Routed| MapRequestLayer::new(replayable).layer(routed);
+        let streamed = replay(route(&policy.layer));
+        let routed = route(&whole);
         Stack {
             policy: policy.clone(),
-            retried: RetryLayer::new(RetryFirstFrame::new(policy.retries)).layer(replayed.clone()),
-            hedged: policy.hedge_after.map(|after| {
-                HedgeFirstFrameLayer::new(after, policy.retries + 1).layer(replayed.clone())
-            }),
-            replayed,
+            budgets,
+            retried: RetryLayer::new(RetryFirstFrame::new(policy.retries)).layer(streamed.clone()),
+            hedged: policy
+                .hedge_after
+                .map(|after| HedgeFirstFrameLayer::new(after, policy.retries + 1).layer(streamed)),
+            replayed: replay(routed.clone()),
             routed,
         }
     }
@@ -264,8 +280,6 @@ impl Gateway {
             let log = log.clone();
             move |outcome| log.record(outcome)
         }));
-        // For the routing of each attempt: the upstreams tried, and the one that answered.
-        parts.extensions.insert(log.clone());
 
         let body = match request_body::read(&parts.headers, body, limits).await {
             Ok(body) => body,
@@ -300,18 +314,21 @@ impl Gateway {
             parts.extensions.insert(deadline);
         }
         let configured = Configured::from_policy(policy);
-        parts
-            .extensions
-            .insert(client.request_budgets(&configured, fields.stream));
+        let budgets = client.request_budgets(&configured, fields.stream);
+        if budgets != stack.budgets[usize::from(fields.stream)] {
+            parts.extensions.insert(budgets);
+        }
         heartbeat::tell(
             &parts.extensions,
             policy.heartbeat.filter(|_| fields.stream),
         );
+        // For the routing of each attempt: the upstreams tried, and the one that answered.
         // `--total` bounds every attempt together, from now: the first attempt has it whole
-        // (and its errors name it), later ones what is left (see `routing`).
-        if let Some(end) = tokio::time::Instant::now().checked_add(policy.total) {
-            parts.extensions.insert(AttemptsEnd(end));
-        }
+        // (and its errors name it), later ones what is left.
+        parts.extensions.insert(Attempts {
+            log: log.clone(),
+            end: tokio::time::Instant::now().checked_add(policy.total),
+        });
         log.forwarding();
         let result = match body {
             RequestBody::Replayable(bytes) => {

@@ -26,11 +26,18 @@ use crate::metrics::Metrics;
 use crate::pool::{Change, Pool, Verdict};
 use crate::upstream::{self, UpstreamBody};
 
-/// When every attempt of a request must be over (`--total` from when it was forwarded): the
-/// first attempt's own total budget ends then, and each later attempt is given what is left,
-/// as the request's [`Deadline`].
-#[derive(Clone, Copy, Debug)]
-pub struct AttemptsEnd(pub Instant);
+/// What the routing of a request's attempts reads of it, in its extensions (one entry, so
+/// that a request carries few).
+#[derive(Clone)]
+pub struct Attempts {
+    /// The request's log, which keeps each attempt's upstream (the next attempt goes to one
+    /// not tried yet) and the count of the one that answered.
+    pub log: Arc<RequestLog>,
+    /// When every attempt must be over (`--total` from when the request was forwarded): the
+    /// first attempt's own total budget ends then, and each later attempt is given what is
+    /// left, as the request's [`Deadline`].
+    pub end: Option<Instant>,
+}
 
 /// Routes each attempt of a request to an upstream of `pool`; see the module docs.
 #[derive(Clone)]
@@ -140,16 +147,18 @@ where
     S: Service<Request<UpstreamBody>, Response = Response<B>, Error = BoxError>,
 {
     async move {
-        let log = request.extensions().get::<Arc<RequestLog>>().cloned();
+        let (log, end) = match request.extensions().get::<Attempts>() {
+            Some(attempts) => (Some(attempts.log.clone()), attempts.end),
+            None => (None, None),
+        };
         let target = request.uri().clone();
         loop {
             let now = Instant::now();
-            let mut tried = log.as_ref().map(|log| log.tried()).unwrap_or_default();
-            if !tried.is_empty() {
-                limit_to_what_is_left(&mut request);
+            let tried = log.as_ref().map(|log| log.tried()).unwrap_or_default();
+            if let (false, Some(end)) = (tried.is_empty(), end) {
+                limit_to_what_is_left(&mut request, end);
             }
             let index = pool.pick(&tried, now);
-            tried.push(index);
             let member = pool.members()[index].clone();
             let upstream = member.upstream();
             let shown = upstream.shown().clone();
@@ -158,7 +167,7 @@ where
             }
             // Kept for a refused connection, only while another upstream is left to try
             // (boxed: most pools have one upstream, and the future stays small).
-            let copy = match pool.has_untried(&tried) {
+            let copy = match pool.has_untried(&tried, index) {
                 true => copy(&request).map(Box::new),
                 false => None,
             };
@@ -204,12 +213,9 @@ where
     }
 }
 
-/// Gives a later attempt what is left of the request's `AttemptsEnd`, unless its own
+/// Gives a later attempt what is left until `end` (see [`Attempts::end`]), unless its own
 /// deadline (the client's) is earlier.
-fn limit_to_what_is_left<B>(request: &mut Request<B>) {
-    let Some(AttemptsEnd(end)) = request.extensions().get::<AttemptsEnd>().copied() else {
-        return;
-    };
+fn limit_to_what_is_left<B>(request: &mut Request<B>, end: Instant) {
     let extensions = request.extensions_mut();
     if extensions.get::<Deadline>().is_none_or(|d| d.at() > end) {
         extensions.insert(Deadline::new(end));

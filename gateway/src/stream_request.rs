@@ -8,13 +8,19 @@
 
 use std::time::Duration;
 
-use tower_stream_deadline::RequestBudgets;
+use tower_stream_deadline::{RequestBudgets, StreamDeadlineLayer};
 
 /// The budgets of a request that does not ask for a stream: no first-frame budget (so no
 /// first-frame retries) and no idle budget; the layer's total budget stays.
 pub fn total_only() -> RequestBudgets {
-    // `Duration::MAX` is no deadline; a first-frame budget beyond the total is ignored.
-    RequestBudgets::new()
-        .first_frame(Duration::MAX)
-        .idle(Duration::MAX)
+    RequestBudgets::new().first_frame(OFF).idle(OFF)
 }
+
+/// `layer` with the budgets of [`total_only`], for requests that carry no budgets of their
+/// own.
+pub fn total_only_layer<R>(layer: StreamDeadlineLayer<R>) -> StreamDeadlineLayer<R> {
+    layer.first_frame(OFF).idle(OFF)
+}
+
+/// No deadline; a first-frame budget beyond the total is ignored.
+const OFF: Duration = Duration::MAX;

@@ -147,13 +147,31 @@ where
 /// line has four integers, two milliseconds and two strings); the text is the default's
 /// all the same. The message keeps the default's escaping of terminal controls; names are
 /// not styled on a terminal.
+///
+/// The fields are put together in a buffer of the thread's own, a `String` written to
+/// directly, and handed to the line's writer in one piece: through the writer, each of the
+/// line's fifty-odd pieces is a call through `dyn fmt::Write` (measured with callgrind:
+/// 2,000 instructions of a short request's line).
 struct TextFields;
+
+thread_local! {
+    /// The buffer in which a thread puts an event's fields together, kept from one event to
+    /// the next so that a line costs no allocation.
+    static FIELDS: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// Past this, a thread's buffer is not kept for the next line (one line with a long note
+/// does not hold its room for ever).
+const FIELDS_KEPT: usize = 4096;
 
 impl<'writer> MakeVisitor<Writer<'writer>> for TextFields {
     type Visitor = TextVisitor<'writer>;
 
     fn make_visitor(&self, writer: Writer<'writer>) -> TextVisitor<'writer> {
         TextVisitor {
+            // A thread being torn down has no buffer to lend: the line gets a new one.
+            fields: FIELDS.try_with(std::cell::Cell::take).unwrap_or_default(),
+            sanitizes: writer.sanitizes_ansi_escapes(),
             writer,
             first: true,
             result: Ok(()),
@@ -163,6 +181,10 @@ impl<'writer> MakeVisitor<Writer<'writer>> for TextFields {
 
 /// One event's fields on their way into a text line.
 struct TextVisitor<'writer> {
+    /// The fields so far; written to `writer` at the end.
+    fields: String,
+    /// Whether the message's terminal controls are written out (`writer`'s setting).
+    sanitizes: bool,
     writer: Writer<'writer>,
     first: bool,
     result: fmt::Result,
@@ -171,7 +193,7 @@ struct TextVisitor<'writer> {
 impl TextVisitor<'_> {
     /// A space unless `field` is the first, `name=` unless it is the message, then the value
     /// that `value` writes (told whether it is the message).
-    fn write(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>, bool) -> fmt::Result) {
+    fn write(&mut self, field: &Field, value: impl FnOnce(&mut String, bool) -> fmt::Result) {
         if self.result.is_ok() {
             self.result = self.write_field(field, value);
         }
@@ -180,30 +202,31 @@ impl TextVisitor<'_> {
     fn write_field(
         &mut self,
         field: &Field,
-        value: impl FnOnce(&mut Writer<'_>, bool) -> fmt::Result,
+        value: impl FnOnce(&mut String, bool) -> fmt::Result,
     ) -> fmt::Result {
         if !std::mem::take(&mut self.first) {
-            self.writer.write_char(' ')?;
+            self.fields.push(' ');
         }
         let name = field.name();
         let message = name == "message";
         if !message {
             // A raw identifier without its `r#`, as the default writes it.
-            self.writer
-                .write_str(name.strip_prefix("r#").unwrap_or(name))?;
-            self.writer.write_char('=')?;
+            self.fields
+                .push_str(name.strip_prefix("r#").unwrap_or(name));
+            self.fields.push('=');
         }
-        value(&mut self.writer, message)
+        value(&mut self.fields, message)
     }
 }
 
 impl Visit for TextVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.write(field, |writer, message| {
-            if message && writer.sanitizes_ansi_escapes() {
-                write!(Escaped(writer), "{value:?}")
+        let sanitizes = self.sanitizes;
+        self.write(field, |fields, message| {
+            if message && sanitizes {
+                write!(Escaped(fields), "{value:?}")
             } else {
-                write!(writer, "{value:?}")
+                write!(fields, "{value:?}")
             }
         });
     }
@@ -213,41 +236,53 @@ impl Visit for TextVisitor<'_> {
             // The default writes a message given as a string as it is, not quoted.
             return self.record_debug(field, &format_args!("{value}"));
         }
-        self.write(field, |writer, _| write_str_debug(writer, value));
+        self.write(field, |fields, _| write_str_debug(fields, value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.write(field, |writer, _| {
-            writer.write_str(itoa::Buffer::new().format(value))
+        self.write(field, |fields, _| {
+            fields.push_str(itoa::Buffer::new().format(value));
+            Ok(())
         });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.write(field, |writer, _| {
-            writer.write_str(itoa::Buffer::new().format(value))
+        self.write(field, |fields, _| {
+            fields.push_str(itoa::Buffer::new().format(value));
+            Ok(())
         });
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.write(field, |writer, _| {
-            writer.write_str(if value { "true" } else { "false" })
+        self.write(field, |fields, _| {
+            fields.push_str(if value { "true" } else { "false" });
+            Ok(())
         });
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.write(field, |writer, _| write_f64_debug(writer, value));
+        self.write(field, |fields, _| write_f64_debug(fields, value));
     }
 }
 
 impl VisitOutput<fmt::Result> for TextVisitor<'_> {
-    fn finish(self) -> fmt::Result {
-        self.result
+    fn finish(mut self) -> fmt::Result {
+        let written = self
+            .result
+            .and_then(|()| self.writer.write_str(&self.fields));
+        if self.fields.capacity() <= FIELDS_KEPT {
+            self.fields.clear();
+            let fields = std::mem::take(&mut self.fields);
+            // A thread being torn down keeps nothing.
+            let _ = FIELDS.try_with(|kept| kept.set(fields));
+        }
+        written
     }
 }
 
 impl VisitFmt for TextVisitor<'_> {
     fn writer(&mut self) -> &mut dyn fmt::Write {
-        &mut self.writer
+        &mut self.fields
     }
 }
 
@@ -290,9 +325,9 @@ fn write_f64_debug(writer: &mut impl fmt::Write, value: f64) -> fmt::Result {
 
 /// Writes what it is given with the controls a terminal would act on written out instead,
 /// as tracing-subscriber writes a message: ESC, BEL, BS, FF, DEL and the C1 controls.
-struct Escaped<'a, 'w>(&'a mut Writer<'w>);
+struct Escaped<'a>(&'a mut String);
 
-impl fmt::Write for Escaped<'_, '_> {
+impl fmt::Write for Escaped<'_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let mut rest = text;
         while let Some(at) = rest.find(is_terminal_control) {
