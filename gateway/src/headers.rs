@@ -11,7 +11,8 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110, section 7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+// A `static`, not a `const`: a `const` array is built, and dropped, wherever it is named.
+static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

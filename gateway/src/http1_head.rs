@@ -10,6 +10,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Ver
 
 use crate::http1_error::Http1Error;
 
+/// Headers a response head has room for beyond its own.
+const ROOM_FOR_ADDED: usize = 2;
+
 /// The most header lines a head may have (hyper's limit too).
 pub const MAX_HEADERS: usize = 100;
 
@@ -107,7 +110,10 @@ pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
             continue;
         }
         let head = read.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(located.len());
+        // With room for the headers a proxy adds to an answer (its request id, a note to
+        // buffering proxies), which would otherwise grow the map: a new table, every name
+        // hashed again.
+        let mut headers = HeaderMap::with_capacity(located.len() + ROOM_FOR_ADDED);
         for (name, value) in located {
             let value = match value {
                 Value::At(at, len) => HeaderValue::from_maybe_shared(head.slice(at..at + len)),
