@@ -7,6 +7,7 @@
 //! generator (a ChaCha stream seeded from the system's random source), so a request that
 //! comes without an id costs no system call.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -30,9 +31,13 @@ pub fn take_or_make(headers: &mut HeaderMap) -> (HeaderValue, Option<String>) {
         }
         Some(id) => return (id.clone(), None),
     };
-    let mut text = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    let id = HeaderValue::from_str(text).expect("a UUID's text is a valid header value");
+    let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    // The text is the bytes' owner: one allocation, which the id's clones (the request's,
+    // the log's, the response's) share, where a copy into a `Vec` is a second one at the
+    // first clone.
+    let id = HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+        .expect("a UUID's text is a valid header value");
     headers.insert(HEADER, id.clone());
     (id, ignored)
 }
