@@ -208,12 +208,14 @@ impl Gateway {
         if let Some(ignored) = ignored {
             log.warn(ignored);
         }
-        let forwarded = match self.loaded().any_heartbeat {
-            false => Raced::Answered(self.forward(request, peer, &log).await),
+        // Read once: the request keeps the policies it started with.
+        let loaded = self.loaded();
+        let forwarded = match loaded.any_heartbeat {
+            false => Raced::Answered(self.forward(request, peer, loaded, &log).await),
             true => {
                 let told = heartbeat::ask(request.extensions_mut());
                 let (gateway, held) = (self.clone(), log.clone());
-                let forward = async move { gateway.forward(request, peer, &held).await };
+                let forward = async move { gateway.forward(request, peer, loaded, &held).await };
                 // Boxed: held inline, the race would make every request's future (hyper
                 // keeps one per connection, moved in for each request) larger by half.
                 Box::pin(heartbeat::race(forward, told, log.clone())).await
@@ -254,6 +256,7 @@ impl Gateway {
         &self,
         request: Request<Incoming>,
         peer: ForwardedFor,
+        loaded: Arc<Loaded>,
         log: &Arc<RequestLog>,
     ) -> Result<Response<DeadlineBody<ResponseBody>>, Response<Full<Bytes>>> {
         let arrived = tokio::time::Instant::now();
@@ -262,7 +265,6 @@ impl Gateway {
         // The body must come within the request's total budget too.
         let budget = client.total(self.total, arrived);
         let limits = BodyLimits::new(self.request_body_idle, arrived, budget);
-        let loaded = self.loaded();
         // Checked once against the flags' first upstream (every upstream makes its URI the
         // same way), so that a bad target is the client's 400, not an attempt's failure.
         let first = &loaded.stacks.for_model(None).policy.pool.members()[0];
