@@ -30,6 +30,7 @@ pub mod proxy;
 pub mod request_body;
 pub mod request_fields;
 pub mod request_id;
+pub mod request_line;
 pub mod routing;
 pub mod shutdown;
 pub mod stream_request;

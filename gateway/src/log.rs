@@ -10,6 +10,7 @@ use tower_stream_deadline::Outcome;
 
 use crate::metrics::{Finished, Metrics};
 use crate::pool::InFlight;
+use crate::request_line::RequestLine;
 
 /// The target of the gateway's own `tracing` events.
 pub const TARGET: &str = "stream_deadline_gateway";
@@ -242,34 +243,24 @@ impl Drop for RequestLog {
             .collect::<Vec<_>>()
             .join("; ");
         let note = Some(notes).filter(|notes| !notes.is_empty());
-        // The same fields, under the same names, in every log format (README: Logs).
-        macro_rules! line {
-            ($level:ident) => {
-                tracing::$level!(
-                    target: TARGET,
-                    method = %self.method,
-                    path = %self.path,
-                    status,
-                    model = model.as_deref(),
-                    attempts,
-                    first_frame_ms = first_frame.map(ms),
-                    frames,
-                    bytes,
-                    ending,
-                    elapsed_ms = ms(elapsed),
-                    request_id = %request_id,
-                    upstreams = upstreams.as_deref(),
-                    upstream_request_id = upstream_request_id.as_deref(),
-                    note = note.as_deref().map(tracing::field::display),
-                    "request",
-                )
-            };
+        RequestLine {
+            warn: warning.is_some(),
+            method: self.method.as_str(),
+            path: &self.path,
+            status,
+            model: model.as_deref(),
+            attempts,
+            first_frame_ms: first_frame.map(ms),
+            frames,
+            bytes,
+            ending,
+            elapsed_ms: ms(elapsed),
+            request_id: &request_id,
+            upstreams: upstreams.as_deref(),
+            upstream_request_id: upstream_request_id.as_deref(),
+            note: note.as_deref(),
         }
-        if warning.is_some() {
-            line!(warn);
-        } else {
-            line!(info);
-        }
+        .write();
     }
 }
 

@@ -4,7 +4,10 @@ mod support;
 
 use std::process::Command;
 
-use support::{Gateway, post, refused, send, upstream};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use support::{Gateway, PATIENCE, post, refused, send, upstream};
 
 fn ready_line(gateway: &Gateway) -> String {
     let log = gateway.log();
@@ -155,4 +158,51 @@ async fn an_ignored_header_value_is_named_in_its_request_line_at_warn() {
     let line = gateway.request_line("/v1/complete").await;
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("\"soonish\""), "{line}");
+}
+
+#[tokio::test]
+async fn rust_log_at_warn_keeps_the_request_lines_at_warn_and_no_others() {
+    let (upstream, _) = upstream::start().await;
+    let gateway = Gateway::start(
+        &["--upstream", &format!("http://{upstream}")],
+        &[("RUST_LOG", "stream_deadline_gateway=warn")],
+    );
+    // One kept-alive connection: the first request's line, if it were written, would be
+    // written before the second request is read.
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for (id, timeout) in [("quiet", "5"), ("loud", "soonish")] {
+        let request = http::Request::post("/v1/complete")
+            .header("host", "gateway")
+            .header("x-request-id", id)
+            .header("x-request-timeout", timeout)
+            .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+            .await
+            .expect("the body ends in time")
+            .unwrap()
+            .to_bytes();
+        assert!(body.ends_with(b"data: [DONE]\n\n"), "{body:?}");
+    }
+    let log = gateway
+        .wait_for_log("the line of the request at warn", |log| {
+            log.contains("request_id=loud")
+        })
+        .await;
+    let line = log
+        .lines()
+        .find(|line| line.contains("request_id=loud"))
+        .unwrap();
+    assert!(
+        line.contains("  WARN stream_deadline_gateway: request method=POST"),
+        "{line}"
+    );
+    assert!(line.contains("\"soonish\""), "{line}");
+    assert!(!log.contains("request_id=quiet"), "{log}");
 }
