@@ -171,7 +171,7 @@ static TEXT_LINES: std::sync::OnceLock<NonBlocking> = std::sync::OnceLock::new()
 ///
 /// For a request's line (see `request_line`): through `tracing`, its fifteen fields are each
 /// a call through `dyn Value` and `dyn Visit`, and the line a pass through the text layer
-/// (measured with callgrind: 2,400 instructions of a short request's).
+/// (measured with callgrind: 5,000 instructions of a short request's, 2,500 written here).
 pub(crate) fn write_text_line(
     level: Level,
     target: &str,
