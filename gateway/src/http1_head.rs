@@ -43,6 +43,24 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// Which of the fields that frame a body and keep a connection a head has, noted as its
+/// fields are read: most heads have a length and neither of the others, and are then not
+/// searched for them (a search hashes the name).
+#[derive(Clone, Copy, Default)]
+struct Framed {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+impl Framed {
+    fn note(&mut self, name: &HeaderName) {
+        self.transfer_encoding |= *name == TRANSFER_ENCODING;
+        self.content_length |= *name == CONTENT_LENGTH;
+        self.connection |= *name == CONNECTION;
+    }
+}
+
 /// Where a header value is: at an offset and length in the head, or copied out of it.
 enum Value {
     At(usize, usize),
@@ -88,9 +106,11 @@ pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
         // parser's borrow of it ends (a value found anywhere else is copied).
         let start = read.as_ptr() as usize;
         let mut located = Vec::with_capacity(parsed.headers.len());
+        let mut framed = Framed::default();
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| Http1Error::Malformed("an invalid header name"))?;
+            framed.note(&name);
             let len = field.value.len();
             let value = (field.value.as_ptr() as usize)
                 .checked_sub(start)
@@ -122,9 +142,10 @@ pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
             let value = value.map_err(|_| Http1Error::Malformed("an invalid header value"))?;
             headers.append(name, value);
         }
-        let framing = framing(&headers, status, method)?;
-        let keep_alive = keep_alive(&headers, version, framing) && method != Method::CONNECT;
-        if headers.contains_key(TRANSFER_ENCODING) {
+        let framing = framing(&headers, framed, status, method)?;
+        let keep_alive =
+            keep_alive(&headers, framed, version, framing) && method != Method::CONNECT;
+        if framed.transfer_encoding {
             // The transfer coding overrides a length, which is not passed on (RFC 9112,
             // section 6.3): the client would wait for a length the body does not have.
             headers.remove(CONTENT_LENGTH);
@@ -144,6 +165,7 @@ pub fn parse(read: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
 /// How the body after a head with `headers` and `status`, answering `method`, is delimited.
 fn framing(
     headers: &HeaderMap,
+    framed: Framed,
     status: StatusCode,
     method: &Method,
 ) -> Result<Framing, Http1Error> {
@@ -155,7 +177,7 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if framed.transfer_encoding {
         // Chunked when it is the last coding applied; otherwise only the close ends it.
         let last = headers
             .get_all(TRANSFER_ENCODING)
@@ -167,6 +189,9 @@ fn framing(
             Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
             _ => Framing::UntilClose,
         });
+    }
+    if !framed.content_length {
+        return Ok(Framing::UntilClose);
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
@@ -193,19 +218,18 @@ fn framing(
 /// Whether the connection outlives this response: HTTP/1.1 unless the upstream says `close`,
 /// HTTP/1.0 only when it says `keep-alive`; never when only the close ends the body, nor
 /// after a head with both a transfer coding and a length (a sign of a confused upstream).
-fn keep_alive(headers: &HeaderMap, version: Version, framing: Framing) -> bool {
-    if framing == Framing::UntilClose
-        || (headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH))
-    {
+fn keep_alive(headers: &HeaderMap, framed: Framed, version: Version, framing: Framing) -> bool {
+    if framing == Framing::UntilClose || (framed.transfer_encoding && framed.content_length) {
         return false;
     }
     let says = |token: &str| {
-        headers.get_all(CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|&byte| byte == b',')
-                .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
+        framed.connection
+            && headers.get_all(CONNECTION).iter().any(|value| {
+                value
+                    .as_bytes()
+                    .split(|&byte| byte == b',')
+                    .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
     };
     match version {
         Version::HTTP_10 => says("keep-alive"),
@@ -316,6 +340,14 @@ mod tests {
                 "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
                 Framing::Empty,
             ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
+                Framing::Length(12),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
         ];
         for (text, framing) in cases {
             assert_eq!(head(text).framing, framing, "{text:?}");
@@ -380,6 +412,10 @@ mod tests {
             ("HTTP/1.1 200 OK\r\n\r\n", false),
             (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
                 false,
             ),
         ];
