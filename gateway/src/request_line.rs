@@ -126,33 +126,16 @@ impl RequestLine<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use proptest::prelude::*;
     use tracing_subscriber::prelude::*;
 
     use super::*;
     use crate::subscriber::TextFields;
-
-    /// Everything written to it, shared.
-    #[derive(Clone, Default)]
-    struct Written(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Written {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::subscriber::tests::Lines;
 
     /// The line's message and fields as the text layer writes its event.
     fn through_tracing(line: &RequestLine<'_>) -> String {
-        let written = Written::default();
-        let sink = written.clone();
+        let written = Lines::default();
         let layer = tracing_subscriber::fmt::layer()
             .event_format(
                 tracing_subscriber::fmt::format()
@@ -161,7 +144,7 @@ mod tests {
                     .with_target(false),
             )
             .fmt_fields(TextFields)
-            .with_writer(move || sink.clone())
+            .with_writer(written.clone())
             .with_ansi(false);
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             line.write()

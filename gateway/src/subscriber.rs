@@ -475,7 +475,7 @@ fn write_line_time(writer: &mut impl fmt::Write, since: std::time::Duration) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use proptest::prelude::*;
@@ -483,9 +483,9 @@ mod tests {
 
     use super::*;
 
-    /// Everything written to it, shared.
+    /// Everything written to it, shared: a writer for a test's subscriber.
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Lines(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Lines {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
