@@ -87,7 +87,12 @@ impl Upstream {
     /// and port, whatever the request's target; the asterisk form (`OPTIONS *`) names the
     /// upstream server as a whole, so it stays `*`, without the prefix.
     pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::Error> {
-        let path_and_query = match incoming.path_and_query() {
+        self.uri_for_target(incoming.path_and_query())
+    }
+
+    /// [`uri_for`](Self::uri_for) from the request target alone (its path and query).
+    pub fn uri_for_target(&self, target: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        let path_and_query = match target {
             // Without a prefix the target goes as it came: a shared copy, not a new one.
             Some(target) if target.as_str() == "*" || self.prefix.is_empty() => target.clone(),
             None if self.prefix.is_empty() => PathAndQuery::from_static("/"),
