@@ -159,3 +159,33 @@ async fn with_nothing_in_flight_sigterm_exits_0_at_once() {
     let status = gateway.exit_within(Duration::from_secs(5)).await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn every_request_answered_before_sigterm_has_its_line_in_the_log_at_exit() {
+    let (upstream, _) = upstream::start().await;
+    let mut gateway = Gateway::start(&["--upstream", &format!("http://{upstream}")], &[]);
+    // Requests in parallel, so that the runtime's workers are busy and gather their lines.
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let addr = gateway.addr;
+            tokio::spawn(async move {
+                for request in 0..25 {
+                    let answer = get(addr, &format!("/line/{client}/{request}")).await;
+                    assert_eq!(answer.status, 200);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    gateway.signal("TERM");
+    let status = gateway.exit_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status:?}");
+    // The process has exited: what its log lacks now, it never wrote.
+    let lines = |log: &str| log.matches("path=/line/").count();
+    let log = gateway
+        .wait_for_log("line for each of the 200 requests", |log| lines(log) == 200)
+        .await;
+    assert_eq!(lines(&log), 200);
+}
