@@ -23,6 +23,7 @@ pub mod http1_pool;
 pub mod http1_request;
 pub mod listener;
 pub mod log;
+pub mod log_writer;
 pub mod metrics;
 pub mod policy;
 pub mod pool;

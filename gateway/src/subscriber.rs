@@ -1,20 +1,17 @@
 //! Where the gateway's `tracing` events go: stderr, as text for people or as one JSON object
 //! per line for log pipelines (Loki, Elasticsearch, Datadog), filtered by `RUST_LOG`.
 //!
-//! Lines are handed to a thread of their own that writes them (tracing-appender's
-//! non-blocking writer), so a request's line never waits on stderr inside a worker of the
-//! runtime; when the buffer is full the worker waits rather than drop a line, and the guard
-//! that [`init`] returns writes out what is left when the process ends. That thread writes
-//! the lines it finds waiting together, in one `write` (it flushes each time it has taken
-//! them all), rather than one `write` per line.
+//! Lines are written to stderr by a thread of their own, a batch at a time (see
+//! [`log_writer`](crate::log_writer)), so a request's line never waits on stderr inside a
+//! worker of the runtime; the guard that [`init`] returns writes out what is left when the
+//! process ends.
 
 use std::fmt::{self, Write as _};
-use std::io::{BufWriter, IsTerminal};
+use std::io::IsTerminal;
 
 use clap::ValueEnum;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
@@ -23,18 +20,10 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::log_writer::{LogWriter, LogWriterGuard};
+
 /// The targets and levels logged when `RUST_LOG` is unset or cannot be read.
 pub const DEFAULT_FILTER: &str = "stream_deadline_gateway=info,tower_stream_deadline=error,warn";
-
-/// The bytes of waiting lines the log thread gathers before it writes them (a line longer
-/// than this goes out alone); it writes sooner when no line waits.
-const LINES_BUFFERED: usize = 64 * 1024;
-
-/// The most lines waiting for the log thread; beyond, a worker waits for room. The queue
-/// takes its room at start, 32 bytes a line: tracing-appender's default of 128,000 lines
-/// is 4 MB resident in every gateway, a second and more of lines at 50,000 requests a
-/// second; this is a third of a second.
-const LINES_WAITING_AT_MOST: usize = 16 * 1024;
 
 /// How each log line is written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,16 +38,12 @@ pub enum LogFormat {
 /// Installs the process's subscriber: every event in `format` on stderr. Keep the guard
 /// until the process ends: dropping it writes out the lines still buffered.
 #[must_use = "dropping the guard stops the log writer"]
-pub fn init(format: LogFormat) -> WorkerGuard {
+pub fn init(format: LogFormat) -> LogWriterGuard {
     let targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|spec| spec.parse::<Targets>().ok())
         .unwrap_or_else(|| DEFAULT_FILTER.parse().unwrap_or_default());
-    let (stderr, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(LINES_WAITING_AT_MOST)
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(LINES_BUFFERED, std::io::stderr()));
+    let (stderr, guard) = LogWriter::spawn(std::io::stderr());
     let ansi = std::io::stderr().is_terminal();
     if format == LogFormat::Text && !ansi {
         // Only `init` sets it, once: the process has one subscriber.
@@ -162,7 +147,7 @@ fn write_line_start(
 
 /// The log's writer when the process logs in the text format without styles (set by
 /// [`init`]): a request's line is then written to it by [`write_text_line`].
-static TEXT_LINES: std::sync::OnceLock<NonBlocking> = std::sync::OnceLock::new();
+static TEXT_LINES: std::sync::OnceLock<LogWriter> = std::sync::OnceLock::new();
 
 /// Writes a line, as the text format writes an event of `level` and `target` outside any
 /// span, with the fields that `fields` writes as [`TextFields`] would; false, with nothing
@@ -185,9 +170,7 @@ pub(crate) fn write_text_line(
     let _ = write_line_start(&LineTime, &mut Writer::new(&mut line), level, target);
     fields(&mut line);
     line.push('\n');
-    // One line, one message to the log thread, as the text layer sends it; a log that cannot
-    // be written is the log thread's to report, as for every other line.
-    let _ = std::io::Write::write_all(&mut lines.clone(), line.as_bytes());
+    lines.write_line(line.as_bytes());
     give_back_buffer(line);
     true
 }
