@@ -125,6 +125,11 @@ pub struct Flags {
     )]
     pub backlog: u32,
 
+    /// Threads serving connections; one thread serves them in the order they become ready. One
+    /// per core this process may run on by default.
+    #[arg(long, value_name = "N", env = "STREAM_DEADLINE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// How long a connection may wait for its next request head, from the accept and from the end
     /// of each response (HTTP/2: for a new stream); a connection that sends none in time is closed.
     #[arg(long, value_name = "DUR", env = "STREAM_DEADLINE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
@@ -307,6 +312,11 @@ mod tests {
             Budget(Some(Duration::from_millis(400)))
         );
         assert!(Flags::try_from_iter(["gw", "--heartbeat", "0s"]).is_err());
+        let threads = |n: &str| Flags::try_from_iter(["gw", "--worker-threads", n]);
+        assert_eq!(threads("1").unwrap().worker_threads, Some(1));
+        for refused in ["0", "1025", "-1", "many"] {
+            assert!(threads(refused).is_err(), "--worker-threads {refused}");
+        }
         let uri = flags.upstreams[0].uri_for(&"/v1/models?x=1".parse().unwrap());
         assert_eq!(uri.unwrap(), "http://10.0.0.1:8000/base/v1/models?x=1");
         assert!(Flags::try_from_iter(["gw", "--bogus"]).is_err());

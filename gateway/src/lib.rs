@@ -33,6 +33,7 @@ pub mod request_fields;
 pub mod request_id;
 pub mod request_line;
 pub mod routing;
+pub mod runtime;
 pub mod shutdown;
 pub mod stream_request;
 pub mod subscriber;

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +38,7 @@ use std::time::Duration;
 
 use stream_deadline_gateway::config::Flags;
 use stream_deadline_gateway::log::TARGET;
-use stream_deadline_gateway::{admin, listener, metrics, proxy, shutdown, subscriber};
+use stream_deadline_gateway::{admin, listener, metrics, proxy, runtime, shutdown, subscriber};
 
 // A short request allocates and frees some two dozen small blocks (its heads, its log, its
 // futures): measured with callgrind, glibc's allocator spent 4,200 instructions of the
@@ -52,17 +53,19 @@ fn main() -> ExitCode {
     let flags = Flags::from_args();
     // Kept to the end of `main`: dropping it writes out the last log lines.
     let _log_writer = subscriber::init(flags.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = runtime::worker_threads(
+        flags
+            .worker_threads
+            .and_then(|n| NonZeroUsize::new(n.into())),
+    );
+    let runtime = match runtime::build(threads) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("stream-deadline-gateway: cannot start the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(flags)) {
+    match runtime.block_on(run(flags, threads)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("stream-deadline-gateway: {err}");
@@ -71,7 +74,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(flags: Flags) -> Result<(), String> {
+async fn run(flags: Flags, threads: NonZeroUsize) -> Result<(), String> {
     let listener = listener::bind(flags.listen, flags.backlog)
         .map_err(|err| format!("--listen {}: {err}", flags.listen))?;
     let addr = listener.local_addr().map_err(|err| err.to_string())?;
@@ -112,6 +115,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         retries = flags.retries,
         heartbeat = %flags.heartbeat,
         max_connections = flags.max_connections,
+        worker_threads = threads.get(),
         "gateway ready"
     );
 

@@ -1,0 +1,83 @@
+//! The tokio runtime the gateway serves on: `--worker-threads`, or one thread per core this
+//! process may run on.
+//!
+//! One thread gets tokio's current-thread scheduler, which polls ready connections in the
+//! order they became ready. The multi-thread scheduler with a single worker does too until
+//! more than 256 are ready at once: then it moves the oldest 128 to its global queue, which
+//! it serves once every few dozen polls while newer ones keep coming, so in a burst the
+//! connections that waited longest wait longest again. With 1,000 paced streams on one core,
+//! the two schedulers' tails are set side by side in BENCHMARKS.md (the gateway hop). Two
+//! threads or more get the multi-thread scheduler, whose workers take each other's waiting
+//! connections.
+
+use std::num::NonZeroUsize;
+
+use tokio::runtime::{Builder, Runtime};
+
+/// The threads to serve on: `flag`, or the cores this process may run on (its CPU affinity
+/// and cgroup quota), or 1 where they cannot be counted.
+pub fn worker_threads(flag: Option<NonZeroUsize>) -> NonZeroUsize {
+    flag.or_else(|| std::thread::available_parallelism().ok())
+        .unwrap_or(NonZeroUsize::MIN)
+}
+
+/// A runtime with `threads` workers, I/O and timers enabled.
+///
+/// `TOKIO_WORKER_THREADS` is not read: the gateway's flags and `STREAM_DEADLINE_*` variables
+/// are its whole configuration (and tokio panics on a value it cannot parse).
+pub fn build(threads: NonZeroUsize) -> std::io::Result<Runtime> {
+    let mut builder = if threads.get() == 1 {
+        Builder::new_current_thread()
+    } else {
+        let mut builder = Builder::new_multi_thread();
+        builder.worker_threads(threads.get());
+        builder
+    };
+    builder.enable_all().build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::runtime::RuntimeFlavor;
+
+    fn threads(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).unwrap()
+    }
+
+    #[test]
+    fn one_thread_is_the_current_thread_scheduler() {
+        let runtime = build(threads(1)).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        // Timers and I/O are on: the gateway's budgets and sockets need both.
+        runtime.block_on(async {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        });
+    }
+
+    #[test]
+    fn more_threads_are_the_multi_thread_scheduler_with_that_many_workers() {
+        let runtime = build(threads(3)).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert_eq!(runtime.metrics().num_workers(), 3);
+        runtime.block_on(async {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        });
+    }
+
+    #[test]
+    fn without_the_flag_one_thread_per_core_this_process_may_use() {
+        assert_eq!(
+            worker_threads(None),
+            std::thread::available_parallelism().unwrap()
+        );
+        assert_eq!(worker_threads(Some(threads(5))), threads(5));
+    }
+}
