@@ -16,6 +16,8 @@ pub enum Contender {
     Direct,
     Nginx(PathBuf),
     Gateway(PathBuf),
+    /// Another build of the gateway (`PROXY_COST_BASELINE`), run as the gateway is.
+    Baseline(PathBuf),
     /// This bench's own executable, as a bare hyper proxy with this client
     /// (`plain_proxy.rs`).
     Plain(Client),
@@ -27,6 +29,7 @@ impl Contender {
             Contender::Direct => "direct",
             Contender::Nginx(_) => "nginx",
             Contender::Gateway(_) => "gateway",
+            Contender::Baseline(_) => "baseline gateway",
             Contender::Plain(Client::Legacy) => "plain hyper",
             Contender::Plain(Client::Gateway) => "hyper + gateway client",
         }
@@ -72,7 +75,7 @@ impl Proxy {
             Contender::Nginx(nginx) => {
                 start_nginx(launch(nginx), perf.is_some(), upstream, placement)?
             }
-            Contender::Gateway(binary) => {
+            Contender::Gateway(binary) | Contender::Baseline(binary) => {
                 let log = placement.dir.join("gateway.log");
                 let mut command = launch(binary);
                 command.args([

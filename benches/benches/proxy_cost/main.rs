@@ -13,6 +13,8 @@
 //! Knobs: `PROXY_COST_ROUNDS` (default 3), `PROXY_COST_SECS` (each measured window, default
 //! 3), `PROXY_COST_ONLY` (a comma-separated list of `burst`, `paced`, `short`, `single`),
 //! `PROXY_COST_GATEWAY` (a gateway binary to measure instead of building this workspace's),
+//! `PROXY_COST_BASELINE` (another gateway binary, an earlier build say, measured beside it in
+//! every round: its column, and the gateway's figures over its, round by round),
 //! `PROXY_COST_NGINX` (nginx's path), `PROXY_COST_PIN=0` (no pinning), `PROXY_COST_RAMP_MS`
 //! (the 1,000 paced streams start over this many ms, default 1000, so that their events
 //! fall due evenly over the 20 ms; 0 starts them at once, their events then due together).
@@ -75,6 +77,10 @@ fn main() {
         ),
     }
     contenders.push(Contender::Gateway(gateway.clone()));
+    let baseline = std::env::var_os("PROXY_COST_BASELINE").map(PathBuf::from);
+    if let Some(baseline) = &baseline {
+        contenders.push(Contender::Baseline(baseline.clone()));
+    }
     contenders.push(Contender::Plain(plain_proxy::Client::Legacy));
     contenders.push(Contender::Plain(plain_proxy::Client::Gateway));
 
@@ -167,6 +173,9 @@ fn main() {
             bench.results.table(&names),
             bench.results.targets(rounds),
         );
+        if baseline.is_some() {
+            println!("{}", bench.results.against_baseline(rounds));
+        }
         let _ = std::fs::remove_dir_all(&bench.placement.dir);
     });
 }

@@ -184,6 +184,43 @@ impl Results {
         }
         lines
     }
+
+    /// The gateway's figure over the baseline gateway's, round by round, for every figure
+    /// that has a target: two builds compared within the same rounds.
+    pub fn against_baseline(&self, rounds: usize) -> String {
+        let mut lines = String::new();
+        for (figure, _) in TARGETS {
+            let ratios: Vec<String> = (0..rounds)
+                .filter_map(|round| {
+                    let gateway = self.get(figure, "gateway", round)?;
+                    let baseline = self.get(figure, "baseline gateway", round)?;
+                    let d = figure.decimals;
+                    Some(format!(
+                        "{gateway:.d$} / {baseline:.d$} = {:.2}",
+                        gateway / baseline
+                    ))
+                })
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            let lower = (0..rounds)
+                .filter(|&round| {
+                    matches!(
+                        (self.get(figure, "gateway", round), self.get(figure, "baseline gateway", round)),
+                        (Some(gateway), Some(baseline)) if gateway < baseline
+                    )
+                })
+                .count();
+            lines.push_str(&format!(
+                "- {}: gateway / baseline gateway, round by round: {}; the gateway's the lower in {lower} of {} rounds\n",
+                figure.label,
+                ratios.join("; "),
+                ratios.len(),
+            ));
+        }
+        lines
+    }
 }
 
 fn median(sorted: &[f64]) -> f64 {
