@@ -2,13 +2,13 @@
 //! process may run on.
 //!
 //! One thread gets tokio's current-thread scheduler, which polls ready connections in the
-//! order they became ready. The multi-thread scheduler with a single worker does too until
-//! more than 256 are ready at once: then it moves the oldest 128 to its global queue, which
-//! it serves once every few dozen polls while newer ones keep coming, so in a burst the
-//! connections that waited longest wait longest again. With 1,000 paced streams on one core,
-//! the two schedulers' tails are set side by side in BENCHMARKS.md (the gateway hop). Two
-//! threads or more get the multi-thread scheduler, whose workers take each other's waiting
-//! connections.
+//! order they became ready, as nginx's worker does. The multi-thread scheduler with a single
+//! worker does too until more than 256 are ready at once: then it moves the oldest 128 to its
+//! global queue, and takes one from there per 200 µs or so of polls while newer ones keep
+//! coming, so in a burst the connections that waited longest wait longest again. With 1,000
+//! paced streams on one core, the current-thread scheduler's p99 delay was the lower of the
+//! two in 14 rounds of 20 (BENCHMARKS.md, section 10). Two threads or more get the
+//! multi-thread scheduler, whose idle workers take waiting connections from busy ones.
 
 use std::num::NonZeroUsize;
 
