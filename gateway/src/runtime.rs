@@ -46,30 +46,20 @@ mod tests {
     }
 
     #[test]
-    fn one_thread_is_the_current_thread_scheduler() {
-        let runtime = build(threads(1)).unwrap();
-        assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::CurrentThread
-        );
-        // Timers and I/O are on: the gateway's budgets and sockets need both.
-        runtime.block_on(async {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        });
-    }
-
-    #[test]
-    fn more_threads_are_the_multi_thread_scheduler_with_that_many_workers() {
-        let runtime = build(threads(3)).unwrap();
-        assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::MultiThread
-        );
-        assert_eq!(runtime.metrics().num_workers(), 3);
-        runtime.block_on(async {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        });
+    fn one_thread_is_the_current_thread_scheduler_and_more_the_multi_thread_one() {
+        for (n, flavor) in [
+            (1, RuntimeFlavor::CurrentThread),
+            (3, RuntimeFlavor::MultiThread),
+        ] {
+            let runtime = build(threads(n)).unwrap();
+            assert_eq!(runtime.handle().runtime_flavor(), flavor, "{n} threads");
+            assert_eq!(runtime.metrics().num_workers(), n);
+            // Timers and I/O are on: the gateway's budgets and sockets need both.
+            runtime.block_on(async {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            });
+        }
     }
 
     #[test]
