@@ -7,7 +7,7 @@
 //! global queue, and takes one from there per 200 µs or so of polls while newer ones keep
 //! coming, so in a burst the connections that waited longest wait longest again. With 1,000
 //! paced streams on one core, the current-thread scheduler's p99 delay was the lower of the
-//! two in 14 rounds of 20 (BENCHMARKS.md, section 10). Two threads or more get the
+//! two in 20 rounds of 28 (BENCHMARKS.md, section 10). Two threads or more get the
 //! multi-thread scheduler, whose idle workers take waiting connections from busy ones.
 
 use std::num::NonZeroUsize;
