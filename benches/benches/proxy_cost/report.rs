@@ -147,14 +147,7 @@ impl Results {
     pub fn targets(&self, rounds: usize) -> String {
         let mut lines = String::new();
         for (figure, most) in TARGETS {
-            let pairs: Vec<(f64, f64)> = (0..rounds)
-                .filter_map(|round| {
-                    Some((
-                        self.get(figure, "gateway", round)?,
-                        self.get(figure, "nginx", round)?,
-                    ))
-                })
-                .collect();
+            let pairs = self.pairs(figure, "nginx", rounds);
             if pairs.is_empty() {
                 continue;
             }
@@ -190,36 +183,41 @@ impl Results {
     pub fn against_baseline(&self, rounds: usize) -> String {
         let mut lines = String::new();
         for (figure, _) in TARGETS {
-            let ratios: Vec<String> = (0..rounds)
-                .filter_map(|round| {
-                    let gateway = self.get(figure, "gateway", round)?;
-                    let baseline = self.get(figure, "baseline gateway", round)?;
-                    let d = figure.decimals;
-                    Some(format!(
-                        "{gateway:.d$} / {baseline:.d$} = {:.2}",
-                        gateway / baseline
-                    ))
-                })
-                .collect();
-            if ratios.is_empty() {
+            let pairs = self.pairs(figure, "baseline gateway", rounds);
+            if pairs.is_empty() {
                 continue;
             }
-            let lower = (0..rounds)
-                .filter(|&round| {
-                    matches!(
-                        (self.get(figure, "gateway", round), self.get(figure, "baseline gateway", round)),
-                        (Some(gateway), Some(baseline)) if gateway < baseline
-                    )
+            let d = figure.decimals;
+            let ratios: Vec<String> = pairs
+                .iter()
+                .map(|(gateway, baseline)| {
+                    format!("{gateway:.d$} / {baseline:.d$} = {:.2}", gateway / baseline)
                 })
+                .collect();
+            let lower = pairs
+                .iter()
+                .filter(|(gateway, baseline)| gateway < baseline)
                 .count();
             lines.push_str(&format!(
                 "- {}: gateway / baseline gateway, round by round: {}; the gateway's the lower in {lower} of {} rounds\n",
                 figure.label,
                 ratios.join("; "),
-                ratios.len(),
+                pairs.len(),
             ));
         }
         lines
+    }
+
+    /// The gateway's figure and `other`'s, in each round that has both.
+    fn pairs(&self, figure: Figure, other: &str, rounds: usize) -> Vec<(f64, f64)> {
+        (0..rounds)
+            .filter_map(|round| {
+                Some((
+                    self.get(figure, "gateway", round)?,
+                    self.get(figure, other, round)?,
+                ))
+            })
+            .collect()
     }
 }
 
