@@ -291,7 +291,10 @@ impl Record {
         outcome.ending = ending;
         outcome.total_time = now.saturating_duration_since(self.start);
         trace(outcome, expired);
-        let Some(on_outcome) = &self.on_outcome else {
+        // Taken, so that what the callback holds (a request's log line, say) goes when it
+        // has run, not when the last holder of this record does: a watcher task may hold it
+        // a little longer than the body.
+        let Some(on_outcome) = self.on_outcome.take() else {
             return;
         };
         // A panic while already unwinding would abort the process: skip the callback then.

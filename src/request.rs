@@ -125,6 +125,11 @@ impl RequestBudgets {
 /// line, its caller) without building a layer per request. Under `tower::retry` the request
 /// is cloned with its extensions, so the callback hears every attempt, in order.
 ///
+/// Each response lets go of the callback as soon as it has run: what the callback holds (a
+/// log line written when its last reference goes, say) is released when the response ends,
+/// not when its body is dropped, nor when the watcher of
+/// [`release_unpolled`](crate::StreamDeadlineLayer::release_unpolled) lets go of it.
+///
 /// # Example
 ///
 /// ```

@@ -76,3 +76,36 @@ async fn a_retried_request_hears_every_attempt() {
     assert_eq!(stuck.calls(), 3);
     assert_eq!(*heard.lock().unwrap(), [("stuck", first_frame, 0); 3]);
 }
+
+/// What a request's callback holds (in a proxy, a log line written when its last reference
+/// goes) is released once the callback has run: while the body is still held, and while the
+/// watcher of `release_unpolled` may still hold the body's record.
+#[tokio::test(start_paused = true)]
+async fn a_callback_and_what_it_holds_are_released_once_it_has_run() {
+    for release_unpolled in [false, true] {
+        let held = Arc::new(());
+        let babbling = Upstream::new(10 * MS, [Step::Data("tok"), Step::After(2 * SEC)]);
+        let layer = StreamDeadlineLayer::new(SEC);
+        let mut req = Request::new(());
+        req.extensions_mut().insert(OnRequestOutcome::new({
+            let held = held.clone();
+            move |_| {
+                let _ = &held;
+            }
+        }));
+        let response = match release_unpolled {
+            false => call_with(&mut layer.layer(babbling.service()), req).await,
+            true => call_with(&mut layer.release_unpolled().layer(babbling.service()), req).await,
+        };
+        let mut body = response.unwrap().into_body();
+        assert_eq!(
+            drain(&mut body).await.deadline().kind(),
+            DeadlineKind::Total
+        );
+        assert_eq!(
+            Arc::strong_count(&held),
+            1,
+            "the callback is still held with the body (release_unpolled: {release_unpolled})"
+        );
+    }
+}

@@ -87,7 +87,7 @@ pub enum Raced<B> {
 /// forwarding goes on in a task of its own, whose answer the returned [`Heartbeat`] body
 /// waits for, sending a comment every interval.
 pub async fn race<B, F>(
-    forward: F,
+    mut forward: Pin<Box<F>>,
     mut told: watch::Receiver<Option<Option<Duration>>>,
     log: Arc<RequestLog>,
 ) -> Raced<B>
@@ -96,7 +96,6 @@ where
     B: Send + 'static,
 {
     let started = tokio::time::Instant::now();
-    let mut forward = Box::pin(forward);
     let every = loop {
         let told_now = *told.borrow_and_update();
         match told_now {
@@ -360,7 +359,7 @@ mod tests {
         let told = ask(request.extensions_mut());
         tell(request.extensions(), Some(every));
         let started = tokio::time::Instant::now();
-        let Raced::Committed(response) = race(stuck(dropped), told, log()).await else {
+        let Raced::Committed(response) = race(Box::pin(stuck(dropped)), told, log()).await else {
             panic!("no heartbeat for a stream");
         };
         assert_eq!(started.elapsed(), every);
@@ -384,7 +383,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok(Response::new(Full::new(Bytes::from_static(b"whole"))))
         };
-        let raced = race(late, told, log()).await;
+        let raced = race(Box::pin(late), told, log()).await;
         let Raced::Answered(Ok(response)) = raced else {
             panic!("a heartbeat for a request that does not ask for a stream");
         };

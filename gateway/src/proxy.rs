@@ -3,6 +3,7 @@
 //! budgets the client's headers ask for, the heartbeats of a slow stream, the request id,
 //! and the gateway's own error answers.
 
+use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -210,16 +211,11 @@ impl Gateway {
         }
         // Read once: the request keeps the policies it started with.
         let loaded = self.loaded();
+        // Boxed, and built outside this future: hyper keeps one of these per connection and
+        // moves it in for each request, so every byte held here is copied per request.
         let forwarded = match loaded.any_heartbeat {
             false => Raced::Answered(self.forward(request, peer, loaded, &log).await),
-            true => {
-                let told = heartbeat::ask(request.extensions_mut());
-                let (gateway, held) = (self.clone(), log.clone());
-                let forward = async move { gateway.forward(request, peer, loaded, &held).await };
-                // Boxed: held inline, the race would make every request's future (hyper
-                // keeps one per connection, moved in for each request) larger by half.
-                Box::pin(heartbeat::race(forward, told, log.clone())).await
-            }
+            true => self.race_heartbeats(request, peer, loaded, &log).await,
         };
         let mut response = match forwarded {
             Raced::Answered(Ok(response)) => {
@@ -250,6 +246,21 @@ impl Gateway {
         // `log` is written when its last holder lets go: this function, and the response
         // body, whose outcome callback runs when it ends (or is dropped).
         response
+    }
+
+    /// [`forward`](Self::forward), raced against the heartbeats of a request that gets
+    /// them.
+    fn race_heartbeats(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+        peer: ForwardedFor,
+        loaded: Arc<Loaded>,
+        log: &Arc<RequestLog>,
+    ) -> impl Future<Output = Raced<DeadlineBody<ResponseBody>>> + use<> {
+        let told = heartbeat::ask(request.extensions_mut());
+        let (gateway, held) = (self.clone(), log.clone());
+        let forward = Box::pin(async move { gateway.forward(request, peer, loaded, &held).await });
+        heartbeat::race(forward, told, log.clone())
     }
 
     async fn forward(
