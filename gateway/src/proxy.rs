@@ -211,8 +211,9 @@ impl Gateway {
         }
         // Read once: the request keeps the policies it started with.
         let loaded = self.loaded();
-        // Boxed, and built outside this future: hyper keeps one of these per connection and
-        // moves it in for each request, so every byte held here is copied per request.
+        // The race against heartbeats is built and boxed outside this future: hyper keeps one
+        // of these per connection and moves it in for each request, so every byte held here
+        // is copied per request (5.3 KB with the race inline, 1.3 KB without).
         let forwarded = match loaded.any_heartbeat {
             false => Raced::Answered(self.forward(request, peer, loaded, &log).await),
             true => self.race_heartbeats(request, peer, loaded, &log).await,
