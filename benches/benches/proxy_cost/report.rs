@@ -157,21 +157,10 @@ impl Results {
                 .iter()
                 .filter(|(gateway, nginx)| *gateway <= most * nginx.max(0.0))
                 .count();
-            let rounds: Vec<String> = pairs
-                .iter()
-                .map(|(gateway, nginx)| {
-                    let d = figure.decimals;
-                    if *nginx > 0.0 {
-                        format!("{gateway:.d$} / {nginx:.d$} = {:.2}", gateway / nginx)
-                    } else {
-                        format!("{gateway:.d$} / {nginx:.d$}")
-                    }
-                })
-                .collect();
             lines.push_str(&format!(
                 "- {}: gateway / nginx, round by round: {}; target at most {most} x nginx: met in {met} of {} rounds\n",
                 figure.label,
-                rounds.join("; "),
+                ratios(&pairs, figure.decimals),
                 pairs.len(),
             ));
         }
@@ -187,13 +176,6 @@ impl Results {
             if pairs.is_empty() {
                 continue;
             }
-            let d = figure.decimals;
-            let ratios: Vec<String> = pairs
-                .iter()
-                .map(|(gateway, baseline)| {
-                    format!("{gateway:.d$} / {baseline:.d$} = {:.2}", gateway / baseline)
-                })
-                .collect();
             let lower = pairs
                 .iter()
                 .filter(|(gateway, baseline)| gateway < baseline)
@@ -201,7 +183,7 @@ impl Results {
             lines.push_str(&format!(
                 "- {}: gateway / baseline gateway, round by round: {}; the gateway's the lower in {lower} of {} rounds\n",
                 figure.label,
-                ratios.join("; "),
+                ratios(&pairs, figure.decimals),
                 pairs.len(),
             ));
         }
@@ -219,6 +201,19 @@ impl Results {
             })
             .collect()
     }
+}
+
+/// Each round's pair as `a / b = ratio` (no ratio where `b`, an added delay, is 0 or below).
+fn ratios(pairs: &[(f64, f64)], decimals: usize) -> String {
+    let d = decimals;
+    let texts: Vec<String> = pairs
+        .iter()
+        .map(|(a, b)| match *b > 0.0 {
+            true => format!("{a:.d$} / {b:.d$} = {:.2}", a / b),
+            false => format!("{a:.d$} / {b:.d$}"),
+        })
+        .collect();
+    texts.join("; ")
 }
 
 fn median(sorted: &[f64]) -> f64 {
