@@ -53,6 +53,13 @@ enum Line {
     Other,
 }
 
+/// The current event's data while it is a single value of the bytes being fed: where it is,
+/// and whether its line has ended (the data kept across frames is the same value, then an LF).
+struct Borrowed {
+    range: std::ops::Range<usize>,
+    line_ended: bool,
+}
+
 const DATA: &[u8; 4] = b"data";
 const EVENT: &[u8; 5] = b"event";
 
@@ -101,25 +108,40 @@ impl Scanner {
         // boundary and the state after it are left to find.
         let verdict_stands = self.judge_until_one_counts || filter.is_none();
         let mut skipped = false;
+        // The current event's data while it is one value of these bytes: the filter reads it
+        // there, and it is copied only if the event goes on past them.
+        let mut borrowed = None;
         let mut i = 0;
         while i < bytes.len() {
-            // The rest of a comment, another field or a value: only its end matters, so jump
-            // to it (copying a value the filter will read).
-            if let Line::Other | Line::Data(false) | Line::Event(false) = self.line {
-                let rest = &bytes[i..];
-                let len = line_end(rest).unwrap_or(rest.len());
-                let kept = match self.line {
-                    Line::Data(_) => self.data.as_mut(),
-                    Line::Event(_) => self.name.as_mut(),
-                    _ => None,
-                };
-                if let Some(kept) = kept {
-                    kept.extend_from_slice(&rest[..len]);
+            match self.line {
+                // The rest of a comment, another field or a value: only its end matters.
+                Line::Other | Line::Data(_) | Line::Event(_) => {
+                    i = self.value(bytes, i, &mut borrowed);
+                    if i == bytes.len() {
+                        break;
+                    }
                 }
-                i += len;
-                if i == bytes.len() {
-                    break;
+                // A line that starts with a whole `data:` or `event:`: past it at once.
+                Line::Name(0) => {
+                    let rest = &bytes[i..];
+                    let field = if rest.starts_with(b"data:") {
+                        self.event_has_data = true;
+                        Some((Line::Data(true), DATA.len() + 1))
+                    } else if self.name.is_some() && rest.starts_with(b"event:") {
+                        self.clear_name();
+                        Some((Line::Event(true), EVENT.len() + 1))
+                    } else {
+                        None
+                    };
+                    if let Some((line, len)) = field {
+                        self.at_line_start = false;
+                        self.after_cr = false;
+                        self.line = line;
+                        i += len;
+                        continue;
+                    }
                 }
+                Line::Name(_) | Line::EventName(_) => {}
             }
             let (at, b) = (i, bytes[i]);
             i += 1;
@@ -140,9 +162,10 @@ impl Scanner {
                         true => None,
                         false => filter,
                     };
-                    scanned.data_event |= self.end_event(judged);
+                    let value = borrowed.take().map(|b: Borrowed| &bytes[b.range]);
+                    scanned.data_event |= self.end_event(judged, value);
                 } else {
-                    self.end_line();
+                    self.end_line(bytes, &mut borrowed);
                 }
                 self.at_line_start = true;
                 self.line = Line::Name(0);
@@ -161,33 +184,68 @@ impl Scanner {
                 // Names are only read for a filter: without one, the line is skipped.
                 Line::Name(0) if b == EVENT[0] && self.name.is_some() => Line::EventName(1),
                 Line::EventName(5) if b == b':' => {
-                    // The last `event` field of an event names it.
-                    if let Some(name) = &mut self.name {
-                        name.clear();
-                    }
+                    self.clear_name();
                     Line::Event(true)
                 }
                 Line::EventName(n) if n < 5 && b == EVENT[n as usize] => Line::EventName(n + 1),
-                Line::Name(_) | Line::EventName(_) | Line::Other => Line::Other,
-                Line::Data(first) => {
-                    if !(first && b == b' ') {
-                        if let Some(data) = &mut self.data {
-                            data.push(b);
-                        }
-                    }
-                    Line::Data(false)
-                }
-                Line::Event(first) => {
-                    if !(first && b == b' ') {
-                        if let Some(name) = &mut self.name {
-                            name.push(b);
-                        }
-                    }
-                    Line::Event(false)
-                }
+                // Another field (values were read to their line end above).
+                _ => Line::Other,
             };
         }
+        self.keep(bytes, &mut borrowed);
         scanned
+    }
+
+    /// Reads the current line's value (or comment) from `at` to its end or the end of
+    /// `bytes`, keeping what a filter will read; where it stopped.
+    fn value(&mut self, bytes: &[u8], mut at: usize, borrowed: &mut Option<Borrowed>) -> usize {
+        if let Line::Data(first) | Line::Event(first) = self.line {
+            // One space before a value is not part of it.
+            if first && bytes[at] == b' ' {
+                at += 1;
+            }
+            self.line = match self.line {
+                Line::Data(_) => Line::Data(false),
+                _ => Line::Event(false),
+            };
+        }
+        let len = line_end(&bytes[at..]).unwrap_or(bytes.len() - at);
+        let range = at..at + len;
+        match (self.line, &mut self.data, &mut self.name) {
+            // The first of the event's data: borrowed. The event's data until now is empty
+            // only when no data line has come before (each one adds at least its LF).
+            (Line::Data(_), Some(data), _) if data.is_empty() && borrowed.is_none() => {
+                *borrowed = Some(Borrowed {
+                    range,
+                    line_ended: false,
+                });
+            }
+            (Line::Data(_), Some(_), _) => {
+                self.keep(bytes, borrowed);
+                if let Some(data) = &mut self.data {
+                    data.extend_from_slice(&bytes[range]);
+                }
+            }
+            (Line::Event(_), _, Some(name)) => name.extend_from_slice(&bytes[range]),
+            _ => {}
+        }
+        at + len
+    }
+
+    /// Copies the borrowed data, if any, to the data kept across frames.
+    fn keep(&mut self, bytes: &[u8], borrowed: &mut Option<Borrowed>) {
+        if let (Some(b), Some(data)) = (borrowed.take(), &mut self.data) {
+            data.extend_from_slice(&bytes[b.range]);
+            if b.line_ended {
+                data.push(b'\n');
+            }
+        }
+    }
+
+    fn clear_name(&mut self) {
+        if let Some(name) = &mut self.name {
+            name.clear();
+        }
     }
 
     /// From `from`, where an event just ended, to the start of the last run of line ends in
@@ -217,7 +275,7 @@ impl Scanner {
         from + line + 1
     }
 
-    fn end_line(&mut self) {
+    fn end_line(&mut self, bytes: &[u8], borrowed: &mut Option<Borrowed>) {
         let data_line = match self.line {
             // A bare `data` line is a data field with an empty value.
             Line::Name(4) => {
@@ -227,26 +285,35 @@ impl Scanner {
             Line::Data(_) => true,
             // A bare `event` line names the event with the empty string.
             Line::EventName(5) => {
-                if let Some(name) = &mut self.name {
-                    name.clear();
-                }
+                self.clear_name();
                 false
             }
             _ => false,
         };
-        if let (true, Some(data)) = (data_line, &mut self.data) {
-            data.push(b'\n');
+        if !data_line {
+            return;
+        }
+        match borrowed {
+            // The borrowed line is this one: the data is still its value alone.
+            Some(b) if !b.line_ended => b.line_ended = true,
+            _ => {
+                self.keep(bytes, borrowed);
+                if let Some(data) = &mut self.data {
+                    data.push(b'\n');
+                }
+            }
         }
     }
 
     /// Ends the current event; whether it counted as data.
-    fn end_event(&mut self, filter: Option<&EventFilter<'_>>) -> bool {
+    /// `borrowed`: the event's data, when it was read from the bytes being fed.
+    fn end_event(&mut self, filter: Option<&EventFilter<'_>>, borrowed: Option<&[u8]>) -> bool {
         let has_data = std::mem::take(&mut self.event_has_data);
         let (Some(data), Some(name)) = (&mut self.data, &mut self.name) else {
             return has_data;
         };
         // Data lines are joined with LF; the last LF is not part of the data.
-        let value = data.strip_suffix(b"\n").unwrap_or(data);
+        let value = borrowed.unwrap_or_else(|| data.strip_suffix(b"\n").unwrap_or(data));
         let counts = has_data && filter.is_none_or(|filter| filter(name, value));
         if counts && std::mem::take(&mut self.watch_first) && is_error_event(name, value) {
             self.first_error = Some((name.clone(), value.to_vec()));
@@ -580,19 +647,23 @@ mod tests {
         }
 
         /// However a stream is cut into frames, the filter sees the same names and data as
-        /// when the stream is read whole.
+        /// when the stream is read whole, and as when it is read a byte at a time (where no
+        /// field name nor value is ever whole in one frame).
         #[test]
         fn framing_does_not_change_what_the_filter_sees(
             parts in prop::collection::vec(prop::sample::select(vec![
                 &b"data: tok"[..], b"data", b"event: ping", b"event", b"ev", b":", b": ping",
-                b"\n", b"\r", b"\r\n", b" ", b"x",
+                b"\n", b"\r", b"\r\n", b" ", b"x", b"data:", b"event:", b"\n\n",
             ]), 0..40),
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
         ) {
             let stream: Vec<u8> = parts.concat();
             let offsets = frame_edges(stream.len(), &cuts);
             let framed: Vec<&[u8]> = offsets.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
-            prop_assert_eq!(events_seen(&framed), events_seen(&[&stream[..]]));
+            let whole = events_seen(&[&stream[..]]);
+            prop_assert_eq!(events_seen(&framed), whole.clone());
+            let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+            prop_assert_eq!(events_seen(&bytes), whole);
         }
     }
 }
