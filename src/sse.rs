@@ -242,6 +242,7 @@ impl Scanner {
         }
     }
 
+    /// The last `event` field of an event names it: each one starts the name afresh.
     fn clear_name(&mut self) {
         if let Some(name) = &mut self.name {
             name.clear();
