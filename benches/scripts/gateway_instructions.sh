@@ -10,6 +10,8 @@
 # `wrk -t1 -c20` sends GETs through the gateway for SECS seconds (default 10).
 # stream: a Python upstream sends an OpenAI chat chunk every 20 ms on each of N streams
 # (default 20), requested by `curl -N` as `"stream": true` chat completions for SECS seconds.
+# The chunk is 113 bytes with one-word strings, or with CHUNK=vllm 233 bytes as vLLM writes
+# one (a 32-character id, `created`, the model's name, `logprobs` and `finish_reason`).
 # The counts cover the whole process, start-up included (1.3 million instructions, under 2%
 # of either figure). Needs valgrind, nginx, wrk, curl and python3.
 set -euo pipefail
@@ -18,6 +20,7 @@ binary=${1:?usage: gateway_instructions.sh BINARY short|stream}
 workload=${2:-short}
 secs=${SECS:-10}
 streams=${N:-20}
+chunk=${CHUNK:-short}
 dir=$(mktemp -d)
 pids=()
 cleanup() {
@@ -59,7 +62,11 @@ EOF
 stream)
     cat > "$dir/upstream.py" <<'EOF'
 import asyncio, sys
-EVENT = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"token"}}]}\n\n'
+EVENTS = {
+    "short": b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"token"}}]}\n\n',
+    "vllm": b'data: {"id":"chatcmpl-3f9a1c0e7b6d4e2a9c8b7a6f5e4d3c2b","object":"chat.completion.chunk","created":1733300000,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"delta":{"content":" the"},"logprobs":null,"finish_reason":null}]}\n\n',
+}
+EVENT = EVENTS[sys.argv[2]]
 CHUNK = b"%x\r\n" % len(EVENT) + EVENT + b"\r\n"
 async def handle(reader, writer):
     try:
@@ -79,7 +86,14 @@ async def main():
         await server.serve_forever()
 asyncio.run(main())
 EOF
-    python3 "$dir/upstream.py" "$upstream_port" &
+    case "$chunk" in
+    short | vllm) ;;
+    *)
+        echo "CHUNK: short or vllm, not $chunk" >&2
+        exit 2
+        ;;
+    esac
+    python3 "$dir/upstream.py" "$upstream_port" "$chunk" &
     pids+=($!)
     ;;
 *)
